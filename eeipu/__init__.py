@@ -1,0 +1,63 @@
+"""eeipu: memoization-aware Bayesian optimization for multi-stage pipelines.
+
+A pure library on BoTorch (no Prefect, Hydra or fsspec). See ``Optimizer`` for the ask/tell
+loop and ``SearchSpace`` for the search-space schema.
+"""
+
+from eeipu._acquisition import LogEIPerCost, cooling_eta
+from eeipu._cache import CacheView, HistoryCacheView, canonical_json
+from eeipu._errors import (
+    CacheError,
+    EEIPUError,
+    EEIPUWarning,
+    OptimizerError,
+    SearchSpaceError,
+    TellError,
+)
+from eeipu._methods import (
+    METHODS,
+    CostAwareEI,
+    Method,
+    Observations,
+    Prefix,
+    Proposal,
+    RandomSearch,
+    make_method,
+    register_method,
+)
+from eeipu._models import CostModel, fit_gp
+from eeipu._optimizer import Optimizer
+from eeipu._space import CategoricalParam, FloatParam, IntParam, SearchSpace
+from eeipu._trial import Trial, TrialState
+
+__all__ = [
+    "METHODS",
+    "CacheError",
+    "CacheView",
+    "CategoricalParam",
+    "CostAwareEI",
+    "CostModel",
+    "EEIPUError",
+    "EEIPUWarning",
+    "FloatParam",
+    "HistoryCacheView",
+    "IntParam",
+    "LogEIPerCost",
+    "Method",
+    "Observations",
+    "Optimizer",
+    "OptimizerError",
+    "Prefix",
+    "Proposal",
+    "RandomSearch",
+    "SearchSpace",
+    "SearchSpaceError",
+    "TellError",
+    "Trial",
+    "TrialState",
+    "canonical_json",
+    "cooling_eta",
+    "fit_gp",
+    "make_method",
+    "register_method",
+]

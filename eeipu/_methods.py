@@ -1,0 +1,365 @@
+"""Search methods: one ask/tell loop (``Optimizer``), one strategy per method name.
+
+A method turns the observations into one proposal. Methods are looked up by name in
+``METHODS``; add one with :func:`register_method`.
+
+=========  ==================================================================  =========
+name       acquisition                                                          cost model
+=========  ==================================================================  =========
+eeipu      log EI + η·log E[1/C(x; δ)], best over the prefix pool               per stage
+ms_carbo   log EI + η·log E[1/C(x; 0)] (no memoization: empty prefix only)      per stage
+carbo      log EI + η·log E[1/C(x)]                                             total
+eips       log EI + log E[1/C(x)] (no cooling)                                  total
+ei         log EI                                                               none
+random     uniform sampling                                                     none
+=========  ==================================================================  =========
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from botorch.acquisition import AcquisitionFunction
+from botorch.exceptions.warnings import OptimizationWarning
+from botorch.generation.gen import gen_candidates_scipy
+from torch import Tensor
+from torch.quasirandom import SobolEngine
+
+from eeipu._acquisition import LogEIPerCost
+from eeipu._errors import OptimizerError
+from eeipu._models import CostModel, fit_gp, gp_hyperparameters
+from eeipu._space import SearchSpace
+
+__all__ = [
+    "METHODS",
+    "CostAwareEI",
+    "Method",
+    "Observations",
+    "Prefix",
+    "Proposal",
+    "RandomSearch",
+    "make_method",
+    "register_method",
+]
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A cached prefix: the first ``n_stages`` stages of an earlier trial.
+
+    Attributes:
+        n_stages: δ, the number of leading stages fixed (and cached).
+        x: ``prefix_dim`` encoded values of those stages.
+        params: Their canonical values, copied verbatim into the proposal.
+        score: Ranking score (best objective among trials that share the prefix).
+    """
+
+    n_stages: int
+    x: Tensor
+    params: dict[str, dict[str, Any]]
+    score: float
+
+
+@dataclass
+class Observations:
+    """Everything a method may use to propose, in the optimizer's internal scale.
+
+    Attributes:
+        space: The search space.
+        X: ``n x d`` encoded inputs of told trials.
+        Y: ``n x 1`` objective, to be *maximized*; failed trials are imputed with the worst
+            observed value so the model learns to avoid their region.
+        costs: ``n x S`` measured stage costs (NaN where a stage did not run).
+        cached: ``n x S`` bool, stages that were loaded from the cache.
+        eta: Cost-cooling exponent η for this ask.
+        prefixes: Ranked pool of cached prefixes (for memoization-aware methods).
+        seed: Seed for this ask (derived from the optimizer's seed and the trial number).
+        rng: Generator for random draws, seeded like ``seed``.
+    """
+
+    space: SearchSpace
+    X: Tensor
+    Y: Tensor
+    costs: Tensor
+    cached: Tensor
+    eta: float
+    prefixes: list[Prefix]
+    seed: int
+    rng: torch.Generator = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A method's answer: an encoded point and, when it reuses a cached prefix, which one."""
+
+    x: Tensor
+    prefix: Prefix | None = None
+    acq_value: float | None = None
+
+
+class Method(ABC):
+    """A search strategy: observations in, one proposal out."""
+
+    name: str = ""
+    #: Whether the method wants the optimizer to build the (costly) prefix pool.
+    uses_prefixes: bool = False
+
+    @abstractmethod
+    def propose(self, obs: Observations) -> Proposal:
+        """Return the next point to evaluate."""
+
+
+METHODS: dict[str, Callable[..., Method]] = {}
+
+
+def register_method(name: str) -> Callable[[Callable[..., Method]], Callable[..., Method]]:
+    """Register a method factory under ``name`` (a decorator)."""
+
+    def deco(factory: Callable[..., Method]) -> Callable[..., Method]:
+        METHODS[name] = factory
+        return factory
+
+    return deco
+
+
+def make_method(name: str, **options: Any) -> Method:
+    """Instantiate a registered method; unknown names list the known ones."""
+    if name not in METHODS:
+        raise OptimizerError(f"unknown method {name!r}; known methods: {sorted(METHODS)}")
+    try:
+        method = METHODS[name](**options)
+    except TypeError as exc:
+        raise OptimizerError(f"bad options for method {name!r}: {exc}") from exc
+    method.name = name
+    return method
+
+
+class RandomSearch(Method):
+    """Uniform random search over the unit cube."""
+
+    def propose(self, obs: Observations) -> Proposal:
+        return Proposal(torch.rand(obs.space.dim, generator=obs.rng, dtype=torch.double))
+
+
+class CostAwareEI(Method):
+    """LogEI, optionally per unit expected cost, optionally cooled and memoization-aware.
+
+    With ``memoize=True`` the candidates are generated over the prefix pool: the empty
+    prefix plus each cached prefix, whose dimensions are fixed to the cached values while
+    the rest is optimized, charging the cached stages their load cost (δ = prefix length).
+    All prefixes are optimized in one batched multi-start L-BFGS run (each start carries its
+    prefix and δ), which costs about one ``optimize_acqf`` call instead of one per prefix.
+
+    Args:
+        cost: ``None`` (plain EI), ``"total"`` (one GP on total log cost) or ``"stage"``
+            (one GP per stage on its log cost).
+        cooling: Raise the inverse cost to η (CArBO's cost cooling); else η = 1.
+        memoize: Optimize over the prefix pool, charging cached stages their load cost.
+        cost_inputs: For stage cost GPs, ``"prefix"`` (stage k sees stages 1..k, since a
+            later stage's cost can depend on earlier choices) or ``"stage"`` (only x_k, as in
+            the reference code).
+        num_restarts: L-BFGS starts for the empty prefix.
+        raw_samples: Raw Sobol samples screened for those starts.
+        prefix_restarts: L-BFGS starts per cached prefix.
+        prefix_raw_samples: Raw samples per cached prefix.
+        mc_samples: M, quasi-MC samples of the cost posterior.
+        load_eps: ε before any load cost is measured (default: 1% of the stage's cost).
+        maxiter: L-BFGS iterations.
+        warm_start: Start each GP fit from the previous ask's hyperparameters.
+    """
+
+    def __init__(
+        self,
+        cost: str | None = None,
+        cooling: bool = True,
+        memoize: bool = False,
+        cost_inputs: str = "prefix",
+        num_restarts: int = 8,
+        raw_samples: int = 256,
+        prefix_restarts: int = 2,
+        prefix_raw_samples: int = 64,
+        mc_samples: int = 1024,
+        load_eps: float | None = None,
+        maxiter: int = 200,
+        warm_start: bool = True,
+    ) -> None:
+        if cost not in (None, "total", "stage"):
+            raise OptimizerError(f"`cost` must be None, 'total' or 'stage', but got {cost!r}")
+        if cost_inputs not in ("prefix", "stage"):
+            raise OptimizerError(
+                f"`cost_inputs` must be 'prefix' or 'stage', but got {cost_inputs!r}"
+            )
+        if memoize and cost != "stage":
+            raise OptimizerError("`memoize=True` needs per-stage costs (cost='stage')")
+        if load_eps is not None and not (load_eps > 0 and math.isfinite(load_eps)):
+            raise OptimizerError(f"`load_eps` must be a positive number, but got {load_eps!r}")
+        for name, v in (
+            ("num_restarts", num_restarts),
+            ("raw_samples", raw_samples),
+            ("prefix_restarts", prefix_restarts),
+            ("prefix_raw_samples", prefix_raw_samples),
+            ("mc_samples", mc_samples),
+            ("maxiter", maxiter),
+        ):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise OptimizerError(f"`{name}` must be a positive integer, but got {v!r}")
+        self.cost = cost
+        self.cooling = cooling
+        self.memoize = memoize
+        self.uses_prefixes = memoize
+        self.cost_inputs = cost_inputs
+        self.num_restarts = num_restarts
+        self.raw_samples = raw_samples
+        self.prefix_restarts = prefix_restarts
+        self.prefix_raw_samples = prefix_raw_samples
+        self.mc_samples = mc_samples
+        self.load_eps = load_eps
+        self.maxiter = maxiter
+        self.warm_start = warm_start
+        self._init: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ models
+    def _fit_objective(self, obs: Observations):
+        model = fit_gp(obs.X, obs.Y, self._init.get("objective") if self.warm_start else None)
+        self._init["objective"] = gp_hyperparameters(model)
+        return model
+
+    def cost_model(self, obs: Observations) -> CostModel | None:
+        """Fit the cost model this method uses (None for plain EI)."""
+        if self.cost is None:
+            return None
+        space = obs.space
+        if self.cost == "total":
+            costs = obs.costs.nan_to_num(0.0).sum(-1, keepdim=True)
+            cached = torch.zeros_like(costs, dtype=torch.bool)
+            cols = [slice(0, space.dim)]
+        else:
+            costs, cached = obs.costs, obs.cached
+            if self.cost_inputs == "prefix":
+                cols = [slice(0, space.prefix_dim(k + 1)) for k in range(len(space.stages))]
+            else:
+                cols = list(space.stage_slices)
+        init = self._init.get("cost") if self.warm_start else None
+        model = CostModel.fit(
+            obs.X,
+            costs,
+            cached,
+            cols,
+            load_eps=self.load_eps,
+            n_samples=self.mc_samples,
+            seed=obs.seed,
+            init=init,
+        )
+        self._init["cost"] = [
+            None if s.model is None else gp_hyperparameters(s.model) for s in model.stages
+        ]
+        return model
+
+    def acquisition(self, obs: Observations, n_cached: int | Tensor = 0) -> LogEIPerCost:
+        """The fitted acquisition for candidates whose first ``n_cached`` stages are cached."""
+        eta = obs.eta if self.cooling else 1.0
+        return LogEIPerCost(
+            self._fit_objective(obs), obs.Y.max(), self.cost_model(obs), eta, n_cached
+        )
+
+    # ------------------------------------------------------------------ proposal
+    def propose(self, obs: Observations) -> Proposal:
+        d = obs.space.dim
+        pool: list[Prefix | None] = [None]
+        if self.memoize:
+            pool += [p for p in obs.prefixes if obs.space.prefix_dim(p.n_stages) < d]
+        # One row per prefix: the fixed values (first prefix_dim columns) and δ.
+        values = torch.zeros(len(pool), d, dtype=torch.double)
+        n_cached = torch.zeros(len(pool), dtype=torch.long)
+        n_fixed = torch.zeros(len(pool), dtype=torch.long)
+        for i, prefix in enumerate(pool):
+            if prefix is not None:
+                n_fixed[i] = obs.space.prefix_dim(prefix.n_stages)
+                values[i, : n_fixed[i]] = prefix.x
+                n_cached[i] = prefix.n_stages
+        acq = self.acquisition(obs)
+
+        # Screen raw Sobol points of every prefix in one batch; keep the best as starts.
+        raw_n = [self.raw_samples] + [self.prefix_raw_samples] * (len(pool) - 1)
+        keep_n = [self.num_restarts] + [self.prefix_restarts] * (len(pool) - 1)
+        sobol = SobolEngine(d, scramble=True, seed=obs.seed).draw(max(raw_n), dtype=torch.double)
+        owner = torch.cat([torch.full((n,), i) for i, n in enumerate(raw_n)])  # R
+        raw = torch.cat([sobol[:n] for n in raw_n])  # R x d
+        fixed_cols = torch.arange(d) < n_fixed[owner].unsqueeze(-1)  # R x d
+        raw = torch.where(fixed_cols, values[owner], raw)
+        with torch.no_grad():
+            acq.n_cached = n_cached[owner]
+            raw_values = acq(raw.unsqueeze(-2))  # R
+        starts = []
+        for i, k in enumerate(keep_n):
+            idx = (owner == i).nonzero().squeeze(-1)
+            starts.append(idx[raw_values[idx].topk(min(k, idx.numel())).indices])
+        start_idx = torch.cat(starts)  # B
+
+        # One batched multi-start L-BFGS run for the whole pool. Each start carries the
+        # index of its prefix in an extra input column that BoTorch holds fixed (per-start
+        # `fixed_features` values, which BoTorch re-indexes as starts converge); the wrapper
+        # reads it to force that prefix's columns and charge its δ.
+        B = start_idx.numel()
+        wrapped = _PrefixPool(acq, values, n_fixed, n_cached)
+        ics = torch.cat([raw[start_idx], owner[start_idx].unsqueeze(-1).to(raw)], dim=-1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizationWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            X, vals = gen_candidates_scipy(
+                initial_conditions=ics.unsqueeze(-2),  # B x 1 x (d + 1)
+                acquisition_function=wrapped,
+                lower_bounds=torch.cat([torch.zeros(d), torch.zeros(1)]).to(raw),
+                upper_bounds=torch.cat([torch.ones(d), torch.full((1,), len(pool))]).to(raw),
+                options={"maxiter": self.maxiter},
+                fixed_features={d: owner[start_idx].to(raw)},
+            )
+        X = wrapped.resolve(X.detach()).reshape(B, d)
+        j = int(vals.argmax())
+        return Proposal(X[j], pool[int(owner[start_idx][j])], float(vals[j]))
+
+
+class _PrefixPool(AcquisitionFunction):
+    """``acq`` over inputs with an extra last column: the index of a prefix of the pool.
+
+    The prefix's columns are forced to its cached values (so their gradient is zero and
+    they never move) and the acquisition charges its δ cached stages.
+    """
+
+    def __init__(self, acq: LogEIPerCost, values: Tensor, n_fixed: Tensor, n_cached: Tensor):
+        super().__init__(model=acq.model)
+        self.acq = acq
+        self.values = values  # P x d
+        self.n_fixed = n_fixed  # P
+        self.n_cached = n_cached  # P
+
+    def _split(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        """``b x 1 x (d+1)`` -> (``b x 1 x d`` inputs with prefixes applied, ``b`` indices)."""
+        d = X.shape[-1] - 1
+        idx = X[..., 0, d].round().long()  # b
+        fixed = torch.arange(d, device=X.device) < self.n_fixed[idx].unsqueeze(-1)  # b x d
+        Xd = torch.where(fixed.unsqueeze(-2), self.values[idx].unsqueeze(-2).to(X), X[..., :d])
+        return Xd, idx
+
+    def resolve(self, X: Tensor) -> Tensor:
+        """The real candidates (``b x 1 x d``) behind extended inputs."""
+        return self._split(X)[0]
+
+    def forward(self, X: Tensor) -> Tensor:
+        Xd, idx = self._split(X)
+        self.acq.n_cached = self.n_cached[idx]
+        return self.acq(Xd)
+
+
+register_method("random")(RandomSearch)
+register_method("ei")(lambda **kw: CostAwareEI(cost=None, **kw))
+register_method("eips")(lambda **kw: CostAwareEI(cost="total", cooling=False, **kw))
+register_method("carbo")(lambda **kw: CostAwareEI(cost="total", cooling=True, **kw))
+register_method("ms_carbo")(lambda **kw: CostAwareEI(cost="stage", cooling=True, **kw))
+register_method("eeipu")(lambda **kw: CostAwareEI(cost="stage", cooling=True, memoize=True, **kw))

@@ -1,0 +1,371 @@
+"""The ask/tell loop shared by every method."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch.quasirandom import SobolEngine
+
+from eeipu._acquisition import cooling_eta
+from eeipu._cache import CacheView, HistoryCacheView, canonical_json
+from eeipu._errors import OptimizerError, TellError
+from eeipu._methods import Method, Observations, Prefix, make_method
+from eeipu._space import SearchSpace
+from eeipu._trial import Trial, TrialState
+
+__all__ = ["Optimizer"]
+
+_DIRECTIONS = ("maximize", "minimize")
+
+
+class Optimizer:
+    """Ask/tell Bayesian optimization of a multi-stage pipeline under a cost budget.
+
+    Args:
+        space: The search space (stages in pipeline order).
+        method: A registered method name: ``eeipu`` (default), ``ms_carbo``, ``carbo``,
+            ``eips``, ``ei``, ``random``.
+        budget: Total cost budget B_total (same unit as the costs told).
+        n_init: Warm-up trials, drawn from a scrambled Sobol sequence of ``seed``: the same
+            for every method with the same seed and space. Their cost counts.
+        seed: Seed of every random choice (same seed => same trials for the same results).
+        direction: ``"maximize"`` or ``"minimize"`` the objective.
+        max_prefixes: Size cap of the prefix pool: cached proper prefixes of told trials,
+            ranked by the best objective among the trials that share them.
+        method_options: Extra keyword arguments for the method (e.g. ``num_restarts``).
+
+    Example:
+        >>> opt = Optimizer(space, method="eeipu", budget=200.0, n_init=10, seed=0)
+        >>> while not opt.done:
+        ...     trial = opt.ask()
+        ...     objective, costs = run(trial.params)        # your pipeline
+        ...     opt.tell(trial, objective=objective, costs=costs)
+        >>> opt.best_trial.params
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        method: str | Method = "eeipu",
+        budget: float = 200.0,
+        n_init: int = 10,
+        seed: int = 0,
+        direction: str = "maximize",
+        max_prefixes: int = 8,
+        method_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(space, SearchSpace):
+            raise OptimizerError(
+                f"`space` must be a SearchSpace (use SearchSpace.from_dict), but got {type(space).__name__}"
+            )
+        if (
+            isinstance(budget, bool)
+            or not isinstance(budget, numbers.Real)
+            or not (math.isfinite(budget) and budget > 0)
+        ):
+            raise OptimizerError(f"`budget > 0` must hold, but got budget={budget!r}")
+        if isinstance(n_init, bool) or not isinstance(n_init, numbers.Integral) or n_init < 1:
+            raise OptimizerError(f"`n_init >= 1` must hold (an integer), but got n_init={n_init!r}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise OptimizerError(f"`seed` must be a non-negative integer, but got seed={seed!r}")
+        if direction not in _DIRECTIONS:
+            raise OptimizerError(
+                f"`direction` must be one of {list(_DIRECTIONS)}, but got {direction!r}"
+            )
+        if isinstance(max_prefixes, bool) or not isinstance(max_prefixes, int) or max_prefixes < 0:
+            raise OptimizerError(f"`max_prefixes >= 0` must hold, but got {max_prefixes!r}")
+        self.space = space
+        self.method = (
+            method
+            if isinstance(method, Method)
+            else make_method(method, **dict(method_options or {}))
+        )
+        self.budget = float(budget)
+        self.n_init = int(n_init)
+        self.seed = int(seed)
+        self.direction = direction
+        self.max_prefixes = max_prefixes
+        self._warmup = SobolEngine(space.dim, scramble=True, seed=self.seed).draw(
+            self.n_init, dtype=torch.double
+        )
+        self._pending: dict[int, Trial] = {}
+        self._told: list[Trial] = []
+        self._n_asked = 0
+        self._spent = 0.0
+        self._warmup_spent: float | None = None
+        self._history_view = HistoryCacheView(space.stages)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def trials(self) -> list[Trial]:
+        """Told trials, in telling order (copies)."""
+        return [t.copy() for t in self._told]
+
+    @property
+    def pending(self) -> list[Trial]:
+        """Asked trials not told yet (copies)."""
+        return [t.copy() for t in self._pending.values()]
+
+    @property
+    def spent(self) -> float:
+        """Budget used: the sum of every told cost, failed trials included."""
+        return self._spent
+
+    @property
+    def budget_left(self) -> float:
+        return max(self.budget - self._spent, 0.0)
+
+    @property
+    def done(self) -> bool:
+        """True once the budget is spent."""
+        return self._spent >= self.budget
+
+    @property
+    def warmup_spent(self) -> float | None:
+        """B_0, the budget used when the warm-up ended (None during warm-up)."""
+        return self._warmup_spent
+
+    @property
+    def eta(self) -> float:
+        """Current cost-cooling exponent η."""
+        return cooling_eta(self.budget, self._spent, self._warmup_spent)
+
+    @property
+    def best_trial(self) -> Trial | None:
+        """The complete trial with the best objective (None before any)."""
+        complete = [t for t in self._told if t.state is TrialState.COMPLETE]
+        if not complete:
+            return None
+        sign = 1.0 if self.direction == "maximize" else -1.0
+        return max(complete, key=lambda t: sign * t.objective).copy()
+
+    # ------------------------------------------------------------------ ask
+    def ask(self, cache: CacheView | None = None) -> Trial:
+        """Propose the next trial.
+
+        Args:
+            cache: What is really cached (see :class:`CacheView`); default: a view derived
+                from this optimizer's told trials.
+        """
+        view = self._history_view if cache is None else cache
+        number = self._n_asked
+        if number < self.n_init:
+            x, prefix, origin, acq_value = self._warmup[number], None, "warmup", None
+        else:
+            obs = self._observations(view, number)
+            if obs.X.shape[0] < 2 or not bool((obs.Y[0] != obs.Y).any()):
+                # Too little (or degenerate) data for a GP: keep exploring at random.
+                x = torch.rand(self.space.dim, generator=obs.rng, dtype=torch.double)
+                prefix, origin, acq_value = None, "random", None
+            else:
+                with torch.random.fork_rng():
+                    # Fitting restarts draw from torch's global RNG; fork it so a seeded ask
+                    # is reproducible without touching the caller's random state.
+                    torch.manual_seed(obs.seed)
+                    proposal = self.method.propose(obs)
+                x, prefix, acq_value = proposal.x, proposal.prefix, proposal.acq_value
+                origin = self.method.name
+        params = self.space.decode(x)
+        if prefix is not None:
+            # Copy the cached stages' values verbatim: re-decoding could drift by an ulp and
+            # miss the exact-match cache.
+            for stage in self.space.stages[: prefix.n_stages]:
+                params[stage] = dict(prefix.params[stage])
+        trial = Trial(
+            number=number,
+            params=params,
+            memoized=self._memoized(view, params),
+            origin=origin,
+            acq_value=acq_value,
+        )
+        self._pending[number] = trial
+        self._n_asked += 1
+        return trial.copy()
+
+    def _memoized(
+        self, view: CacheView, params: Mapping[str, Mapping[str, Any]]
+    ) -> tuple[str, ...]:
+        out: list[str] = []
+        for stage in self.space.stages:
+            if not view.is_cached(stage, params):
+                break
+            out.append(stage)
+        return tuple(out)
+
+    def _observations(self, view: CacheView, number: int) -> Observations:
+        told = self._told
+        S = len(self.space.stages)
+        seed = (self.seed * 1_000_003 + number) % (2**31 - 1)
+        rng = torch.Generator().manual_seed(seed)
+        if told:
+            X = torch.stack([self.space.encode(t.params) for t in told])
+        else:
+            X = torch.zeros(0, self.space.dim, dtype=torch.double)
+        sign = 1.0 if self.direction == "maximize" else -1.0
+        y = [sign * t.objective if t.state is TrialState.COMPLETE else math.nan for t in told]
+        Y = torch.tensor(y, dtype=torch.double).unsqueeze(-1)
+        ok = ~torch.isnan(Y)
+        if ok.any():
+            # Failed trials count as the worst observed value: the GP then steers away.
+            Y = torch.where(ok, Y, Y[ok].min())
+        else:
+            X, Y = X[:0], Y[:0]
+        costs = torch.full((len(told), S), math.nan, dtype=torch.double)
+        cached = torch.zeros(len(told), S, dtype=torch.bool)
+        for i, t in enumerate(told):
+            for k, stage in enumerate(self.space.stages):
+                if stage in t.costs:
+                    costs[i, k] = t.costs[stage]
+                cached[i, k] = stage in t.cached
+        prefixes = self._prefix_pool(view) if self.method.uses_prefixes else []
+        return Observations(
+            space=self.space,
+            X=X,
+            Y=Y,
+            costs=costs if ok.any() else costs[:0],
+            cached=cached if ok.any() else cached[:0],
+            eta=self.eta,
+            prefixes=prefixes,
+            seed=seed,
+            rng=rng,
+        )
+
+    def _prefix_pool(self, view: CacheView) -> list[Prefix]:
+        """Distinct proper prefixes of told trials that the cache view confirms, best first."""
+        sign = 1.0 if self.direction == "maximize" else -1.0
+        found: dict[str, Prefix] = {}
+        stages = self.space.stages
+        for t in self._told:
+            score = sign * t.objective if t.state is TrialState.COMPLETE else -math.inf
+            for j in range(1, len(stages)):
+                sub = {s: t.params[s] for s in stages[:j]}
+                key = canonical_json([j, sub])
+                if key in found:
+                    if score > found[key].score:
+                        found[key] = Prefix(j, found[key].x, found[key].params, score)
+                    continue
+                if not view.is_cached(stages[j - 1], sub):
+                    break  # a longer prefix cannot be cached if this one is not
+                x = self.space.encode(t.params)[: self.space.prefix_dim(j)]
+                found[key] = Prefix(j, x, {s: dict(v) for s, v in sub.items()}, score)
+        # Best objective first; among equals prefer longer prefixes (cheaper candidates).
+        ranked = sorted(found.values(), key=lambda p: (-p.score, -p.n_stages))
+        return ranked[: self.max_prefixes]
+
+    def add_trial(
+        self,
+        params: Mapping[str, Mapping[str, Any]],
+        objective: float | None,
+        costs: Mapping[str, float],
+        cached: Iterable[str] = (),
+        origin: str = "replay",
+    ) -> Trial:
+        """Record a trial evaluated elsewhere as if it had been asked and told here.
+
+        Used to resume a study from its journal or to warm-start from another study: the
+        trial takes the next number, so a resumed optimizer continues where it stopped
+        (the warm-up included).
+        """
+        self.space.validate(params)
+        number = self._n_asked
+        trial = Trial(
+            number=number,
+            params={s: dict(params[s]) for s in self.space.stages},
+            memoized=tuple(cached),
+            origin=origin,
+        )
+        self._pending[number] = trial
+        self._n_asked += 1
+        try:
+            return self.tell(trial, objective=objective, costs=costs, cached=cached)
+        except Exception:
+            del self._pending[number]
+            self._n_asked -= 1
+            raise
+
+    # ------------------------------------------------------------------ tell
+    def tell(
+        self,
+        trial: Trial | int,
+        objective: float | None,
+        costs: Mapping[str, float],
+        cached: Iterable[str] | None = None,
+    ) -> Trial:
+        """Record a trial's results.
+
+        Args:
+            trial: The trial returned by :meth:`ask` (or its number).
+            objective: The objective value, or ``None`` when the trial failed.
+            costs: ``{stage: cost}`` actually spent (a cached stage reports its load cost).
+                A complete trial reports every stage; a failed one the stages it reached.
+            cached: Stages that really loaded from the cache (default: ``trial.memoized``).
+
+        Returns:
+            The told trial.
+        """
+        number = trial.number if isinstance(trial, Trial) else trial
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise TellError(f"`trial` must be a Trial or its number, but got {trial!r}")
+        if number not in self._pending:
+            if any(t.number == number for t in self._told):
+                raise TellError(f"trial {number} was already told; a trial is told once")
+            raise TellError(f"trial {number} was never asked by this optimizer")
+        asked = self._pending[number]
+        if objective is not None:
+            if isinstance(objective, bool) or not isinstance(objective, numbers.Real):
+                raise TellError(
+                    f"`objective` must be a number or None (failed), but got {objective!r} "
+                    f"(trial {number})"
+                )
+            if not math.isfinite(objective):
+                raise TellError(
+                    f"`objective` must be finite, but got {objective!r} (trial {number}); "
+                    "tell objective=None to record a failed trial"
+                )
+        if not isinstance(costs, Mapping):
+            raise TellError(f"`costs` must map stage -> cost, but got {costs!r} (trial {number})")
+        stages = self.space.stages
+        unknown = sorted(set(costs) - set(stages))
+        if unknown:
+            raise TellError(f"costs for unknown stage(s) {unknown}; stages are {list(stages)}")
+        for stage, c in costs.items():
+            if (
+                isinstance(c, bool)
+                or not isinstance(c, numbers.Real)
+                or not math.isfinite(c)
+                or c < 0
+            ):
+                raise TellError(
+                    f"cost must be a finite number >= 0, but got {c!r} (trial {number}, stage {stage!r})"
+                )
+        if objective is not None:
+            missing = [s for s in stages if s not in costs]
+            if missing:
+                raise TellError(
+                    f"a complete trial reports the cost of every stage, but {missing} are missing "
+                    f"(trial {number})"
+                )
+        cached_t = asked.memoized if cached is None else tuple(cached)
+        bad = sorted(set(cached_t) - set(stages))
+        if bad:
+            raise TellError(f"`cached` names unknown stage(s) {bad}; stages are {list(stages)}")
+        done = asked
+        done.state = TrialState.COMPLETE if objective is not None else TrialState.FAILED
+        done.objective = float(objective) if objective is not None else None
+        done.costs = {s: float(costs[s]) for s in stages if s in costs}
+        done.cached = tuple(s for s in stages if s in cached_t)
+        del self._pending[number]
+        self._told.append(done)
+        self._spent += done.cost
+        if done.state is TrialState.COMPLETE:
+            self._history_view.add(done.params)
+        if (
+            self._warmup_spent is None
+            and sum(t.number < self.n_init for t in self._told) >= self.n_init
+        ):
+            self._warmup_spent = self._spent
+        return done.copy()

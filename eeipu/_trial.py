@@ -1,0 +1,66 @@
+"""Trials: what ``ask`` proposes and ``tell`` completes."""
+
+from __future__ import annotations
+
+import copy
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Trial", "TrialState"]
+
+
+class TrialState(enum.StrEnum):
+    PENDING = "pending"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+@dataclass
+class Trial:
+    """One candidate configuration and, once told, its results.
+
+    Attributes:
+        number: 0-based index in asking order.
+        params: ``{stage: {param: value}}`` with canonical values.
+        memoized: Stages the optimizer expects to load from the cache (a leading run of
+            stages, in pipeline order).
+        origin: ``"warmup"`` or the method that proposed it.
+        acq_value: The (log) acquisition value of the proposal, where there is one.
+        state: pending, complete or failed.
+        objective: The objective (None while pending or when failed).
+        costs: What each stage really cost (a cached stage: its load cost).
+        cached: Stages that really loaded from the cache.
+    """
+
+    number: int
+    params: dict[str, dict[str, Any]]
+    memoized: tuple[str, ...] = ()
+    origin: str = "warmup"
+    acq_value: float | None = None
+    state: TrialState = TrialState.PENDING
+    objective: float | None = None
+    costs: dict[str, float] = field(default_factory=dict)
+    cached: tuple[str, ...] = ()
+
+    @property
+    def cost(self) -> float:
+        """Total cost of the trial (sum over stages)."""
+        return float(sum(self.costs.values()))
+
+    def copy(self) -> Trial:
+        return copy.deepcopy(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready record of the trial (for journals and tables)."""
+        return {
+            "number": self.number,
+            "state": self.state.value,
+            "origin": self.origin,
+            "params": copy.deepcopy(self.params),
+            "memoized": list(self.memoized),
+            "cached": list(self.cached),
+            "objective": self.objective,
+            "costs": dict(self.costs),
+            "acq_value": self.acq_value,
+        }

@@ -1,0 +1,99 @@
+"""The study journal: one immutable JSON record per told trial, next to the cache.
+
+Layout under the store root::
+
+    studies/<study>/study.json              what the study is (space, method, seed, ...)
+    studies/<study>/trials/<number>.json    one record per told trial, written atomically
+
+A record is written once and never changed (append-only by construction), each write is
+atomic (temp file + rename locally, one PUT on S3), and the journal is read back with one
+listing, so a study resumes after a crash and other machines can read it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from eeipu import Optimizer, SearchSpace
+
+from flows._config import ConfigError, StudyConfig
+from stages import Store
+
+__all__ = ["StudyJournal"]
+
+# Keys of study.json that must match for a study to be resumed under the same name.
+_IDENTITY = ("space", "method", "seed", "n_init", "direction", "pipeline")
+
+
+class StudyJournal:
+    """Append-only journal of one study on a :class:`stages.Store`."""
+
+    def __init__(self, store: Store, study: str) -> None:
+        self.store = store
+        self.study = study
+        self.folder = f"studies/{study}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.store.url}/{self.folder}"
+
+    def open(self, config: StudyConfig, space: SearchSpace) -> dict[str, Any]:
+        """Create ``study.json``, or check that an existing study is the same study."""
+        header = {
+            "study": self.study,
+            "space": space.to_dict(),
+            "method": config.method,
+            "seed": config.seed,
+            "n_init": config.n_init,
+            "direction": config.pipeline.direction,
+            "pipeline": {"name": config.pipeline.name, "target": config.pipeline.target},
+            "budget": config.budget,
+        }
+        try:
+            existing = json.loads(self.store.read_file(f"{self.folder}/study.json"))
+        except FileNotFoundError:
+            existing = None
+        if existing is not None:
+            differ = [k for k in _IDENTITY if existing.get(k) != json.loads(json.dumps(header[k]))]
+            if differ:
+                raise ConfigError(
+                    f"study {self.study!r} already exists at {self.url} with a different "
+                    f"{', '.join(differ)}; resume it with the same settings or pick a new `study` name"
+                )
+        self.store.write_file(f"{self.folder}/study.json", _dumps(header))
+        return header
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every record, in trial order (one listing, then one read per record)."""
+        names = [n for n in self.store.list_files(f"{self.folder}/trials") if n.endswith(".json")]
+        out = [json.loads(self.store.read_file(f"{self.folder}/trials/{n}")) for n in names]
+        return sorted(out, key=lambda r: r["number"])
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Write one trial's record (atomic; a record is never rewritten)."""
+        number = int(record["number"])
+        self.store.write_file(f"{self.folder}/trials/{number:06d}.json", _dumps(record))
+
+    def replay(self, optimizer: Optimizer) -> list[dict[str, Any]]:
+        """Tell ``optimizer`` every journaled trial, in order; returns the records."""
+        records = self.records()
+        for i, rec in enumerate(records):
+            if rec["number"] != i:
+                raise ConfigError(
+                    f"the journal of study {self.study!r} at {self.url} misses trial {i}; "
+                    "it was not written by this version or was edited"
+                )
+            optimizer.add_trial(
+                rec["params"],
+                rec["objective"] if rec["state"] == "complete" else None,
+                rec["costs"],
+                cached=rec["cached"],
+                origin=rec.get("origin", "replay"),
+            )
+        return records
+
+
+def _dumps(obj: Any) -> bytes:
+    return (json.dumps(obj, sort_keys=True, indent=1, allow_nan=False) + "\n").encode("utf-8")

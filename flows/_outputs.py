@@ -1,0 +1,185 @@
+"""Outputs for people: results CSV, best configuration YAML, best-vs-cost plot, and the
+Prefect artifacts (progress, trials table, best-configuration summary)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "artifact_key",
+    "best_markdown",
+    "best_so_far",
+    "progress_line",
+    "trial_rows",
+    "write_outputs",
+]
+
+
+def artifact_key(study: str, what: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"{study}-{what}".lower()).strip("-")
+
+
+def best_so_far(records: Sequence[dict[str, Any]], direction: str) -> list[float | None]:
+    """Running best objective after each record (None before the first success)."""
+    sign = 1.0 if direction == "maximize" else -1.0
+    best: float | None = None
+    out: list[float | None] = []
+    for r in records:
+        if r["state"] == "complete" and (best is None or sign * r["objective"] > sign * best):
+            best = r["objective"]
+        out.append(best)
+    return out
+
+
+def trial_rows(records: Sequence[dict[str, Any]], direction: str) -> list[dict[str, Any]]:
+    """One flat row per trial: number, state, objective, best, costs, cached, params."""
+    rows, spent = [], 0.0
+    for r, best in zip(records, best_so_far(records, direction), strict=True):
+        cost = sum(r["costs"].values())
+        spent += cost
+        row: dict[str, Any] = {
+            "trial": r["number"],
+            "state": r["state"],
+            "origin": r.get("origin", ""),
+            "objective": r["objective"],
+            "best": best,
+            "cost": round(cost, 6),
+            "cumulative_cost": round(spent, 6),
+            "cached": " ".join(r["cached"]),
+        }
+        for stage, c in r["costs"].items():
+            row[f"cost.{stage}"] = round(c, 6)
+        for stage, section in r["params"].items():
+            for name, value in section.items():
+                row[f"{stage}.{name}"] = value
+        rows.append(row)
+    return rows
+
+
+def progress_line(record: dict[str, Any], best: float | None, spent: float, budget: float) -> str:
+    cost = sum(record["costs"].values())
+    cached = ",".join(record["cached"]) or "-"
+    obj = "FAILED" if record["objective"] is None else f"{record['objective']:.6g}"
+    best_s = "-" if best is None else f"{best:.6g}"
+    return (
+        f"trial {record['number']:>3} | cost {cost:9.4g} | cached {cached:<24} | "
+        f"objective {obj:>10} | best {best_s:>10} | spent {spent:.4g}/{budget:.4g} "
+        f"({min(100.0, 100.0 * spent / budget):.0f}%)"
+    )
+
+
+def best_markdown(study: str, best: dict[str, Any] | None, spent: float, n_trials: int) -> str:
+    if best is None:
+        return f"# Study `{study}`\n\nNo trial completed ({n_trials} failed)."
+    lines = [
+        f"# Study `{study}`: best configuration",
+        "",
+        f"**Objective:** {best['objective']:.6g} (trial {best['number']}), "
+        f"after {n_trials} trials and {spent:.4g} cost units.",
+        "",
+        "| stage | parameter | value |",
+        "|---|---|---|",
+    ]
+    for stage, section in best["params"].items():
+        for name, value in section.items():
+            lines.append(f"| {stage} | {name} | {value} |")
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_outputs(
+    out_dir: str | os.PathLike[str],
+    study: str,
+    records: Sequence[dict[str, Any]],
+    direction: str,
+    warmup_cost: float | None,
+) -> dict[str, Path]:
+    """Write ``results.csv``, ``best.yaml`` and ``best_vs_cost.png`` into ``out_dir``."""
+    out = Path(out_dir)
+    rows = trial_rows(records, direction)
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    paths = {"csv": out / "results.csv", "yaml": out / "best.yaml", "png": out / "best_vs_cost.png"}
+    _atomic_write(paths["csv"], buf.getvalue().encode())
+    complete = [r for r in records if r["state"] == "complete"]
+    sign = 1.0 if direction == "maximize" else -1.0
+    best = max(complete, key=lambda r: sign * r["objective"]) if complete else None
+    summary = {
+        "study": study,
+        "direction": direction,
+        "trials": len(records),
+        "failed": len(records) - len(complete),
+        "spent": round(sum(sum(r["costs"].values()) for r in records), 6),
+        "best": None
+        if best is None
+        else {"trial": best["number"], "objective": best["objective"], "params": best["params"]},
+    }
+    _atomic_write(paths["yaml"], yaml.safe_dump(json.loads(json.dumps(summary)), sort_keys=False).encode())
+    _plot(paths["png"], study, rows, warmup_cost)
+    return paths
+
+
+def _plot(path: Path, study: str, rows: list[dict[str, Any]], warmup_cost: float | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    xs = [r["cumulative_cost"] for r in rows if r["best"] is not None]
+    ys = [r["best"] for r in rows if r["best"] is not None]
+    if xs:
+        ax.step(xs, ys, where="post", color="tab:blue", lw=2, label="best so far")
+    ok = [r for r in rows if r["objective"] is not None]
+    if ok:
+        hits = [r for r in ok if r["cached"]]
+        miss = [r for r in ok if not r["cached"]]
+        ax.scatter([r["cumulative_cost"] for r in miss], [r["objective"] for r in miss], s=14,
+                   color="tab:gray", alpha=0.6, label="trial (nothing cached)")
+        ax.scatter([r["cumulative_cost"] for r in hits], [r["objective"] for r in hits], s=14,
+                   color="tab:orange", alpha=0.8, label="trial (cached prefix)")
+        lo = min(r["objective"] for r in ok)
+        hi = max(r["objective"] for r in ok)
+        pad = 0.05 * (hi - lo or 1.0)
+        # Zoom on the interesting range: outliers far below the best would flatten the curve.
+        floor = sorted(r["objective"] for r in ok)[len(ok) // 4] if len(ok) > 8 else lo
+        ax.set_ylim(min(floor, ys[0] if ys else floor) - pad, hi + pad)
+    if warmup_cost is not None:
+        ax.axvline(warmup_cost, color="k", ls=":", lw=1, label="end of warm-up")
+    ax.set_xlabel("cumulative cost")
+    ax.set_ylabel("objective")
+    ax.set_title(f"{study}: best objective vs cumulative cost")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    _atomic_write(path, buf.getvalue())

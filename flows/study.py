@@ -1,0 +1,263 @@
+"""The controller flow (one study) and the trial subflow (one configuration).
+
+    tune_flow(config)            controller: warm-up, then ask -> trial-<n> -> tell until
+                                 the budget is spent; journal, outputs and artifacts
+    trial_flow(config, n, params) one configuration's stages, each a cached Prefect task
+
+Both take JSON-only parameters (so the Prefect UI shows them and a deployment can run them);
+credentials never travel in them: the store reads them from the environment or from
+``storage.options`` given to this process.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from prefect import flow, get_run_logger, tags
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from eeipu import Optimizer, SearchSpace, TrialState
+from flows._config import ConfigError, StudyConfig
+from flows._journal import StudyJournal
+from flows._outputs import (
+    artifact_key,
+    best_markdown,
+    best_so_far,
+    progress_line,
+    trial_rows,
+    write_outputs,
+)
+from stages import Pipeline, StageError, Store, StoreCacheView, run_pipeline
+
+__all__ = [
+    "StudyFailed",
+    "StudyResult",
+    "build_pipeline",
+    "register_store",
+    "run_study",
+    "trial_flow",
+    "tune_flow",
+]
+
+logger = logging.getLogger("eeipu")
+
+
+class StudyFailed(RuntimeError):
+    """The study stopped before its budget was spent (a stage failed, say)."""
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    study: str
+    n_trials: int
+    spent: float
+    best_objective: float | None
+    best_params: dict[str, Any] | None
+    outputs: dict[str, str]
+    journal_url: str
+
+
+# ---------------------------------------------------------------------- building blocks
+def build_pipeline(config: StudyConfig) -> Pipeline:
+    """Call the configured factory; apply the YAML search space over the stages' own."""
+    factory = config.pipeline.factory()
+    try:
+        pipeline = factory(**config.pipeline.kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"`pipeline.kwargs` do not fit {config.pipeline.target}: {exc}") from exc
+    if not isinstance(pipeline, Pipeline):
+        raise ConfigError(
+            f"`pipeline.target` {config.pipeline.target} must return a stages.Pipeline, "
+            f"but returned {type(pipeline).__name__}"
+        )
+    space = config.pipeline.space
+    if space is not None:
+        unknown = sorted(set(space) - set(pipeline.stage_names))
+        if unknown:
+            raise ConfigError(
+                f"`pipeline.space` names unknown stage(s) {unknown}; stages are {pipeline.stage_names}"
+            )
+        stages = [replace(s, space=space.get(s.name, s.space)) for s in pipeline.stages]
+        pipeline = Pipeline(stages, metric=config.pipeline.metric or pipeline.metric)
+    elif config.pipeline.metric:
+        pipeline = Pipeline(pipeline.stages, metric=config.pipeline.metric)
+    return pipeline
+
+
+_stores: dict[str, Store] = {}
+
+
+def register_store(config: StudyConfig) -> Store:
+    """The process's Store for ``config.storage`` (built once, with its options)."""
+    return _store(config)
+
+
+def _store(config: StudyConfig) -> Store:
+    # One Store per URL and process: the trial subflow gets the controller's store
+    # (with any storage.options) without credentials passing through flow parameters.
+    if config.storage.url not in _stores:
+        _stores[config.storage.url] = Store(config.storage.url, config.storage.options)
+    return _stores[config.storage.url]
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_pipeline(config_json: str) -> Pipeline:
+    return build_pipeline(StudyConfig.from_mapping(json.loads(config_json)))
+
+
+def _config_from(config: dict[str, Any]) -> StudyConfig:
+    return StudyConfig.from_mapping(config)
+
+
+# ---------------------------------------------------------------------- the flows
+@flow(name="eeipu-trial", log_prints=False, validate_parameters=False)
+def trial_flow(config: dict[str, Any], number: int, params: dict[str, Any]) -> dict[str, Any]:
+    """Run one configuration: each stage a Prefect task, cached by its Merkle key."""
+    cfg = _config_from(config)
+    pipeline = _cached_pipeline(json.dumps(config, sort_keys=True))
+    result = run_pipeline(
+        pipeline, params, _store(cfg), retries=cfg.retries, retry_delay_seconds=cfg.retry_delay_seconds
+    )
+    return {
+        "objective": result.objective,
+        "costs": result.costs,
+        "cached": sorted(result.cached_stages),
+        "seconds": result.seconds,
+        "keys": result.keys,
+    }
+
+
+@flow(name="eeipu-study", log_prints=False, validate_parameters=False)
+def tune_flow(config: dict[str, Any]) -> StudyResult:
+    """Run (or resume) a study until its budget is spent; see the module docstring."""
+    cfg = _config_from(config)
+    return run_study(cfg)
+
+
+def run_study(cfg: StudyConfig) -> StudyResult:
+    run_logger = _logger()
+    pipeline = build_pipeline(cfg)
+    space = SearchSpace.from_dict(pipeline.space_dict())
+    store = _store(cfg)
+    journal = StudyJournal(store, cfg.study)
+    journal.open(cfg, space)
+    opt = Optimizer(
+        space,
+        method=cfg.method,
+        budget=cfg.budget,
+        n_init=cfg.n_init,
+        seed=cfg.seed,
+        direction=cfg.pipeline.direction,
+        max_prefixes=cfg.max_prefixes,
+        method_options=cfg.method_options,
+    )
+    records = journal.replay(opt)
+    config_json = cfg.to_dict()
+    _say(
+        run_logger,
+        cfg,
+        f"study {cfg.study!r}: pipeline {cfg.pipeline.name} ({' -> '.join(pipeline.stage_names)}), "
+        f"method {cfg.method}, budget {cfg.budget:g}, seed {cfg.seed}; cache {store.url}"
+        + (f"; resuming after {len(records)} trials, spent {opt.spent:.4g}" if records else ""),
+    )
+    progress_id = create_progress_artifact(
+        progress=min(100.0, 100.0 * opt.spent / cfg.budget),
+        key=artifact_key(cfg.study, "progress"),
+        description=f"Budget spent by study {cfg.study}",
+    )
+    failure: BaseException | None = None
+    while not opt.done:
+        t0 = time.time()
+        trial = opt.ask(cache=StoreCacheView(pipeline, store))
+        asked = time.time()
+        try:
+            with tags(f"study:{cfg.study}"):
+                out = trial_flow.with_options(flow_run_name=f"trial-{trial.number}")(
+                    config_json, trial.number, trial.params
+                )
+            objective, costs, cached = out["objective"], out["costs"], out["cached"]
+            seconds, error = out["seconds"], None
+            if not math.isfinite(objective):
+                objective, error = None, f"objective is {objective!r}"
+        except StageError as exc:
+            objective, costs, cached, seconds = None, dict(exc.costs), [], dict(exc.seconds)
+            error, failure = str(exc), exc
+        told = opt.tell(trial, objective=objective, costs=costs, cached=cached)
+        record = {
+            **told.to_dict(),
+            "error": error,
+            "seconds": seconds,
+            "started_at": t0,
+            "ask_seconds": round(asked - t0, 6),
+            "finished_at": time.time(),
+        }
+        journal.append(record)
+        records.append(record)
+        best = best_so_far(records, cfg.pipeline.direction)[-1]
+        _say(run_logger, cfg, progress_line(record, best, opt.spent, cfg.budget))
+        update_progress_artifact(progress_id, progress=min(100.0, 100.0 * opt.spent / cfg.budget))
+        if told.state is TrialState.FAILED and not cfg.continue_on_failure:
+            break
+        failure = None
+    paths = write_outputs(
+        cfg.output_dir, cfg.study, records, cfg.pipeline.direction, opt.warmup_spent
+    )
+    create_table_artifact(
+        key=artifact_key(cfg.study, "trials"),
+        table=trial_rows(records, cfg.pipeline.direction),
+        description=f"Trials of study {cfg.study}",
+    )
+    best = opt.best_trial
+    create_markdown_artifact(
+        key=artifact_key(cfg.study, "best"),
+        markdown=best_markdown(
+            cfg.study, None if best is None else best.to_dict(), opt.spent, len(records)
+        ),
+        description=f"Best configuration of study {cfg.study}",
+    )
+    if failure is not None:
+        raise StudyFailed(
+            f"study {cfg.study!r} stopped: {failure} ({len(records)} trials are in the journal "
+            f"at {journal.url}; fix the stage and re-run the same command to resume)"
+        ) from failure
+    _say(
+        run_logger,
+        cfg,
+        f"done: {len(records)} trials, spent {opt.spent:.4g}/{cfg.budget:g}; best "
+        + ("-" if best is None else f"{best.objective:.6g} (trial {best.number})")
+        + f"; outputs in {cfg.output_dir}",
+    )
+    return StudyResult(
+        study=cfg.study,
+        n_trials=len(records),
+        spent=opt.spent,
+        best_objective=None if best is None else best.objective,
+        best_params=None if best is None else best.params,
+        outputs={k: str(v) for k, v in paths.items()},
+        journal_url=journal.url,
+    )
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except Exception:
+        return logger
+
+
+def _say(run_logger: Any, cfg: StudyConfig, line: str) -> None:
+    if cfg.progress:
+        print(line, file=sys.stderr, flush=True)
+    run_logger.debug(line) if cfg.progress else run_logger.info(line)

@@ -1,0 +1,65 @@
+"""The Hydra entry point: ``python -m flows.tune [overrides]``.
+
+Composes ``conf/config.yaml``, validates it into a :class:`flows.StudyConfig`, and runs the
+controller flow on Prefect (the embedded server unless ``PREFECT_API_URL`` is set). Bad
+input exits non-zero with a one-line ``error:`` message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+# Prefect reads these at import: keep its telemetry off (these machines are offline) and
+# give its embedded server time for a first start (database migration).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
+
+__all__ = ["main", "run"]
+
+
+def run(cfg_dict: dict) -> object:
+    """Validate a plain config dict and run the study flow (heartbeat disabled)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from flows._config import StudyConfig
+    from flows.study import register_store, tune_flow
+
+    cfg = StudyConfig.from_mapping(cfg_dict)
+    # storage.options may hold credentials: they go into this process's Store, never into
+    # flow parameters (cfg.to_dict() leaves them out).
+    register_store(cfg)
+    # The heartbeat thread makes every flow run wait ~1 s at exit: one per trial subflow.
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return tune_flow.with_options(flow_run_name=cfg.study)(cfg.to_dict())
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    # Hydra's logging setup routes Prefect's HTTP client chatter to the console.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from eeipu import EEIPUError
+    from flows.study import StudyFailed
+    from stages import PipelineError, StageError, StoreError
+
+    try:
+        cfg_dict = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        result = run(cfg_dict)
+    except (EEIPUError, PipelineError, StageError, StoreError, StudyFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OmegaConfBaseException as exc:
+        msg = str(exc).splitlines()[0]
+        print(f"error: configuration: {msg}", file=sys.stderr)
+        sys.exit(2)
+    return result.best_objective
+
+
+if __name__ == "__main__":
+    main()

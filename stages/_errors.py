@@ -1,0 +1,44 @@
+"""The exception family of the pipeline layer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = ["PipelineError", "StageError", "StoreError"]
+
+
+class PipelineError(ValueError):
+    """A stage or pipeline definition breaks a rule (raised at construction)."""
+
+
+class StoreError(RuntimeError):
+    """The store holds something it cannot serve: a missing or corrupt entry."""
+
+
+class StageError(RuntimeError):
+    """A stage failed while a configuration ran through the pipeline.
+
+    The cause is chained (``raise ... from exc``) and kept in ``__cause__``.
+
+    Attributes:
+        stage: Name of the failing stage.
+        key: Cache key of the failing stage for this configuration.
+        costs: Cost spent per stage before (and including) the failure, so a budget can
+            still be charged for a failed trial.
+        seconds: Wall-clock seconds per stage, same stages as ``costs``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage: str,
+        key: str,
+        costs: Mapping[str, float],
+        seconds: Mapping[str, float] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.key = key
+        self.costs = dict(costs)
+        self.seconds = dict(seconds or {})

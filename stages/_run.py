@@ -1,0 +1,194 @@
+"""Run one configuration through a pipeline, stage by stage, as Prefect tasks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect.utilities.annotations import quote
+
+from stages._errors import StageError
+from stages._pipeline import Params, Pipeline
+from stages._prefect import StageOutput, _Unavailable, stage_task
+from stages._store import Store
+
+__all__ = ["TrialResult", "run_pipeline"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What one configuration cost and produced.
+
+    Attributes:
+        objective: The sink's objective (``Pipeline.metric`` entry when it returns a dict).
+        costs: ``{stage: cost}``. A stage that ran costs its reported cost, else its
+            function's wall-clock seconds; a cache hit costs its measured load time (wall
+            seconds of its task); a skipped stage (``lazy=True`` only) costs 0.
+        cached: ``{stage: bool}``, True for cache hits and skipped stages.
+        keys: ``{stage: Merkle cache key}``.
+        seconds: ``{stage: wall-clock seconds}`` of each stage's Prefect task (0 if skipped).
+        output: The sink's raw output (e.g. a dict of all metrics).
+        skipped: Stages neither run nor loaded, because everything downstream of them
+            was loaded from the cache (``lazy=True`` only).
+    """
+
+    objective: float
+    costs: dict[str, float]
+    cached: dict[str, bool]
+    keys: dict[str, str]
+    seconds: dict[str, float]
+    output: Any = None
+    skipped: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def cached_stages(self) -> frozenset[str]:
+        """Names of the stages that did not run."""
+        return frozenset(s for s, hit in self.cached.items() if hit)
+
+    @property
+    def total_cost(self) -> float:
+        return float(sum(self.costs.values()))
+
+
+class _Replan(Exception):
+    """A planned cache hit vanished before it was loaded: run again without skipping."""
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    params: Params,
+    store: Store,
+    *,
+    retries: int = 0,
+    retry_delay_seconds: float = 0.0,
+    lazy: bool = False,
+) -> TrialResult:
+    """Run one configuration; every stage is a Prefect task cached in ``store``.
+
+    Works inside a Prefect flow (the trial subflow) and outside one. A stage whose Merkle
+    key is in the store is loaded (Prefect reports its task run as ``Cached``); others run
+    and are stored.
+
+    Args:
+        pipeline: The pipeline.
+        params: ``{stage: {param: value}}`` for every stage with hyperparameters.
+        store: Where stage results live.
+        retries: Prefect task retries per stage.
+        retry_delay_seconds: Prefect's wait between a stage's retries.
+        lazy: Skip loading cached stages whose output nothing needs (upstream of another
+            cache hit). Saves downloads of large intermediates; skipped stages cost 0.
+
+    Returns:
+        The :class:`TrialResult`.
+
+    Raises:
+        ValueError: ``params`` do not fit the pipeline's search space.
+        StageError: A stage failed (or the sink returned no objective); carries the stage,
+            its key and the costs spent so far, with the cause chained.
+
+    Example:
+        >>> from stages import Pipeline, Store, stage, run_pipeline  # doctest: +SKIP
+        >>> store = Store(".eeipu/cache")  # doctest: +SKIP
+        >>> result = run_pipeline(pipe, {"score": {"w": 0.5}}, store)  # doctest: +SKIP
+        >>> result.objective, result.cached  # doctest: +SKIP
+    """
+    keys = pipeline.keys(params)
+    own = {s.name: s.normalize(params.get(s.name)) for s in pipeline.stages}
+    if lazy:
+        try:
+            return _run(pipeline, own, keys, store, (retries, retry_delay_seconds), _plan(pipeline, keys, store))
+        except _Replan:
+            logger.info("a cache entry vanished while the trial ran; running it again in full")
+    return _run(pipeline, own, keys, store, (retries, retry_delay_seconds), None)
+
+
+def _plan(pipeline: Pipeline, keys: Mapping[str, str], store: Store) -> tuple[set[str], set[str]]:
+    """(needed, hits): walk back from the sink; a hit's inputs are not needed for it."""
+    needed, hits = {pipeline.sink.name}, set()
+    for s in reversed(pipeline.stages):
+        if s.name not in needed:
+            continue
+        if store.exists(keys[s.name]):
+            hits.add(s.name)
+        else:
+            needed.update(u.name for u in pipeline.upstream(s.name))
+    return needed, hits
+
+
+def _run(
+    pipeline: Pipeline,
+    own: Mapping[str, dict[str, Any]],
+    keys: Mapping[str, str],
+    store: Store,
+    retries: tuple[int, float],
+    plan: tuple[set[str], set[str]] | None,
+) -> TrialResult:
+    values: dict[str, Any] = {}  # by output name
+    costs: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    cached: dict[str, bool] = {}
+    skipped: set[str] = set()
+    for s in pipeline.stages:
+        key = keys[s.name]
+        if plan is not None and s.name not in plan[0]:
+            costs[s.name], seconds[s.name], cached[s.name] = 0.0, 0.0, True
+            skipped.add(s.name)
+            continue
+        expect_hit = plan is not None and s.name in plan[1]
+        inputs = None if expect_hit else quote({i: values[i] for i in s.inputs})
+        task = stage_task(
+            s, store, retries=retries[0], retry_delay_seconds=retries[1], task_run_name=f"{s.name}-{key[:8]}")
+        start = time.perf_counter()
+        state = task(
+            params=own[s.name],
+            input_keys=[keys[u.name] for u in pipeline.upstream(s.name)],
+            inputs=inputs,
+            return_state=True,
+        )
+        wall = time.perf_counter() - start
+        seconds[s.name] = wall
+        if not state.is_completed():
+            exc = state.result(raise_on_failure=False)
+            if isinstance(exc, _Unavailable):
+                raise _Replan from exc
+            costs[s.name] = wall
+            raise StageError(
+                f"stage {s.name!r} failed (key {key}): {type(exc).__name__}: {exc}",
+                stage=s.name,
+                key=key,
+                costs=costs,
+                seconds=seconds,
+            ) from (exc if isinstance(exc, BaseException) else None)
+        out: StageOutput = state.result()
+        hit = state.name == "Cached"
+        cached[s.name] = hit
+        costs[s.name] = wall if hit else out.cost
+        values[s.output] = out.value
+        logger.debug(
+            "stage %s key %s %s in %.3fs", s.name, key[:12], "loaded" if hit else "ran", wall
+        )
+    sink = pipeline.sink
+    try:
+        objective = pipeline.objective(values[sink.output])
+    except ValueError as exc:
+        raise StageError(
+            f"stage {sink.name!r} produced no objective (key {keys[sink.name]}): {exc}",
+            stage=sink.name,
+            key=keys[sink.name],
+            costs=costs,
+            seconds=seconds,
+        ) from exc
+    return TrialResult(
+        objective=objective,
+        costs=costs,
+        cached=cached,
+        keys=dict(keys),
+        seconds=seconds,
+        output=values[sink.output],
+        skipped=frozenset(skipped),
+    )

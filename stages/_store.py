@@ -1,0 +1,240 @@
+"""The memoizing store: stage results on an fsspec filesystem, keyed by Merkle key.
+
+Layout under the store's URL (a local folder or ``s3://bucket/prefix``)::
+
+    meta/<key>.json   small sidecar: sha256 and size of the payload, cost, timing, stage,
+                      version, plus Prefect's result-record metadata (serializer, storage key)
+    data/<key>        payload: the serialized stage output
+
+The sidecar is written after the payload and is the commit marker: an entry exists exactly
+when its sidecar exists, so existence checks and listings touch only ``meta/`` and never
+download a payload. Every file is written atomically: on a local disk to a temporary name
+and then renamed (``os.replace`` semantics), on object stores as one PUT (S3 objects appear
+whole or not at all).
+
+Credentials come from ``storage_options`` or the standard environment variables
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ...). They are kept
+only inside the fsspec filesystem object and never appear in ``repr`` or in error messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from stages._errors import StoreError
+
+__all__ = ["DEFAULT_STORE_URL", "Store"]
+
+DEFAULT_STORE_URL = ".eeipu/cache"
+
+
+def _check_key(key: str) -> str:
+    # Keys become file names; refuse anything that could escape the store's folders.
+    if not key or any(c in key for c in "/\\") or key.startswith("."):
+        raise ValueError(f"a store key must be a plain file name, but got {key!r}")
+    return key
+
+
+class Store:
+    """Stage results on an fsspec filesystem.
+
+    Args:
+        url: A local folder (default ``.eeipu/cache``, made absolute) or any fsspec URL such
+            as ``s3://bucket/prefix``.
+        storage_options: Passed to the fsspec filesystem (for S3: ``key``, ``secret``,
+            ``endpoint_url``, ``client_kwargs``...). For S3 without an explicit endpoint,
+            ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` are honoured.
+
+    Example:
+        >>> import tempfile
+        >>> store = Store(tempfile.mkdtemp())
+        >>> _ = store.write("k1", b"payload", {"cost": 1.0})
+        >>> store.exists("k1"), store.read("k1")
+        (True, b'payload')
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str] = DEFAULT_STORE_URL,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        url = os.fspath(url)
+        protocol = url.split("://", 1)[0] if "://" in url else "file"
+        options = dict(storage_options or {})
+        if protocol in ("file", "local"):
+            url = os.path.abspath(url.split("://", 1)[-1])
+        elif protocol in ("s3", "s3a"):
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            if endpoint and "endpoint_url" not in options:
+                options["endpoint_url"] = endpoint
+        if protocol not in ("file", "local"):
+            # Another process may write at any time: never answer from a stale listing.
+            options.setdefault("use_listings_cache", False)
+        self.url = url.rstrip("/")
+        self.fs, root = fsspec.core.url_to_fs(self.url, **options)
+        self.root = root.rstrip("/")
+        self._atomic_rename = isinstance(self.fs, LocalFileSystem)
+        # Digests and run facts waiting for the sidecar write (see stages._prefect).
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+    # ------------------------------------------------------------------ paths
+    def meta_path(self, key: str) -> str:
+        return f"{self.root}/meta/{_check_key(key)}.json"
+
+    def data_path(self, key: str) -> str:
+        return f"{self.root}/data/{_check_key(key)}"
+
+    # ------------------------------------------------------------------ queries
+    def exists(self, key: str) -> bool:
+        """True when the entry is committed (its sidecar exists). Reads no payload."""
+        return bool(self.fs.exists(self.meta_path(key)))
+
+    def keys(self) -> set[str]:
+        """All committed keys, from ONE listing of ``meta/`` (no payload is touched)."""
+        folder = f"{self.root}/meta"
+        try:
+            names = self.fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            return set()
+        keys = set()
+        for name in names:
+            base = str(name).rstrip("/").rsplit("/", 1)[-1]
+            if base.endswith(".json") and not base.startswith("."):
+                keys.add(base[: -len(".json")])
+        return keys
+
+    def read_meta(self, key: str) -> dict[str, Any]:
+        """The sidecar of ``key``.
+
+        Raises:
+            KeyError: When the key is not in the store.
+        """
+        try:
+            return json.loads(self._read_meta_bytes(key))
+        except FileNotFoundError:
+            raise KeyError(f"key {key!r} is not in {self!r}") from None
+
+    def read(self, key: str) -> bytes:
+        """The payload of ``key``, checked against the sidecar's sha256.
+
+        Raises:
+            KeyError: When the key is not in the store.
+            StoreError: When the payload is missing or does not match its checksum.
+        """
+        meta = self.read_meta(key)
+        try:
+            payload = self.fs.cat_file(self.data_path(key))
+        except FileNotFoundError as exc:
+            raise StoreError(
+                f"entry {key!r} in {self!r} has a sidecar but no payload; delete it with "
+                f"Store.delete({key!r}) so the stage runs again"
+            ) from exc
+        expected = meta.get("eeipu", {}).get("sha256")
+        if expected is not None and hashlib.sha256(payload).hexdigest() != expected:
+            raise StoreError(
+                f"payload of entry {key!r} in {self!r} does not match its sha256 checksum "
+                f"(corrupt or overwritten); delete it with Store.delete({key!r})"
+            )
+        return payload
+
+    # ------------------------------------------------------------------ writes
+    def write(
+        self, key: str, payload: bytes, meta: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Write payload then sidecar (the commit marker), each atomically.
+
+        Args:
+            key: The entry's key (a Merkle key).
+            payload: Serialized stage output.
+            meta: Extra facts for the sidecar's ``eeipu`` section (cost, seconds, stage...).
+
+        Returns:
+            The sidecar written.
+        """
+        facts = self._write_payload(key, payload)
+        facts.update(meta or {})
+        return self._write_meta(key, {}, facts)
+
+    def delete(self, key: str) -> None:
+        """Remove an entry (sidecar first, so it stops existing before its payload goes)."""
+        for path in (self.meta_path(key), self.data_path(key)):
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(path)
+
+    # ------------------------------------------------------------------ side files
+    def write_file(self, relpath: str, content: bytes) -> None:
+        """Atomically write a side file (a study journal record, say) under the store root."""
+        self._put(f"{self.root}/{relpath.lstrip('/')}", content)
+
+    def read_file(self, relpath: str) -> bytes:
+        """Read a side file written by :meth:`write_file`."""
+        return self.fs.cat_file(f"{self.root}/{relpath.lstrip('/')}")
+
+    def list_files(self, relpath: str) -> list[str]:
+        """Names of the files in a side folder (one listing; empty if it does not exist)."""
+        try:
+            names = self.fs.ls(f"{self.root}/{relpath.strip('/')}", detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(str(n).rstrip("/").rsplit("/", 1)[-1] for n in names)
+
+    # ------------------------------------------------------------------ internals
+    def _put(self, path: str, content: bytes) -> None:
+        if self._atomic_rename:
+            folder = path.rsplit("/", 1)[0]
+            self.fs.makedirs(folder, exist_ok=True)
+            tmp = f"{folder}/.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as f:
+                f.write(content)
+            os.replace(tmp, path)  # atomic on POSIX within one filesystem
+        else:
+            self.fs.pipe_file(path, content)  # one PUT: atomic on object stores
+
+    def _read_meta_bytes(self, key: str) -> bytes:
+        return self.fs.cat_file(self.meta_path(key))
+
+    def _write_payload(self, key: str, payload: bytes) -> dict[str, Any]:
+        self._put(self.data_path(key), payload)
+        facts = {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}
+        with self._lock:
+            self._pending.setdefault(key, {}).update(facts)
+        return dict(facts)
+
+    def _write_meta(
+        self, key: str, base: Mapping[str, Any], facts: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        with self._lock:
+            pending = self._pending.pop(key, {})
+        extra = {**pending, **facts}
+        if "sha256" not in extra:
+            # The payload was written through another Store object: hash what is stored.
+            payload = self.fs.cat_file(self.data_path(key))
+            extra.update(sha256=hashlib.sha256(payload).hexdigest(), size=len(payload))
+        extra.setdefault("written_at", time.time())
+        sidecar = {**base, "eeipu": {"key": key, **extra}}
+        self._put(self.meta_path(key), json.dumps(sidecar, sort_keys=True).encode("utf-8"))
+        return sidecar
+
+    def _note(self, key: str, **facts: Any) -> None:
+        """Remember facts (cost, timing) for the sidecar that the next commit writes."""
+        with self._lock:
+            self._pending.setdefault(key, {}).update(facts)
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            self._pending.pop(key, None)

@@ -1,0 +1,270 @@
+"""The ask/tell contract, bad input, reproducibility, and conformance of every method."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from eeipu import (
+    METHODS,
+    HistoryCacheView,
+    OptimizerError,
+    SearchSpace,
+    TellError,
+    Trial,
+    TrialState,
+)
+from eeipu import Optimizer as _Optimizer
+
+SPEC = {
+    "prep": {
+        "a": {"type": "float", "low": 0.0, "high": 1.0},
+        "n": {"type": "int", "low": 1, "high": 8},
+    },
+    "train": {
+        "lr": {"type": "float", "low": 1e-3, "high": 1.0, "log": True},
+        "kind": {"type": "categorical", "choices": ["x", "y"]},
+    },
+    "tune": {"b": {"type": "float", "low": -1.0, "high": 1.0}},
+}
+FAST = {
+    "num_restarts": 2,
+    "raw_samples": 32,
+    "prefix_restarts": 1,
+    "prefix_raw_samples": 16,
+    "mc_samples": 128,
+    "maxiter": 30,
+}
+GP_METHODS = sorted(m for m in METHODS if m != "random")
+
+
+def Optimizer(space, method="eeipu", **kw):
+    if method != "random":
+        kw.setdefault("method_options", FAST)
+    return _Optimizer(space, method=method, **kw)
+
+
+def f(params):
+    """A cheap 3-stage objective with per-stage costs (stage 'prep' the most expensive)."""
+    p, t, u = params["prep"], params["train"], params["tune"]
+    obj = -((p["a"] - 0.3) ** 2) - 0.05 * abs(p["n"] - 4) - (math.log10(t["lr"]) + 1.5) ** 2
+    obj += 0.2 * (t["kind"] == "y") - (u["b"] - 0.2) ** 2
+    costs = {"prep": 5.0 + p["a"] + 0.1 * p["n"], "train": 1.0 + t["lr"], "tune": 0.3}
+    return obj, costs
+
+
+@pytest.fixture
+def space():
+    return SearchSpace.from_dict(SPEC)
+
+
+def run(opt, n, fail_at=()):
+    view = HistoryCacheView(opt.space.stages)
+    for i in range(n):
+        trial = opt.ask(cache=view)
+        obj, costs = f(trial.params)
+        costs = {s: (0.01 if s in trial.memoized else c) for s, c in costs.items()}
+        if i in fail_at:
+            opt.tell(trial, objective=None, costs={"prep": costs["prep"]})
+        else:
+            opt.tell(trial, objective=obj, costs=costs)
+            view.add(trial.params)
+    return opt.trials
+
+
+# ---------------------------------------------------------------- the contract
+def test_ask_tell_contract(space):
+    opt = Optimizer(space, budget=50.0, n_init=3, seed=0)
+    trial = opt.ask()
+    assert isinstance(trial, Trial) and trial.number == 0 and trial.state is TrialState.PENDING
+    assert list(trial.params) == ["prep", "train", "tune"]
+    assert trial.memoized == ()
+    space.validate(trial.params)
+    obj, costs = f(trial.params)
+    told = opt.tell(trial, objective=obj, costs=costs)
+    assert told.state is TrialState.COMPLETE and told.objective == obj
+    assert opt.spent == pytest.approx(sum(costs.values()))
+    assert opt.budget_left == pytest.approx(50.0 - opt.spent)
+    assert opt.best_trial.number == 0
+    assert [t.number for t in opt.trials] == [0]
+
+
+def test_warmup_is_shared_by_every_method(space):
+    firsts = {}
+    for method in METHODS:
+        opt = Optimizer(space, method=method, n_init=4, seed=7)
+        firsts[method] = [opt.ask().params for _ in range(4)]
+    ref = firsts["eeipu"]
+    assert all(v == ref for v in firsts.values())
+    assert Optimizer(space, n_init=4, seed=8).ask().params != ref[0]
+
+
+def test_budget_warmup_and_cooling(space):
+    opt = Optimizer(space, budget=40.0, n_init=3, seed=0)
+    assert opt.eta == 1.0 and opt.warmup_spent is None
+    run(opt, 3)
+    assert opt.warmup_spent == pytest.approx(opt.spent)
+    assert opt.eta == pytest.approx(1.0)
+    run(opt, 2)
+    assert opt.eta == pytest.approx((40.0 - opt.spent) / (40.0 - opt.warmup_spent))
+    while not opt.done:
+        run(opt, 1)
+    assert opt.spent >= 40.0 and opt.eta == 0.0
+
+
+def test_history_view_marks_repeated_prefixes_memoized(space):
+    opt = Optimizer(space, budget=1000.0, n_init=3, seed=1)
+    trials = run(opt, 12)
+    seen = []
+    for t in trials:
+        lead = []
+        for stage in space.stages:
+            if any(all(o["params"][s] == t.params[s] for s in [*lead, stage]) for o in seen):
+                lead.append(stage)
+            else:
+                break
+        assert list(t.memoized) == lead
+        assert t.cached == t.memoized
+        seen.append({"params": t.params})
+    assert any(t.memoized for t in trials), "eeipu never reused a cached prefix"
+
+
+def test_cache_view_is_asked_and_respected(space):
+    class Nothing:
+        calls = 0
+
+        def is_cached(self, stage, params):
+            Nothing.calls += 1
+            return False
+
+    opt = Optimizer(space, budget=1000.0, n_init=3, seed=1)
+    run(opt, 3)
+    view = Nothing()
+    trial = opt.ask(cache=view)
+    assert view.calls > 0
+    assert trial.memoized == ()
+    assert trial.origin == "eeipu"
+
+
+def test_failed_trials_count_and_keep_the_optimizer_working(space):
+    opt = Optimizer(space, budget=1000.0, n_init=3, seed=2)
+    trials = run(opt, 7, fail_at={1, 4})
+    failed = [t for t in trials if t.state is TrialState.FAILED]
+    assert [t.number for t in failed] == [1, 4]
+    assert all(t.objective is None and set(t.costs) == {"prep"} for t in failed)
+    assert opt.spent == pytest.approx(sum(t.cost for t in trials))
+    assert opt.best_trial.state is TrialState.COMPLETE
+
+
+def test_minimize_direction(space):
+    opt = Optimizer(space, method="random", budget=1000.0, n_init=3, seed=0, direction="minimize")
+    trials = run(opt, 5)
+    assert opt.best_trial.objective == min(t.objective for t in trials)
+
+
+# ---------------------------------------------------------------- reproducibility
+@pytest.mark.parametrize("method", ["eeipu", "ei", "random"])
+def test_same_seed_same_trials_different_seed_differs(space, method):
+    a = [t.params for t in run(Optimizer(space, method=method, budget=1e3, n_init=3, seed=3), 6)]
+    b = [t.params for t in run(Optimizer(space, method=method, budget=1e3, n_init=3, seed=3), 6)]
+    c = [t.params for t in run(Optimizer(space, method=method, budget=1e3, n_init=3, seed=4), 6)]
+    assert a == b
+    assert a[3:] != c[3:] and a[:3] != c[:3]
+
+
+# ---------------------------------------------------------------- conformance
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_conforms(space, method):
+    """Every registered method: valid in-bounds canonical trials, failures tolerated,
+    budget respected by the loop, post-warm-up trials attributed to the method."""
+    opt = Optimizer(space, method=method, budget=1000.0, n_init=3, seed=5)
+    trials = run(opt, 6, fail_at={4})
+    assert len(trials) == 6
+    for t in trials:
+        space.validate(t.params)
+        assert space.decode(space.encode(t.params)) == t.params
+    assert [t.origin for t in trials[:3]] == ["warmup"] * 3
+    assert all(t.origin == method for t in trials[3:])
+    if method != "random":
+        assert all(t.acq_value is not None and math.isfinite(t.acq_value) for t in trials[3:])
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"method": "nope"},
+            "unknown method 'nope'; known methods: ['carbo', 'eeipu', 'ei', 'eips', 'ms_carbo', 'random']",
+        ),
+        ({"budget": 0}, "`budget > 0` must hold, but got budget=0"),
+        ({"budget": -3.0}, "`budget > 0` must hold"),
+        ({"budget": float("nan")}, "`budget > 0` must hold"),
+        ({"n_init": 0}, "`n_init >= 1` must hold"),
+        ({"seed": -1}, "`seed` must be a non-negative integer"),
+        ({"direction": "up"}, "`direction` must be one of ['maximize', 'minimize'], but got 'up'"),
+        ({"method_options": {"bogus": 1}}, "bad options for method 'eeipu'"),
+        ({"method_options": {"num_restarts": 0}}, "`num_restarts` must be a positive integer"),
+    ],
+)
+def test_bad_optimizer_arguments(space, kwargs, message):
+    with pytest.raises(OptimizerError) as info:
+        _Optimizer(space, **kwargs)
+    assert message in str(info.value)
+
+
+def test_space_must_be_a_search_space():
+    with pytest.raises(OptimizerError, match=r"use SearchSpace\.from_dict"):
+        _Optimizer(SPEC)
+
+
+@pytest.fixture
+def asked(space):
+    opt = Optimizer(space, budget=100.0, n_init=2, seed=0)
+    trial = opt.ask()
+    obj, costs = f(trial.params)
+    return opt, trial, obj, costs
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda o, c: (float("nan"), c), "`objective` must be finite, but got nan (trial 0)"),
+        (lambda o, c: (float("inf"), c), "`objective` must be finite"),
+        (lambda o, c: ("0.5", c), "`objective` must be a number or None"),
+        (
+            lambda o, c: (o, {**c, "prep": float("nan")}),
+            "cost must be a finite number >= 0, but got nan (trial 0, stage 'prep')",
+        ),
+        (lambda o, c: (o, {**c, "train": -1.0}), "cost must be a finite number >= 0, but got -1.0"),
+        (lambda o, c: (o, {**c, "eval": 1.0}), "costs for unknown stage(s) ['eval']"),
+        (
+            lambda o, c: (o, {"prep": 1.0}),
+            "reports the cost of every stage, but ['train', 'tune'] are missing",
+        ),
+    ],
+)
+def test_bad_tell_rejected_and_nothing_recorded(asked, mutate, message):
+    opt, trial, obj, costs = asked
+    bad_obj, bad_costs = mutate(obj, costs)
+    with pytest.raises(TellError) as info:
+        opt.tell(trial, objective=bad_obj, costs=bad_costs)
+    assert message in str(info.value)
+    assert opt.trials == [] and opt.spent == 0.0
+    opt.tell(trial, objective=obj, costs=costs)  # still pending, can be told properly
+
+
+def test_tell_never_asked_or_twice(asked):
+    opt, trial, obj, costs = asked
+    with pytest.raises(TellError, match="trial 5 was never asked"):
+        opt.tell(5, objective=obj, costs=costs)
+    opt.tell(trial, objective=obj, costs=costs)
+    with pytest.raises(TellError, match="trial 0 was already told"):
+        opt.tell(trial, objective=obj, costs=costs)
+
+
+def test_tell_cached_must_name_known_stages(asked):
+    opt, trial, obj, costs = asked
+    with pytest.raises(TellError, match=r"`cached` names unknown stage\(s\) \['zz'\]"):
+        opt.tell(trial, objective=obj, costs=costs, cached=["zz"])

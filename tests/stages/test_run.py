@@ -1,0 +1,246 @@
+"""run_pipeline end to end on a local store, with stages as Prefect tasks."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from stages import (
+    Pipeline,
+    Reported,
+    Stage,
+    StageError,
+    Store,
+    StoreCacheView,
+    StoreError,
+    StoreFileSystem,
+    run_pipeline,
+    synthetic_pipeline,
+)
+from stages.synthetic import SyntheticProblem
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+FLOAT = {"type": "float", "low": 0.0, "high": 1.0}
+CALLS: Counter[str] = Counter()
+
+
+def _prep(k):
+    CALLS["prep"] += 1
+    return list(range(k))
+
+
+def _train(prep, lr):
+    CALLS["train"] += 1
+    return Reported(sum(prep) * lr, cost=7.0)
+
+
+def _evaluate(train, t):
+    CALLS["evaluate"] += 1
+    return {"auroc": train + t, "loss": -train}
+
+
+def _chain(version: str = "1") -> Pipeline:
+    return Pipeline(
+        [
+            Stage(_prep, "prep", space={"k": {"type": "int", "low": 1, "high": 9}}),
+            Stage(_train, "train", inputs=("prep",), version=version, space={"lr": FLOAT}),
+            Stage(_evaluate, "evaluate", inputs=("train",), space={"t": FLOAT}),
+        ],
+        metric="auroc",
+    )
+
+
+PARAMS = {"prep": {"k": 4}, "train": {"lr": 0.5}, "evaluate": {"t": 0.25}}
+
+
+@pytest.fixture(autouse=True)
+def _reset_calls():
+    CALLS.clear()
+
+
+def test_second_run_is_all_cached_with_load_costs(tmp_path):
+    store = Store(tmp_path)
+    pipe = _chain()
+    first = run_pipeline(pipe, PARAMS, store)
+    assert first.objective == pytest.approx(6 * 0.5 + 0.25)
+    assert first.cached == {"prep": False, "train": False, "evaluate": False}
+    assert first.costs["train"] == 7.0  # reported
+    assert 0 <= first.costs["prep"] <= first.seconds["prep"]  # measured function time
+    assert first.output == {"auroc": 3.25, "loss": -3.0}
+    assert store.keys() == set(first.keys.values())
+    meta = store.read_meta(first.keys["train"])["eeipu"]
+    assert meta["cost"] == 7.0 and meta["reported"] is True and meta["stage"] == "train"
+
+    second = run_pipeline(pipe, PARAMS, store)
+    assert CALLS == {"prep": 1, "train": 1, "evaluate": 1}
+    assert second.cached_stages == {"prep", "train", "evaluate"}
+    assert second.objective == first.objective
+    assert second.keys == first.keys
+    assert second.costs == second.seconds  # a hit costs its measured load time
+    assert all(c > 0 for c in second.costs.values())
+
+
+def test_prefix_change_recomputes_only_downstream(tmp_path):
+    store = Store(tmp_path)
+    pipe = _chain()
+    run_pipeline(pipe, PARAMS, store)
+    changed = {**PARAMS, "train": {"lr": 0.75}}
+    result = run_pipeline(pipe, changed, store)
+    assert result.cached == {"prep": True, "train": False, "evaluate": False}
+    assert CALLS == {"prep": 1, "train": 2, "evaluate": 2}
+    assert result.objective == pytest.approx(6 * 0.75 + 0.25)
+
+
+def test_version_bump_recomputes_that_stage_and_downstream(tmp_path):
+    store = Store(tmp_path)
+    run_pipeline(_chain(), PARAMS, store)
+    result = run_pipeline(_chain(version="2"), PARAMS, store)
+    assert result.cached == {"prep": True, "train": False, "evaluate": False}
+
+
+def test_lazy_run_skips_loading_what_nothing_needs(tmp_path):
+    store = Store(tmp_path)
+    pipe = _chain()
+    run_pipeline(pipe, PARAMS, store)
+    result = run_pipeline(pipe, {**PARAMS, "evaluate": {"t": 0.5}}, store, lazy=True)
+    assert result.skipped == {"prep"}
+    assert result.cached == {"prep": True, "train": True, "evaluate": False}
+    assert result.costs["prep"] == 0.0
+    assert result.objective == pytest.approx(3.5)
+    assert CALLS["prep"] == 1 and CALLS["train"] == 1
+
+
+def test_lazy_run_recovers_when_a_planned_hit_vanishes(tmp_path):
+    class Vanishing(Store):
+        # The plan sees the entry; it is gone when Prefect looks.
+        def exists(self, key):
+            found = super().exists(key)
+            if found and key == self.victim:
+                self.delete(key)
+            return found
+
+    store = Vanishing(tmp_path)
+    pipe = _chain()
+    first = run_pipeline(pipe, PARAMS, store)
+    store.victim = first.keys["train"]
+    result = run_pipeline(pipe, {**PARAMS, "evaluate": {"t": 0.5}}, store, lazy=True)
+    assert result.objective == pytest.approx(3.5)
+    assert result.cached == {"prep": True, "train": False, "evaluate": False}
+
+
+def test_stage_failure_raises_stage_error_with_costs(tmp_path):
+    def explode(train, t):
+        raise RuntimeError("boom")
+
+    pipe = Pipeline(
+        [*_chain().stages[:2], Stage(explode, "evaluate", inputs=("train",), space={"t": FLOAT})],
+        metric="auroc",
+    )
+    store = Store(tmp_path)
+    with pytest.raises(StageError) as info:
+        run_pipeline(pipe, PARAMS, store)
+    err = info.value
+    key = pipe.key("evaluate", PARAMS)
+    assert err.stage == "evaluate" and err.key == key
+    assert "'evaluate'" in str(err) and key in str(err) and "boom" in str(err)
+    assert isinstance(err.__cause__, RuntimeError)
+    assert set(err.costs) == {"prep", "train", "evaluate"} and err.costs["train"] == 7.0
+    assert not store.exists(key)  # a failure is never cached
+    # Earlier stages were stored and are reused by the next trial.
+    assert store.exists(pipe.key("train", PARAMS))
+
+
+def test_missing_metric_is_a_stage_error(tmp_path):
+    pipe = Pipeline(_chain().stages, metric="f1")
+    with pytest.raises(StageError, match=r"stage 'evaluate' produced no objective.*'f1'"):
+        run_pipeline(pipe, PARAMS, Store(tmp_path))
+
+
+def test_bad_params_fail_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match=r"stage 'train'.*missing=\['lr'\]"):
+        run_pipeline(_chain(), {**PARAMS, "train": {}}, Store(tmp_path))
+    assert not CALLS
+
+
+def test_corrupt_payload_surfaces_as_stage_error(tmp_path):
+    store = Store(tmp_path)
+    key = run_pipeline(_chain(), PARAMS, store).keys["evaluate"]
+    (tmp_path / "data" / key).write_bytes(b"garbage")
+    with pytest.raises(StageError, match="'evaluate'") as info:
+        run_pipeline(_chain(), PARAMS, store)
+    assert isinstance(info.value.__cause__, StoreError)
+
+
+def test_cache_view_answers_from_the_store_after_a_run(tmp_path):
+    store = Store(tmp_path)
+    pipe = _chain()
+    run_pipeline(pipe, PARAMS, store)
+    view = StoreCacheView(pipe, store)
+    assert all(view.is_cached(s, PARAMS) for s in pipe.stage_names)
+    other = {**PARAMS, "train": {"lr": 0.1}}
+    assert view.is_cached("prep", other)
+    assert not view.is_cached("train", other) and not view.is_cached("evaluate", other)
+
+
+def test_prefect_existence_check_reads_metadata_only(tmp_path):
+    from prefect.results import ResultStore
+
+    store = Store(tmp_path)
+    key = run_pipeline(_chain(), PARAMS, store).keys["evaluate"]
+    prefect_store = ResultStore(
+        result_storage=StoreFileSystem.for_store(store, "data"),
+        metadata_storage=StoreFileSystem.for_store(store, "meta"),
+    )
+    assert prefect_store.exists(key)
+    (tmp_path / "data" / key).unlink()  # reading the payload would now fail
+    assert prefect_store.exists(key)
+    assert not prefect_store.exists("0" * 64)
+
+
+def test_runs_inside_a_flow(tmp_path):
+    from prefect import flow
+
+    store = Store(tmp_path)
+    pipe = _chain()
+
+    @flow
+    def trial(params):
+        return run_pipeline(pipe, params, store)
+
+    first = trial(PARAMS)
+    second = trial(PARAMS)
+    assert first.cached_stages == set() and second.cached_stages == {"prep", "train", "evaluate"}
+    # The same entries serve runs outside any flow.
+    assert run_pipeline(pipe, PARAMS, store).cached_stages == {"prep", "train", "evaluate"}
+
+
+def test_synthetic_pipeline_matches_the_problem(tmp_path):
+    problem = SyntheticProblem(seed=1)
+    pipe = synthetic_pipeline(problem)
+    params = {
+        s: {x: (v["low"] + v["high"]) / 3 for x, v in sec.items()}
+        for s, sec in pipe.space_dict().items()
+    }
+    objective, costs = problem.evaluate(params)
+    result = run_pipeline(pipe, params, Store(tmp_path))
+    assert result.objective == pytest.approx(objective)
+    assert result.costs == pytest.approx(costs)
+    assert pipe.space_dict() == problem.space_dict()
+
+
+def test_retries_rerun_a_flaky_stage(tmp_path):
+    def flaky(prep, lr):
+        CALLS["flaky"] += 1
+        if CALLS["flaky"] == 1:
+            raise ConnectionError("transient")
+        return sum(prep) * lr
+
+    stages = _chain().stages
+    pipe = Pipeline(
+        [stages[0], Stage(flaky, "train", inputs=("prep",), space={"lr": FLOAT}), stages[2]],
+        metric="auroc",
+    )
+    result = run_pipeline(pipe, PARAMS, Store(tmp_path), retries=1)
+    assert CALLS["flaky"] == 2 and result.objective == pytest.approx(3.25)
