@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "eeipu"))
 
-from test_end_to_end import SETTING, post_warmup_candidates  # noqa: E402
+from test_end_to_end import SETTING, post_warmup_candidates
 
 
 def main() -> None:

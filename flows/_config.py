@@ -157,7 +157,9 @@ class StudyConfig:
         if not isinstance(url, str) or not url.strip():
             raise ConfigError(f"`storage.url` must be a folder or URL, but got {url!r}")
         storage = StorageConfig(url=url, options=dict(store.get("options") or {}))
-        if storage.protocol == "s3" and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", url):
+        if storage.protocol == "s3" and not re.match(
+            r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", url
+        ):
             raise ConfigError(
                 f"`storage.url` must look like s3://bucket/prefix (a valid bucket name), but got {url!r}"
             )

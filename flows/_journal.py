@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from eeipu import Optimizer, SearchSpace
-
 from flows._config import ConfigError, StudyConfig
 from stages import Store
 

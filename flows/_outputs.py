@@ -141,7 +141,9 @@ def write_outputs(
         if best is None
         else {"trial": best["number"], "objective": best["objective"], "params": best["params"]},
     }
-    _atomic_write(paths["yaml"], yaml.safe_dump(json.loads(json.dumps(summary)), sort_keys=False).encode())
+    _atomic_write(
+        paths["yaml"], yaml.safe_dump(json.loads(json.dumps(summary)), sort_keys=False).encode()
+    )
     _plot(paths["png"], study, rows, warmup_cost)
     return paths
 
@@ -161,10 +163,22 @@ def _plot(path: Path, study: str, rows: list[dict[str, Any]], warmup_cost: float
     if ok:
         hits = [r for r in ok if r["cached"]]
         miss = [r for r in ok if not r["cached"]]
-        ax.scatter([r["cumulative_cost"] for r in miss], [r["objective"] for r in miss], s=14,
-                   color="tab:gray", alpha=0.6, label="trial (nothing cached)")
-        ax.scatter([r["cumulative_cost"] for r in hits], [r["objective"] for r in hits], s=14,
-                   color="tab:orange", alpha=0.8, label="trial (cached prefix)")
+        ax.scatter(
+            [r["cumulative_cost"] for r in miss],
+            [r["objective"] for r in miss],
+            s=14,
+            color="tab:gray",
+            alpha=0.6,
+            label="trial (nothing cached)",
+        )
+        ax.scatter(
+            [r["cumulative_cost"] for r in hits],
+            [r["objective"] for r in hits],
+            s=14,
+            color="tab:orange",
+            alpha=0.8,
+            label="trial (cached prefix)",
+        )
         lo = min(r["objective"] for r in ok)
         hi = max(r["objective"] for r in ok)
         pad = 0.05 * (hi - lo or 1.0)

@@ -45,7 +45,7 @@ __all__ = [
     "StudyFailed",
     "StudyResult",
     "build_pipeline",
-    "register_store",
+    "prepare",
     "run_study",
     "trial_flow",
     "tune_flow",
@@ -75,7 +75,7 @@ def build_pipeline(config: StudyConfig) -> Pipeline:
     factory = config.pipeline.factory()
     try:
         pipeline = factory(**config.pipeline.kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"`pipeline.kwargs` do not fit {config.pipeline.target}: {exc}") from exc
     if not isinstance(pipeline, Pipeline):
         raise ConfigError(
@@ -97,11 +97,6 @@ def build_pipeline(config: StudyConfig) -> Pipeline:
 
 
 _stores: dict[str, Store] = {}
-
-
-def register_store(config: StudyConfig) -> Store:
-    """The process's Store for ``config.storage`` (built once, with its options)."""
-    return _store(config)
 
 
 def _store(config: StudyConfig) -> Store:
@@ -128,7 +123,11 @@ def trial_flow(config: dict[str, Any], number: int, params: dict[str, Any]) -> d
     cfg = _config_from(config)
     pipeline = _cached_pipeline(json.dumps(config, sort_keys=True))
     result = run_pipeline(
-        pipeline, params, _store(cfg), retries=cfg.retries, retry_delay_seconds=cfg.retry_delay_seconds
+        pipeline,
+        params,
+        _store(cfg),
+        retries=cfg.retries,
+        retry_delay_seconds=cfg.retry_delay_seconds,
     )
     return {
         "objective": result.objective,
@@ -146,13 +145,14 @@ def tune_flow(config: dict[str, Any]) -> StudyResult:
     return run_study(cfg)
 
 
-def run_study(cfg: StudyConfig) -> StudyResult:
-    run_logger = _logger()
+def prepare(cfg: StudyConfig) -> tuple[Pipeline, Store, Optimizer]:
+    """Build and check everything a study needs, writing nothing but the store's root.
+
+    Called before the controller flow starts, so bad input fails fast with one line and
+    leaves no flow run, journal or cache folder behind.
+    """
     pipeline = build_pipeline(cfg)
     space = SearchSpace.from_dict(pipeline.space_dict())
-    store = _store(cfg)
-    journal = StudyJournal(store, cfg.study)
-    journal.open(cfg, space)
     opt = Optimizer(
         space,
         method=cfg.method,
@@ -163,6 +163,18 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         max_prefixes=cfg.max_prefixes,
         method_options=cfg.method_options,
     )
+    store = _store(cfg)
+    store.check()
+    return pipeline, store, opt
+
+
+def run_study(cfg: StudyConfig) -> StudyResult:
+    run_logger = _logger()
+    pipeline, store, opt = prepare(cfg)
+    space = opt.space
+    journal = StudyJournal(store, cfg.study)
+    # Everything is validated before the journal is touched: bad input writes nothing.
+    journal.open(cfg, space)
     records = journal.replay(opt)
     config_json = cfg.to_dict()
     _say(

@@ -17,9 +17,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from omegaconf.errors import OmegaConfBaseException  # noqa: E402
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 __all__ = ["main", "run"]
 
@@ -29,12 +29,13 @@ def run(cfg_dict: dict) -> object:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from flows._config import StudyConfig
-    from flows.study import register_store, tune_flow
+    from flows.study import prepare, tune_flow
 
     cfg = StudyConfig.from_mapping(cfg_dict)
-    # storage.options may hold credentials: they go into this process's Store, never into
-    # flow parameters (cfg.to_dict() leaves them out).
-    register_store(cfg)
+    # Fail fast on bad input, before any flow run exists. This also registers the Store:
+    # storage.options may hold credentials, which go into this process's Store and never
+    # into flow parameters (cfg.to_dict() leaves them out).
+    prepare(cfg)
     # The heartbeat thread makes every flow run wait ~1 s at exit: one per trial subflow.
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         return tune_flow.with_options(flow_run_name=cfg.study)(cfg.to_dict())
@@ -54,9 +55,14 @@ def main(cfg: DictConfig) -> float | None:
     except (EEIPUError, PipelineError, StageError, StoreError, StudyFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except MissingMandatoryValue as exc:
+        key = exc.full_key
+        print(f"error: `{key}` is required but missing; set it, e.g. {key}=...", file=sys.stderr)
+        sys.exit(2)
     except OmegaConfBaseException as exc:
         msg = str(exc).splitlines()[0]
-        print(f"error: configuration: {msg}", file=sys.stderr)
+        key = getattr(exc, "full_key", None)
+        print(f"error: configuration: {msg}" + (f" (key `{key}`)" if key else ""), file=sys.stderr)
         sys.exit(2)
     return result.best_objective
 

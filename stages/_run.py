@@ -101,7 +101,14 @@ def run_pipeline(
     own = {s.name: s.normalize(params.get(s.name)) for s in pipeline.stages}
     if lazy:
         try:
-            return _run(pipeline, own, keys, store, (retries, retry_delay_seconds), _plan(pipeline, keys, store))
+            return _run(
+                pipeline,
+                own,
+                keys,
+                store,
+                (retries, retry_delay_seconds),
+                _plan(pipeline, keys, store),
+            )
         except _Replan:
             logger.info("a cache entry vanished while the trial ran; running it again in full")
     return _run(pipeline, own, keys, store, (retries, retry_delay_seconds), None)
@@ -142,7 +149,12 @@ def _run(
         expect_hit = plan is not None and s.name in plan[1]
         inputs = None if expect_hit else quote({i: values[i] for i in s.inputs})
         task = stage_task(
-            s, store, retries=retries[0], retry_delay_seconds=retries[1], task_run_name=f"{s.name}-{key[:8]}")
+            s,
+            store,
+            retries=retries[0],
+            retry_delay_seconds=retries[1],
+            task_run_name=f"{s.name}-{key[:8]}",
+        )
         start = time.perf_counter()
         state = task(
             params=own[s.name],

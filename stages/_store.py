@@ -176,6 +176,35 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm_file(path)
 
+    @property
+    def endpoint(self) -> str | None:
+        """The S3 endpoint in use (None for AWS's default or a local folder)."""
+        kwargs = getattr(self.fs, "client_kwargs", None) or {}
+        return getattr(self.fs, "endpoint_url", None) or kwargs.get("endpoint_url")
+
+    def check(self) -> None:
+        """Fail fast, with one clear line, when the storage is unreachable or missing.
+
+        Raises:
+            StoreError: Naming the URL and endpoint (never credentials) and the cause.
+        """
+        where = self.url + (f" (endpoint {self.endpoint})" if self.endpoint else "")
+        try:
+            if self._atomic_rename:
+                self.fs.makedirs(self.root, exist_ok=True)
+                return
+            bucket = self.root.split("/", 1)[0]
+            self.fs.ls(bucket, detail=False)
+        except FileNotFoundError as exc:
+            raise StoreError(
+                f"storage {where}: bucket {bucket!r} does not exist; create it first"
+            ) from exc
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise StoreError(
+                f"cannot reach storage {where}: {type(exc).__name__}: {first}"
+            ) from exc
+
     # ------------------------------------------------------------------ side files
     def write_file(self, relpath: str, content: bytes) -> None:
         """Atomically write a side file (a study journal record, say) under the store root."""

@@ -27,9 +27,10 @@ SETTING = {
         "maxiter": 50,
     },
 }
-# Over seeds 0-19 (see the module docstring) the ratio EEIPU / EI of post-warm-up
-# candidates was never below MARGIN_SEEN; the test demands MARGIN.
-MARGIN = 2.0
+# `benchmarks/candidates_margin.py --seeds 20` (2026-11-27): the ratio EEIPU / EI of
+# post-warm-up candidates over seeds 0-19 was min 3.20, median 4.67 (EEIPU 13-28, EI 3-8).
+# The test demands 2.5, below every seed seen.
+MARGIN = 2.5
 
 
 def post_warmup_candidates(method: str, seed: int) -> int:

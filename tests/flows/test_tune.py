@@ -1,0 +1,295 @@
+"""End to end: Hydra configs, the controller flow on a real Prefect server, local and S3
+caches, resume, multirun and bad input through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from flows import ConfigError, StudyConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = str(ROOT / "conf")
+FAST = [
+    "budget=40",
+    "n_init=3",
+    "+optimizer.options.num_restarts=2",
+    "+optimizer.options.raw_samples=32",
+    "+optimizer.options.prefix_raw_samples=16",
+    "+optimizer.options.prefix_restarts=1",
+    "+optimizer.options.mc_samples=128",
+    "+optimizer.options.maxiter=30",
+]
+
+
+def composed(*overrides: str) -> dict:
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=False)
+    cfg = OmegaConf.to_container(cfg, resolve=False)
+    cfg["output_dir"] = None  # ${hydra:...} only resolves inside a Hydra run
+    from omegaconf import OmegaConf as OC
+
+    return OC.to_container(OC.create(cfg), resolve=True)
+
+
+def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 300):
+    return subprocess.run(
+        [sys.executable, "-m", "flows.tune", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd or ROOT,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def api_env(prefect_harness):
+    """Subprocesses talk to the session's Prefect server instead of starting their own."""
+    return {
+        "PREFECT_API_URL": prefect_harness,
+        "PREFECT_HOME": os.environ["PREFECT_HOME"],
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+
+
+# ---------------------------------------------------------------------- configs
+def test_shipped_configs_compose_and_validate():
+    for method in ("eeipu", "ei", "eips", "carbo", "ms_carbo", "random"):
+        cfg = StudyConfig.from_mapping(composed(f"optimizer={method}"))
+        assert cfg.method == method
+        assert cfg.study == f"synthetic-{method}-seed0"
+    cfg = StudyConfig.from_mapping(composed("budget=300", "optimizer=ei", "seed=4"))
+    assert (cfg.budget, cfg.method, cfg.seed, cfg.study) == (300.0, "ei", 4, "synthetic-ei-seed4")
+    s3 = StudyConfig.from_mapping(composed("storage=s3", "storage.url=s3://b-1/p"))
+    assert s3.storage.url == "s3://b-1/p" and s3.storage.protocol == "s3"
+    assert list(cfg.pipeline.space) == ["prep", "train", "finetune"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["budget=-1"], "`budget` must be a positive number, but got -1"),
+        (["n_init=0"], "`n_init` must be a positive integer"),
+        (["study=a b"], "`study` must be 1-100 letters"),
+        (["pipeline.direction=up"], "`pipeline.direction` must be 'maximize' or 'minimize'"),
+        (["pipeline.space.prep.x0.low=20"], "`low < high` must hold, but got low=20"),
+        (["pipeline.space.prep.x0.type=double"], "`type` must be one of"),
+        (
+            ["storage=s3", "storage.url=s3://Bad_Bucket/x"],
+            "`storage.url` must look like s3://bucket/prefix",
+        ),
+        (["retries=-2"], "`retries` must be >= 0"),
+    ],
+)
+def test_config_errors_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        StudyConfig.from_mapping(composed(*overrides))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------- studies in process
+def run_study(tmp_path, *overrides):
+    from flows.tune import run
+
+    cfg = composed(*FAST, f"storage.url={tmp_path / 'cache'}", *overrides)
+    cfg["output_dir"] = str(tmp_path / "out" / cfg["study"])
+    return run(cfg)
+
+
+def journal(tmp_path, study):
+    folder = tmp_path / "cache" / "studies" / study / "trials"
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def test_study_outputs_journal_and_resume(prefect_harness, tmp_path):
+    result = run_study(tmp_path, "study=s1")
+    records = journal(tmp_path, "s1")
+    assert result.n_trials == len(records) >= 4
+    assert result.spent >= 40.0
+    assert [r["number"] for r in records] == list(range(len(records)))
+    for r in records:
+        assert set(r) >= {
+            "params",
+            "objective",
+            "costs",
+            "cached",
+            "state",
+            "seconds",
+            "started_at",
+        }
+        assert r["state"] == "complete"
+    assert any(r["cached"] for r in records[3:]), "EEIPU never reused a cached prefix"
+    out = tmp_path / "out" / "s1"
+    assert (out / "results.csv").read_text().count("\n") == len(records) + 1
+    assert "objective:" in (out / "best.yaml").read_text()
+    assert (out / "best_vs_cost.png").read_bytes()[:4] == b"\x89PNG"
+    n_entries = len(list((tmp_path / "cache" / "meta").glob("*.json")))
+
+    # the same study again: resumed from the journal, nothing recomputed or re-told
+    again = run_study(tmp_path, "study=s1")
+    assert again.n_trials == result.n_trials and again.best_objective == result.best_objective
+    assert len(journal(tmp_path, "s1")) == len(records)
+    assert len(list((tmp_path / "cache" / "meta").glob("*.json"))) == n_entries
+
+    # a new study with the same seed shares the cache: its warm-up loads every stage
+    run_study(tmp_path, "study=s2")
+    warm = journal(tmp_path, "s2")[:3]
+    assert all(r["cached"] == ["prep", "train", "finetune"] for r in warm)
+
+
+def test_resume_with_other_settings_is_refused(prefect_harness, tmp_path):
+    run_study(tmp_path, "study=s3", "budget=20")
+    with pytest.raises(ConfigError, match=r"already exists .* with a different method"):
+        run_study(tmp_path, "study=s3", "optimizer=ei")
+
+
+def test_s3_study_then_new_process_hits_cache(prefect_harness, s3_bucket, tmp_path, api_env):
+    from flows.tune import run
+
+    url = f"s3://{s3_bucket}/cache"
+    cfg = composed(*FAST, "storage=s3", f"storage.url={url}", "study=s3a", "budget=30")
+    cfg["output_dir"] = str(tmp_path / "out")
+    run(cfg)
+    env = {**api_env, **{k: os.environ[k] for k in os.environ if k.startswith("AWS_")}}
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = cli(
+        *FAST, "storage=s3", f"storage.url={url}", "study=s3b", "budget=30", env=env, cwd=work
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    body = s3.get_object(Bucket=s3_bucket, Key="cache/studies/s3b/trials/000000.json")["Body"]
+    first = json.loads(body.read())
+    assert first["cached"] == ["prep", "train", "finetune"]
+    assert not (work / ".eeipu").exists(), "the S3 study wrote to the local default cache"
+    assert (work / "outputs" / "s3b" / "results.csv").exists()
+    for secret in ("testing-secret-key", "testing-key-id"):
+        assert secret not in proc.stdout + proc.stderr
+        assert secret not in json.dumps(first)
+
+
+# ---------------------------------------------------------------------- the real CLI
+def test_cli_multirun_two_studies_share_one_cache(tmp_path, api_env):
+    cache = tmp_path / "cache"
+    proc = cli(
+        "-m",
+        *FAST,
+        "budget=25",
+        "optimizer=eeipu,ei",
+        f"storage.url={cache}",
+        env=api_env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p for p in (tmp_path / "multirun").glob("*/*") if p.is_dir())
+    names = [p.name for p in runs]
+    assert names == ["0-synthetic-eeipu-seed0", "1-synthetic-ei-seed0"]
+    for p in runs:
+        assert (p / "results.csv").exists() and (p / "best.yaml").exists()
+    assert sorted(x.name for x in (cache / "studies").iterdir()) == [
+        "synthetic-eeipu-seed0",
+        "synthetic-ei-seed0",
+    ]
+    # the second job's warm-up (same seed) came from the first job's cache
+    ei = sorted((cache / "studies" / "synthetic-ei-seed0" / "trials").glob("*.json"))
+    assert json.loads(ei[0].read_text())["cached"] == ["prep", "train", "finetune"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["pipeline=nope"], "Could not find 'pipeline/nope'"),
+        (["optimizer=nope"], "Could not find 'optimizer/nope'"),
+        (["storage=nope"], "Could not find 'storage/nope'"),
+        (
+            ["pipeline.space.train.x1.high=-1"],
+            "error: `pipeline.space`: `low < high` must hold, but got low=0.0, high=-1 (stage 'train', parameter 'x1')",
+        ),
+        (
+            ["+optimizer.options.num_restarts=0"],
+            "error: `num_restarts` must be a positive integer, but got 0",
+        ),
+        (
+            ["storage=s3"],
+            "error: `storage.url` is required but missing; set it, e.g. storage.url=...",
+        ),
+        (
+            ["pipeline.target=stages.nothing_here"],
+            "error: `pipeline.target` must name an importable function",
+        ),
+        (
+            ["+pipeline.kwargs.fail_stage=zz"],
+            "error: `pipeline.kwargs` do not fit stages.synthetic_pipeline: `fail_stage` must be one of",
+        ),
+    ],
+)
+def test_cli_bad_input_one_line_error(tmp_path, api_env, args, message):
+    storage = (
+        [] if any(a.startswith("storage=") for a in args) else [f"storage.url={tmp_path / 'cache'}"]
+    )
+    proc = cli(*args, *storage, env=api_env, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / ".eeipu").exists()
+
+
+def test_cli_unreachable_endpoint_and_missing_bucket(tmp_path, api_env, moto_endpoint):
+    env = {
+        **api_env,
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    down = cli(
+        "storage=s3",
+        "storage.url=s3://bucket-x/p",
+        env={**env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"},
+        cwd=tmp_path,
+    )
+    assert down.returncode == 2
+    assert (
+        "error: cannot reach storage s3://bucket-x/p (endpoint http://127.0.0.1:9)" in down.stderr
+    )
+    missing = cli(
+        "storage=s3",
+        "storage.url=s3://no-such-bucket/p",
+        env={**env, "AWS_ENDPOINT_URL": moto_endpoint},
+        cwd=tmp_path,
+    )
+    assert missing.returncode == 2
+    assert "bucket 'no-such-bucket' does not exist; create it first" in missing.stderr
+    assert "Traceback" not in down.stderr + missing.stderr
+
+
+def test_cli_failing_stage_stops_with_message_and_keeps_journal(tmp_path, api_env):
+    cache = tmp_path / "cache"
+    proc = cli(
+        *FAST,
+        "study=boom",
+        "+pipeline.kwargs.fail_stage=train",
+        "+pipeline.kwargs.fail_above=0.5",
+        f"storage.url={cache}",
+        env=api_env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(line) == 1
+    assert "stage 'train'" in line[0] and "injected failure" in line[0] and "resume" in line[0]
+    records = journal(tmp_path, "boom")
+    assert records and records[-1]["state"] == "failed"
+    assert all(r["state"] == "complete" for r in records[:-1])
+    assert records[-1]["costs"].get("prep") is not None
