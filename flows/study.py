@@ -117,7 +117,7 @@ def _config_from(config: dict[str, Any]) -> StudyConfig:
 
 
 # ---------------------------------------------------------------------- the flows
-@flow(name="eeipu-trial", log_prints=False, validate_parameters=False)
+@flow(name="eeipu-trial", log_prints=False, validate_parameters=False, persist_result=False)
 def trial_flow(config: dict[str, Any], number: int, params: dict[str, Any]) -> dict[str, Any]:
     """Run one configuration: each stage a Prefect task, cached by its Merkle key."""
     cfg = _config_from(config)
@@ -138,15 +138,15 @@ def trial_flow(config: dict[str, Any], number: int, params: dict[str, Any]) -> d
     }
 
 
-@flow(name="eeipu-study", log_prints=False, validate_parameters=False)
+@flow(name="eeipu-study", log_prints=False, validate_parameters=False, persist_result=False)
 def tune_flow(config: dict[str, Any]) -> StudyResult:
     """Run (or resume) a study until its budget is spent; see the module docstring."""
     cfg = _config_from(config)
     return run_study(cfg)
 
 
-def prepare(cfg: StudyConfig) -> tuple[Pipeline, Store, Optimizer]:
-    """Build and check everything a study needs, writing nothing but the store's root.
+def prepare(cfg: StudyConfig) -> tuple[Pipeline, Store, Optimizer, StudyJournal]:
+    """Build and check everything a study needs, then open (or check) its journal.
 
     Called before the controller flow starts, so bad input fails fast with one line and
     leaves no flow run, journal or cache folder behind.
@@ -165,16 +165,14 @@ def prepare(cfg: StudyConfig) -> tuple[Pipeline, Store, Optimizer]:
     )
     store = _store(cfg)
     store.check()
-    return pipeline, store, opt
+    journal = StudyJournal(store, cfg.study)
+    journal.open(cfg, space)
+    return pipeline, store, opt, journal
 
 
 def run_study(cfg: StudyConfig) -> StudyResult:
     run_logger = _logger()
-    pipeline, store, opt = prepare(cfg)
-    space = opt.space
-    journal = StudyJournal(store, cfg.study)
-    # Everything is validated before the journal is touched: bad input writes nothing.
-    journal.open(cfg, space)
+    pipeline, store, opt, journal = prepare(cfg)
     records = journal.replay(opt)
     config_json = cfg.to_dict()
     _say(
