@@ -37,6 +37,10 @@ class Optimizer:
         max_prefixes: Size cap of the prefix pool: cached proper prefixes of told trials,
             ranked by the best objective among the trials that share them.
         method_options: Extra keyword arguments for the method (e.g. ``num_restarts``).
+        num_threads: torch intra-op threads while ``ask`` runs (restored afterwards); None
+            keeps torch's setting. The GPs are small: one thread is as fast on an idle
+            machine and 10x+ faster on a busy one, where several spinning threads fight for
+            the cores (``benchmarks/bench_ask.py``).
 
     Example:
         >>> opt = Optimizer(space, method="eeipu", budget=200.0, n_init=10, seed=0)
@@ -57,6 +61,7 @@ class Optimizer:
         direction: str = "maximize",
         max_prefixes: int = 8,
         method_options: Mapping[str, Any] | None = None,
+        num_threads: int | None = 1,
     ) -> None:
         if not isinstance(space, SearchSpace):
             raise OptimizerError(
@@ -89,6 +94,11 @@ class Optimizer:
         self.seed = int(seed)
         self.direction = direction
         self.max_prefixes = max_prefixes
+        if num_threads is not None and (
+            isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+        ):
+            raise OptimizerError(f"`num_threads` must be None or >= 1, but got {num_threads!r}")
+        self.num_threads = num_threads
         self._warmup = SobolEngine(space.dim, scramble=True, seed=self.seed).draw(
             self.n_init, dtype=torch.double
         )
@@ -162,11 +172,17 @@ class Optimizer:
                 x = torch.rand(self.space.dim, generator=obs.rng, dtype=torch.double)
                 prefix, origin, acq_value = None, "random", None
             else:
-                with torch.random.fork_rng():
-                    # Fitting restarts draw from torch's global RNG; fork it so a seeded ask
-                    # is reproducible without touching the caller's random state.
-                    torch.manual_seed(obs.seed)
-                    proposal = self.method.propose(obs)
+                threads = torch.get_num_threads()
+                try:
+                    if self.num_threads is not None:
+                        torch.set_num_threads(self.num_threads)
+                    with torch.random.fork_rng():
+                        # Fitting restarts draw from torch's global RNG; fork it so a seeded
+                        # ask is reproducible without touching the caller's random state.
+                        torch.manual_seed(obs.seed)
+                        proposal = self.method.propose(obs)
+                finally:
+                    torch.set_num_threads(threads)
                 x, prefix, acq_value = proposal.x, proposal.prefix, proposal.acq_value
                 origin = self.method.name
         params = self.space.decode(x)
