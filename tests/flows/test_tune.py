@@ -141,6 +141,28 @@ def test_study_outputs_journal_and_resume(prefect_harness, tmp_path):
     assert len(journal(tmp_path, "s1")) == len(records)
     assert len(list((tmp_path / "cache" / "meta").glob("*.json"))) == n_entries
 
+    # the Prefect side: trial-<n> subflows tagged with the study, and the three artifacts
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterTags,
+    )
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["study:s1"]))
+        )
+        assert {r.name for r in runs} >= {f"trial-{i}" for i in range(len(records))}
+        keys = ["s1-progress", "s1-trials", "s1-best"]
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys))
+        )
+        assert {a.key for a in arts} == set(keys)
+        kinds = {a.key: a.type for a in arts}
+        assert kinds == {"s1-progress": "progress", "s1-trials": "table", "s1-best": "markdown"}
+
     # a new study with the same seed shares the cache: its warm-up loads every stage
     run_study(tmp_path, "study=s2")
     warm = journal(tmp_path, "s2")[:3]
