@@ -45,7 +45,9 @@ def plain_logei_step(opt: Optimizer) -> float:
     start = time.perf_counter()
     gp = fit_gp(X, Y)
     bounds = torch.stack([torch.zeros(X.shape[-1]), torch.ones(X.shape[-1])]).to(X)
-    optimize_acqf(LogExpectedImprovement(gp, Y.max()), bounds, q=1, num_restarts=10, raw_samples=512)
+    optimize_acqf(
+        LogExpectedImprovement(gp, Y.max()), bounds, q=1, num_restarts=10, raw_samples=512
+    )
     elapsed = time.perf_counter() - start
     torch.set_num_threads(threads)
     return elapsed
@@ -59,7 +61,9 @@ def main() -> None:
     problem = SyntheticProblem()
     space = SearchSpace.from_dict(problem.space_dict())
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()}")
-    print("| n obs | eeipu ask, cold (s) | eeipu ask, warm median (s) | plain LogEI step (s) | ratio warm/plain |")
+    print(
+        "| n obs | eeipu ask, cold (s) | eeipu ask, warm median (s) | plain LogEI step (s) | ratio warm/plain |"
+    )
     print("|---:|---:|---:|---:|---:|")
     for n in args.n:
         # Random warm-up up to n (cheap), then time EEIPU asks on that history.
@@ -76,11 +80,15 @@ def main() -> None:
             times.append(time.perf_counter() - start)
             obj, costs = problem.evaluate(t.params)
             hits = cache.lookup(t.params)
-            timed.tell(t, obj, {s: (0.01 if s in hits else c) for s, c in costs.items()}, cached=hits)
+            timed.tell(
+                t, obj, {s: (0.01 if s in hits else c) for s, c in costs.items()}, cached=hits
+            )
             cache.add(t.params)
         plain = statistics.median(plain_logei_step(timed) for _ in range(2))
         warm = statistics.median(times[1:]) if len(times) > 1 else times[0]
-        print(f"| {n} | {times[0]:.2f} | {warm:.2f} | {plain:.2f} | {warm / plain:.2f} |", flush=True)
+        print(
+            f"| {n} | {times[0]:.2f} | {warm:.2f} | {plain:.2f} | {warm / plain:.2f} |", flush=True
+        )
 
 
 if __name__ == "__main__":
