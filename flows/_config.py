@@ -99,6 +99,7 @@ class StudyConfig:
     continue_on_failure: bool = False
     output_dir: str = "outputs"
     progress: bool = True
+    max_trials: int | None = None
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> StudyConfig:
@@ -175,6 +176,9 @@ class StudyConfig:
         delay = _number(cfg.get("retry_delay_seconds", 0.0), "retry_delay_seconds")
         if delay < 0:
             raise ConfigError(f"`retry_delay_seconds` must be >= 0, but got {delay}")
+        max_trials = cfg.get("max_trials")
+        if max_trials is not None:
+            max_trials = _number(max_trials, "max_trials", positive=True, integer=True)
         for flag in ("continue_on_failure", "progress"):
             if not isinstance(cfg.get(flag, False), bool):
                 raise ConfigError(f"`{flag}` must be true or false, but got {cfg.get(flag)!r}")
@@ -193,6 +197,7 @@ class StudyConfig:
             continue_on_failure=cfg.get("continue_on_failure", False),
             output_dir=str(cfg.get("output_dir") or f"outputs/{study}"),
             progress=cfg.get("progress", True),
+            max_trials=max_trials,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,4 +226,5 @@ class StudyConfig:
             "continue_on_failure": self.continue_on_failure,
             "output_dir": self.output_dir,
             "progress": self.progress,
+            "max_trials": self.max_trials,
         }

@@ -188,7 +188,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         description=f"Budget spent by study {cfg.study}",
     )
     failure: BaseException | None = None
-    while not opt.done:
+    while not opt.done and (cfg.max_trials is None or len(records) < cfg.max_trials):
         t0 = time.time()
         trial = opt.ask(cache=StoreCacheView(pipeline, store))
         asked = time.time()

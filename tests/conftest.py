@@ -10,9 +10,14 @@ import logging
 import os
 import socket
 import tempfile
+import warnings
 from collections.abc import Iterator
 
 import pytest
+
+# gpytorch/linear_operator call torch.jit.script at import (deprecated in torch 2.13); the
+# pyproject filter only covers collected tests, not conftest-time imports.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
 
 _PREFECT_HOME = tempfile.mkdtemp(prefix="eeipu-prefect-home-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME

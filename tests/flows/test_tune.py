@@ -88,6 +88,7 @@ def test_shipped_configs_compose_and_validate():
             "`storage.url` must look like s3://bucket/prefix",
         ),
         (["retries=-2"], "`retries` must be >= 0"),
+        (["max_trials=0"], "`max_trials` must be a positive integer, but got 0"),
     ],
 )
 def test_config_errors_name_the_key(overrides, message):
@@ -169,7 +170,9 @@ def test_study_outputs_journal_and_resume(prefect_harness, tmp_path):
     assert all(r["cached"] == ["prep", "train", "finetune"] for r in warm)
 
 
-def test_resume_with_other_settings_is_refused(prefect_harness, tmp_path):
+def test_resume_with_other_settings_is_refused_and_max_trials_caps(prefect_harness, tmp_path):
+    capped = run_study(tmp_path, "study=s3", "budget=1000", "max_trials=2")
+    assert capped.n_trials == 2 and capped.spent < 1000
     run_study(tmp_path, "study=s3", "budget=20")
     with pytest.raises(ConfigError, match=r"already exists .* with a different method"):
         run_study(tmp_path, "study=s3", "optimizer=ei")
