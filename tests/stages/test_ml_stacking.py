@@ -1,0 +1,165 @@
+"""The ml_stacking pipeline: bad input, memoized trials through the real trial subflow,
+and a tiny smoke study through flows.tune.run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from flows import ConfigError, StudyConfig
+from stages.ml_stacking import SPACE, ml_stacking_pipeline
+from tests.flows.test_tune import FAST, composed
+
+A = {
+    "preprocess": {"scaler": "standard", "n_components": 12},
+    "base_learners": {
+        "rf_n_estimators": 12,
+        "rf_max_depth": 5,
+        "et_n_estimators": 12,
+        "et_max_depth": 5,
+        "gb_n_estimators": 10,
+        "gb_max_depth": 3,
+        "gb_learning_rate": 0.1,
+    },
+    "meta_learner": {"C": 1.0, "tol": 1e-4, "max_iter": 100},
+}
+# B shares A's first two stages; C shares only A's first.
+B = {**A, "meta_learner": {"C": 0.01, "tol": 1e-3, "max_iter": 60}}
+C = {**A, "base_learners": {**A["base_learners"], "rf_max_depth": 3, "gb_learning_rate": 0.3}}
+
+# A small corner of the space keeps the smoke study at a few cheap trials.
+SMALL = [
+    f"pipeline.space.base_learners.{p}.high={high}"
+    for p, high in [
+        ("rf_n_estimators", 16),
+        ("et_n_estimators", 16),
+        ("gb_n_estimators", 16),
+        ("rf_max_depth", 6),
+        ("et_max_depth", 6),
+        ("gb_max_depth", 4),
+    ]
+]
+
+
+def _config(tmp_path, *overrides: str) -> dict:
+    return composed(
+        "pipeline=ml_stacking", "size=smoke", f"storage.url={tmp_path / 'cache'}", *overrides
+    )
+
+
+# ---------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"size": "huge"}, "`size` must be 'smoke' or 'full', but got 'huge'"),
+        ({"device": "tpu"}, "`device` must be 'cpu' or 'cuda', but got 'tpu'"),
+        ({"seed": "zero"}, "`seed` must be an integer, but got 'zero'"),
+    ],
+)
+def test_bad_kwargs_raise_one_line_value_error(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        ml_stacking_pipeline(**kwargs)
+    assert str(info.value) == message
+
+
+def test_cuda_without_a_gpu_is_refused(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError) as info:
+        ml_stacking_pipeline(size="smoke", device="cuda")
+    assert str(info.value) == (
+        "`device` 'cuda' is not available on this machine "
+        "(torch.cuda.is_available() is False); use device=cpu"
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("size=huge", "`size` must be 'smoke' or 'full', but got 'huge'"),
+        ("device=tpu", "`device` must be 'cpu' or 'cuda', but got 'tpu'"),
+    ],
+)
+def test_bad_input_fails_before_anything_runs(tmp_path, override, message):
+    from flows.tune import run
+
+    cfg = _config(tmp_path, override)
+    cfg["output_dir"] = str(tmp_path / "out")
+    with pytest.raises(ConfigError) as info:
+        run(cfg)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+def test_yaml_space_is_the_stages_space(tmp_path):
+    from flows.study import build_pipeline
+
+    pipe = build_pipeline(StudyConfig.from_mapping(_config(tmp_path)))
+    assert pipe.space_dict() == SPACE
+    assert pipe.stage_names == ["preprocess", "base_learners", "meta_learner"]
+    assert pipe.metric == "auroc"
+
+
+def test_size_and_seed_are_part_of_the_cache_keys():
+    keys = {
+        (size, seed): ml_stacking_pipeline(size=size, seed=seed).key("preprocess", A)
+        for size in ("smoke", "full")
+        for seed in (0, 1)
+    }
+    assert len(set(keys.values())) == 4
+
+
+# ---------------------------------------------------------------------- the trial subflow
+def test_trials_reuse_the_shared_prefix(prefect_harness, tmp_path):
+    from flows.study import trial_flow
+
+    config = StudyConfig.from_mapping(_config(tmp_path)).to_dict()
+    a = trial_flow(config, 0, A)
+    assert a["cached"] == []
+    assert 0.5 < a["objective"] <= 1.0
+
+    b = trial_flow(config, 1, B)
+    assert b["cached"] == ["base_learners", "preprocess"]
+    assert math.isfinite(b["objective"]) and 0.0 <= b["objective"] <= 1.0
+
+    c = trial_flow(config, 2, C)
+    assert c["cached"] == ["preprocess"]
+    assert math.isfinite(c["objective"]) and 0.0 <= c["objective"] <= 1.0
+
+    again = trial_flow(config, 3, A)
+    assert again["cached"] == ["base_learners", "meta_learner", "preprocess"]
+    assert again["objective"] == a["objective"]
+    assert again["keys"] == a["keys"]
+
+    # The stored result is what the plain functions compute from scratch (seeded).
+    pipe = ml_stacking_pipeline(size="smoke")
+    data = pipe["preprocess"](**A["preprocess"])
+    level1 = pipe["base_learners"](data=data, **A["base_learners"])
+    assert pipe["meta_learner"](level1=level1, **A["meta_learner"])["auroc"] == a["objective"]
+
+
+# ---------------------------------------------------------------------- a smoke study
+def test_smoke_study_end_to_end(prefect_harness, tmp_path):
+    from flows.tune import run
+
+    fast = [o for o in FAST if not o.startswith(("budget=", "n_init="))]
+    cfg = _config(tmp_path, *fast, *SMALL, "n_init=2", "budget=1.5", "study=mls")
+    cfg["output_dir"] = str(tmp_path / "out")
+    result = run(cfg)
+
+    folder = tmp_path / "cache" / "studies" / "mls" / "trials"
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    assert result.n_trials == len(records) >= 2
+    assert result.spent >= 1.5
+    for r in records:
+        assert r["state"] == "complete"
+        assert set(r["costs"]) == {"preprocess", "base_learners", "meta_learner"}
+        assert 0.0 <= r["objective"] <= 1.0
+    assert 0.5 < result.best_objective <= 1.0
+    out = tmp_path / "out"
+    assert (out / "results.csv").read_text().count("\n") == len(records) + 1
+    assert "objective:" in (out / "best.yaml").read_text()
+    assert (out / "best_vs_cost.png").read_bytes()[:4] == b"\x89PNG"
