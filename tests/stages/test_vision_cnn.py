@@ -1,0 +1,156 @@
+"""The vision_cnn pipeline: bad input, determinism, memoized trials through the real trial
+subflow, and a tiny smoke study through flows.tune.run."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pytest
+import torch
+
+from flows import ConfigError, StudyConfig
+from stages.vision_cnn import SPACE, vision_cnn_pipeline
+from tests.flows.test_tune import FAST, composed
+
+# Cheap corners of the space (a smoke trial well under a second).
+A = {
+    "preprocess": {"normalization": "standardize", "shift": 1.0, "rotation": 10.0, "noise": 0.05},
+    "train": {"lr": 3e-3, "weight_decay": 1e-4, "batch_size": 64, "width": 6, "epochs": 3},
+    "finetune": {"lr": 1e-3, "epochs": 1, "tta": "none"},
+}
+# B shares A's first two stages (only the fine-tuning differs); C shares only A's first.
+B = {**A, "finetune": {"lr": 1e-4, "epochs": 2, "tta": "shift"}}
+C = {**A, "train": {**A["train"], "width": 4, "lr": 1e-2}}
+
+# A small corner of the space keeps the smoke study at a few cheap trials.
+SMALL = [
+    "pipeline.space.train.epochs.high=3",
+    "pipeline.space.train.width.high=8",
+    "pipeline.space.train.batch_size.low=64",
+    "pipeline.space.finetune.epochs.high=1",
+]
+
+
+def _config(tmp_path, *overrides: str) -> dict:
+    return composed(
+        "pipeline=vision_cnn", "size=smoke", f"storage.url={tmp_path / 'cache'}", *overrides
+    )
+
+
+# ---------------------------------------------------------------------- bad input
+def _bad_device() -> tuple[str, str]:
+    # Whatever the machine, one CUDA device name is refused with its own message.
+    if torch.cuda.is_available():
+        return "cuda:99", "`device` 'cuda:99' does not exist"
+    return (
+        "cuda",
+        "`device` 'cuda' is not available on this machine "
+        "(torch.cuda.is_available() is False); use device=cpu",
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"size": "huge"}, "`size` must be 'smoke' or 'full', but got 'huge'"),
+        ({"device": "tpu"}, "`device` must be 'cpu' or 'cuda', but got 'tpu'"),
+        ({"device": _bad_device()[0]}, _bad_device()[1]),
+        ({"seed": "zero"}, "`seed` must be an integer, but got 'zero'"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_runs(tmp_path, kwargs, message):
+    with pytest.raises(ValueError) as info:
+        vision_cnn_pipeline(**kwargs)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+    if "seed" in kwargs:  # a study's seed is checked by StudyConfig first
+        return
+    # Through the study's own checks: one line naming the key, and nothing written.
+    from flows.study import prepare
+
+    overrides = [f"{k}={v}" for k, v in kwargs.items()]
+    with pytest.raises(ConfigError) as info:
+        prepare(StudyConfig.from_mapping(_config(tmp_path, *overrides)))
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_yaml_space_matches_the_stages():
+    cfg = StudyConfig.from_mapping(composed("pipeline=vision_cnn"))
+    assert cfg.pipeline.space == SPACE
+    assert cfg.pipeline.metric == "val_accuracy"
+    assert vision_cnn_pipeline(size="smoke").space_dict() == SPACE
+
+
+# ---------------------------------------------------------------------- the stages
+def test_stages_are_deterministic_and_the_checkpoint_loads():
+    pipe = vision_cnn_pipeline(size="smoke", seed=1)
+    outs = []
+    for _ in range(2):
+        data = pipe["preprocess"](**A["preprocess"])
+        ckpt = pipe["train"](data=data, **A["train"])
+        metrics = pipe["finetune"](data=data, checkpoint=ckpt, **B["finetune"])
+        outs.append((data, ckpt, metrics))
+    (d1, c1, m1), (d2, c2, m2) = outs
+    assert all(torch.equal(d1[k], d2[k]) for k in d1)
+    assert d1["x_train"].shape[1:] == (1, 8, 8) and len(d1["x_train"]) == 2 * len(d1["x_clean"])
+    assert m1 == m2 and 0.0 <= m1["val_accuracy"] <= 1.0 and math.isfinite(m1["val_loss"])
+    s1 = torch.load(io.BytesIO(c1), map_location="cpu", weights_only=True)
+    s2 = torch.load(io.BytesIO(c2), map_location="cpu", weights_only=True)
+    assert s1["arch"] == {"width": A["train"]["width"], "n_classes": 10}
+    assert all(torch.equal(s1["state_dict"][k], s2["state_dict"][k]) for k in s1["state_dict"])
+    # Another seed: another split and other weights.
+    other = vision_cnn_pipeline(size="smoke", seed=2)["preprocess"](**A["preprocess"])
+    assert not torch.equal(other["y_val"], d1["y_val"])
+    # The fine-tuning hyperparameters really change the result.
+    assert pipe["finetune"](data=d1, checkpoint=c1, **A["finetune"]) != m1
+
+
+# ---------------------------------------------------------------------- the trial subflow
+def test_trial_subflow_reuses_the_shared_prefix(prefect_harness, tmp_path):
+    from flows.study import trial_flow
+
+    config = StudyConfig.from_mapping(_config(tmp_path)).to_dict()
+    a = trial_flow(config, 0, A)
+    assert a["cached"] == []
+    assert 0.0 <= a["objective"] <= 1.0
+
+    b = trial_flow(config, 1, B)
+    assert b["cached"] == ["preprocess", "train"]
+    assert math.isfinite(b["objective"]) and 0.0 <= b["objective"] <= 1.0
+    assert b["keys"]["train"] == a["keys"]["train"] != b["keys"]["finetune"]
+
+    c = trial_flow(config, 2, C)
+    assert c["cached"] == ["preprocess"]
+    assert 0.0 <= c["objective"] <= 1.0
+
+    again = trial_flow(config, 3, A)
+    assert again["cached"] == ["finetune", "preprocess", "train"]
+    assert again["objective"] == a["objective"]
+    # A load costs its (small) measured time, not the stage's.
+    assert all(math.isfinite(v) and v >= 0 for v in again["costs"].values())
+
+
+# ---------------------------------------------------------------------- a smoke study
+def test_smoke_study_end_to_end(prefect_harness, tmp_path):
+    from flows.tune import run
+
+    cfg = _config(tmp_path, *FAST, *SMALL, "n_init=2", "budget=1.0", "study=vc")
+    cfg["output_dir"] = str(tmp_path / "out")
+    result = run(cfg)
+
+    folder = tmp_path / "cache" / "studies" / "vc" / "trials"
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    assert result.n_trials == len(records) >= 2
+    assert result.spent >= 1.0
+    for r in records:
+        assert r["state"] == "complete"
+        assert 0.0 <= r["objective"] <= 1.0
+        assert set(r["costs"]) == {"preprocess", "train", "finetune"}
+    assert 0.0 <= result.best_objective <= 1.0
+    out = tmp_path / "out"
+    assert (out / "results.csv").read_text().count("\n") == len(records) + 1
+    assert "objective:" in (out / "best.yaml").read_text()
+    assert (out / "best_vs_cost.png").read_bytes()[:4] == b"\x89PNG"
