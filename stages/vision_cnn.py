@@ -143,17 +143,22 @@ def vision_cnn_pipeline(size: str = "full", device: str = "cpu", seed: int = 0) 
         raise ValueError(f"`seed` must be an integer, but got {seed!r}")
     setting = _SETTINGS[size]
     _warm_up(dev)
+    # size and seed change every stage's output, so they are part of its version (and so of
+    # its Merkle key): studies of other sizes or seeds never load each other's results.
+    version = f"1-{size}-seed{seed}"
     return Pipeline(
         [
             Stage(
                 functools.partial(preprocess, setting=setting, seed=seed),
                 name="preprocess",
+                version=version,
                 output="data",
                 space=SPACE["preprocess"],
             ),
             Stage(
                 functools.partial(train, setting=setting, device=dev, seed=seed),
                 name="train",
+                version=version,
                 inputs=("data",),
                 output="checkpoint",
                 space=SPACE["train"],
@@ -161,6 +166,7 @@ def vision_cnn_pipeline(size: str = "full", device: str = "cpu", seed: int = 0) 
             Stage(
                 functools.partial(finetune, setting=setting, device=dev, seed=seed),
                 name="finetune",
+                version=version,
                 inputs=("data", "checkpoint"),
                 output="metrics",
                 space=SPACE["finetune"],
