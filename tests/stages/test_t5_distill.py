@@ -1,0 +1,148 @@
+"""The T5 distillation pipeline at size=smoke: bad input, determinism, the real trial
+subflow with its cached prefixes, and a tiny study through ``flows.tune.run``."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+import torch
+
+from flows import ConfigError, StudyConfig
+from stages.t5_distill import T5_DISTILL_SPACE, t5_distill_pipeline
+from tests.flows.test_tune import FAST, composed
+
+STAGES = ["data", "teacher", "student1", "student2", "student3"]
+STUDENT = {"lr": 3e-3, "temperature": 2.0, "weight_decay": 1e-3}
+PARAMS_A = {
+    "data": {"batch_size": 16, "max_input_len": 96},
+    "teacher": {"lr": 3e-3, "weight_decay": 1e-3},
+    "student1": STUDENT,
+    "student2": STUDENT,
+    "student3": STUDENT,
+}
+# Shares data and teacher with A, differs from student1 on.
+PARAMS_B = {
+    **PARAMS_A,
+    "student1": {**STUDENT, "temperature": 4.0},
+    "student2": {**STUDENT, "lr": 1e-3},
+}
+
+
+def smoke_trial_seconds() -> float:
+    """Wall seconds of the stage functions of a costly smoke trial (longest inputs),
+    called directly (no caching)."""
+    pipe = t5_distill_pipeline(size="smoke")
+    params = {**PARAMS_A, "data": {"batch_size": 64, "max_input_len": 256}}
+    values: dict = {}
+    start = time.perf_counter()
+    for s in pipe.stages:
+        values[s.output] = s(**{i: values[i] for i in s.inputs}, **params[s.name])
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"size": "huge"}, "`size` must be 'smoke' or 'full', but got 'huge'"),
+        ({"device": "tpu"}, "`device` must be 'cpu' or 'cuda', but got 'tpu'"),
+        ({"seed": "zero"}, "`seed` must be an integer, but got 'zero'"),
+        ({"threads": 0}, "`threads` must be a positive integer or None, but got 0"),
+    ],
+)
+def test_bad_kwargs_raise_one_line_value_error(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        t5_distill_pipeline(**kwargs)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unavailable_cuda_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"`device` 'cuda' is not available on this machine"):
+        t5_distill_pipeline(size="smoke", device="cuda")
+
+
+def test_bad_size_stops_the_study_before_anything_runs(tmp_path):
+    from flows.tune import run
+
+    cfg = composed("pipeline=t5_distill", "size=huge", f"storage.url={tmp_path / 'cache'}")
+    cfg["output_dir"] = str(tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"`size` must be 'smoke' or 'full', but got 'huge'"):
+        run(cfg)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+def test_yaml_space_matches_the_stages():
+    cfg = StudyConfig.from_mapping(composed("pipeline=t5_distill"))
+    assert cfg.pipeline.space == T5_DISTILL_SPACE
+    assert t5_distill_pipeline(size="smoke").space_dict() == T5_DISTILL_SPACE
+    assert cfg.pipeline.metric == "rougeLsum" and cfg.pipeline.direction == "maximize"
+
+
+# ---------------------------------------------------------------------- determinism
+def test_same_seed_same_data_and_teacher():
+    a, b, c = (t5_distill_pipeline(size="smoke", seed=s) for s in (0, 0, 1))
+    data_a = a["data"](**PARAMS_A["data"])
+    data_b = b["data"](**PARAMS_A["data"])
+    assert data_a["val_refs"] == data_b["val_refs"]
+    assert torch.equal(data_a["train_x"], data_b["train_x"])
+    assert c["data"](**PARAMS_A["data"])["val_refs"] != data_a["val_refs"]
+    assert data_a["train_x"].shape[1] <= 96  # max_input_len caps the input bytes
+    teacher_a = a["teacher"](data=data_a, **PARAMS_A["teacher"])
+    teacher_b = b["teacher"](data=data_b, **PARAMS_A["teacher"])
+    load = lambda blob: torch.load(__import__("io").BytesIO(blob), weights_only=True)  # noqa: E731
+    sa, sb = load(teacher_a), load(teacher_b)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ---------------------------------------------------------------------- the trial subflow
+def test_trial_subflow_caches_the_shared_prefix(prefect_harness, tmp_path):
+    from flows.study import trial_flow
+
+    config = StudyConfig.from_mapping(
+        composed("pipeline=t5_distill", "size=smoke", f"storage.url={tmp_path / 'cache'}")
+    ).to_dict()
+    a = trial_flow(config, 0, PARAMS_A)
+    assert a["cached"] == []
+    assert 0.0 <= a["objective"] <= 1.0
+    assert set(a["costs"]) == set(STAGES)
+
+    b = trial_flow(config, 1, PARAMS_B)
+    assert b["cached"] == ["data", "teacher"]
+    assert math.isfinite(b["objective"]) and 0.0 <= b["objective"] <= 1.0
+    assert [b["keys"][s] == a["keys"][s] for s in STAGES] == [True, True, False, False, False]
+
+    again = trial_flow(config, 2, PARAMS_A)
+    assert again["cached"] == sorted(STAGES)
+    assert again["objective"] == a["objective"]
+
+
+# ---------------------------------------------------------------------- a tiny study
+def test_smoke_study_end_to_end(prefect_harness, tmp_path):
+    from flows.tune import run
+
+    smoke_trial_seconds()  # imports and first-call overheads out of the way
+    budget = 3.0 * smoke_trial_seconds()  # about three trials
+    cfg = composed(
+        *FAST,
+        "pipeline=t5_distill",
+        "size=smoke",
+        "n_init=2",
+        f"budget={budget:.3f}",
+        "study=t5smoke",
+        f"storage.url={tmp_path / 'cache'}",
+    )
+    cfg["output_dir"] = str(tmp_path / "out")
+    result = run(cfg)
+    trials = sorted((tmp_path / "cache" / "studies" / "t5smoke" / "trials").glob("*.json"))
+    records = [json.loads(p.read_text()) for p in trials]
+    assert result.n_trials == len(records) >= 3
+    assert all(r["state"] == "complete" for r in records)
+    assert all(0.0 <= r["objective"] <= 1.0 for r in records)
+    assert result.spent >= budget
+    assert (tmp_path / "out" / "results.csv").read_text().count("\n") == len(records) + 1
+    assert "objective:" in (tmp_path / "out" / "best.yaml").read_text()
+    assert (tmp_path / "out" / "best_vs_cost.png").read_bytes()[:4] == b"\x89PNG"
