@@ -34,9 +34,10 @@ def main() -> None:
     parser.add_argument("--size", nargs="+", default=["smoke", "full"])
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
-    pkg = types.ModuleType("stages")
-    pkg.__path__ = [str(ROOT / "stages")]  # submodules load; the package __init__ does not
-    sys.modules["stages"] = pkg
+    for name in ("stages", "eeipu"):
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [str(ROOT / name)]  # submodules load; the package __init__ does not
+        sys.modules[name] = pkg
     import torch
 
     print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}", end="")
