@@ -52,7 +52,10 @@ def main() -> None:
             continue
         for size in args.size:
             pipe = getattr(module, f"{name}_pipeline")(size=size, device=args.device, seed=0)
-            params = {s: {p: middle(spec) for p, spec in sec.items()} for s, sec in pipe.space_dict().items()}
+            params = {
+                s: {p: middle(spec) for p, spec in sec.items()}
+                for s, sec in pipe.space_dict().items()
+            }
             values = {}
             for stage in pipe.stages:
                 if torch.cuda.is_available():
@@ -62,9 +65,17 @@ def main() -> None:
                 values[stage.output] = stage.func(**kwargs)
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
-                peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
-                print(f"| {name} | {size} | {stage.name} | {time.perf_counter() - start:.2f} | {peak:.1f} |", flush=True)
-            print(f"| {name} | {size} | objective | {pipe.objective(values[pipe.sink.output]):.4f} | |", flush=True)
+                peak = (
+                    torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
+                )
+                print(
+                    f"| {name} | {size} | {stage.name} | {time.perf_counter() - start:.2f} | {peak:.1f} |",
+                    flush=True,
+                )
+            print(
+                f"| {name} | {size} | objective | {pipe.objective(values[pipe.sink.output]):.4f} | |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
