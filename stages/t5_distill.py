@@ -49,13 +49,12 @@ Example:
 from __future__ import annotations
 
 import ast
-import contextlib
 import inspect
 import io
 import os
 import sys
 import sysconfig
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from stages._pipeline import Pipeline, Stage
+from stages._threads import torch_threads as _torch_threads
 
 __all__ = ["T5_DISTILL_SPACE", "t5_distill_pipeline"]
 
@@ -475,20 +475,6 @@ def _corpus(modules: tuple[str, ...]) -> list[tuple[str, str]]:
             if usable and ">>>" not in body:  # doctests are not prose to summarize
                 examples.append((body, summary))
     return examples
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    # Process-wide setting: set only while a stage runs, then restore.
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _config(arch: _Arch) -> Any:

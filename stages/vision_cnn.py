@@ -53,12 +53,11 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import io
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages._pipeline import Pipeline, Stage
+from stages._threads import torch_threads as _threads
 
 __all__ = ["vision_cnn_pipeline"]
 
@@ -220,20 +220,6 @@ def _generator(seed: int, purpose: str) -> torch.Generator:
     # One independent CPU stream per purpose, the same in every process (unlike hash()).
     digest = hashlib.sha256(f"vision_cnn:{seed}:{purpose}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
-
-
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    # The smoke size runs beside other jobs on small machines: one thread, then restore.
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _digits(setting: _Setting, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
