@@ -151,7 +151,9 @@ def prepare(cfg: StudyConfig) -> tuple[Pipeline, Store, Optimizer, StudyJournal]
     Called before the controller flow starts, so bad input fails fast with one line and
     leaves no flow run, journal or cache folder behind.
     """
-    pipeline = build_pipeline(cfg)
+    # Cached per process: the CLI prepares once to fail fast, the flow again, and every trial
+    # subflow looks the pipeline up; factories may be slow (data loading, warm-up).
+    pipeline = _cached_pipeline(json.dumps(cfg.to_dict(), sort_keys=True))
     space = SearchSpace.from_dict(pipeline.space_dict())
     opt = Optimizer(
         space,
@@ -187,7 +189,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         key=artifact_key(cfg.study, "progress"),
         description=f"Budget spent by study {cfg.study}",
     )
-    failure: BaseException | None = None
+    failure: str | None = None
     while not opt.done and (cfg.max_trials is None or len(records) < cfg.max_trials):
         t0 = time.time()
         trial = opt.ask(cache=StoreCacheView(pipeline, store))
@@ -203,7 +205,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
                 objective, error = None, f"objective is {objective!r}"
         except StageError as exc:
             objective, costs, cached, seconds = None, dict(exc.costs), [], dict(exc.seconds)
-            error, failure = str(exc), exc
+            error = str(exc)
         told = opt.tell(trial, objective=objective, costs=costs, cached=cached)
         record = {
             **told.to_dict(),
@@ -219,8 +221,8 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         _say(run_logger, cfg, progress_line(record, best, opt.spent, cfg.budget))
         update_progress_artifact(progress_id, progress=min(100.0, 100.0 * opt.spent / cfg.budget))
         if told.state is TrialState.FAILED and not cfg.continue_on_failure:
+            failure = f"trial {told.number} failed: {error}"
             break
-        failure = None
     paths = write_outputs(
         cfg.output_dir, cfg.study, records, cfg.pipeline.direction, opt.warmup_spent
     )
@@ -240,8 +242,9 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     if failure is not None:
         raise StudyFailed(
             f"study {cfg.study!r} stopped: {failure} ({len(records)} trials are in the journal "
-            f"at {journal.url}; fix the stage and re-run the same command to resume)"
-        ) from failure
+            f"at {journal.url}; fix the stage and re-run the same command to resume, or set "
+            "continue_on_failure=true)"
+        )
     _say(
         run_logger,
         cfg,

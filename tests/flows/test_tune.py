@@ -318,3 +318,22 @@ def test_cli_failing_stage_stops_with_message_and_keeps_journal(tmp_path, api_en
     assert records and records[-1]["state"] == "failed"
     assert all(r["state"] == "complete" for r in records[:-1])
     assert records[-1]["costs"].get("prep") is not None
+
+
+def test_continue_on_failure_records_failed_trials_and_goes_on(prefect_harness, tmp_path):
+    result = run_study(
+        tmp_path,
+        "study=cont",
+        "budget=30",
+        "continue_on_failure=true",
+        "+pipeline.kwargs.fail_stage=train",
+        "+pipeline.kwargs.fail_above=0.5",
+    )
+    records = journal(tmp_path, "cont")
+    failed = [r for r in records if r["state"] == "failed"]
+    assert failed and all("injected failure" in r["error"] for r in failed)
+    assert all(set(r["costs"]) <= {"prep", "train"} for r in failed)
+    assert result.spent >= 30.0 and result.best_objective is not None
+    # the optimizer moved away from the failing region (train.x0 > 0.5) after warm-up
+    late = records[3:]
+    assert sum(r["params"]["train"]["x0"] <= 0.5 for r in late) > len(late) / 2
