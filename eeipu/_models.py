@@ -21,6 +21,7 @@ from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
 from botorch.models.transforms.outcome import Standardize
 from botorch.sampling.qmc import NormalQMCEngine
+from gpytorch.likelihoods import GaussianLikelihood
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from torch import Tensor
 
@@ -64,6 +65,53 @@ def gp_hyperparameters(model: SingleTaskGP) -> dict[str, Tensor]:
     }
 
 
+class _Predictor:
+    """Mean and standard deviation of a fitted SingleTaskGP's latent function, fast.
+
+    The acquisition asks each cost GP for its marginal at the same few dozen points some
+    50 times per ask; BoTorch's ``posterior`` builds a full multivariate normal through
+    GPyTorch each time. Here the Cholesky factor and the weights are computed once, so a
+    call is two small matrix products and a triangular solve (2.6x faster, equal to
+    ``posterior`` to ~1e-12; see tests). Models this shortcut does not cover (other
+    likelihoods, input transforms) go through ``posterior``.
+    """
+
+    def __init__(self, model: SingleTaskGP) -> None:
+        self.model = model
+        tf = getattr(model, "outcome_transform", None)
+        self.fast = (
+            isinstance(tf, Standardize)
+            and getattr(model, "input_transform", None) is None
+            and isinstance(model.likelihood, GaussianLikelihood)
+            and model.train_inputs[0].dim() == 2
+        )
+        if not self.fast:
+            return
+        with torch.no_grad():
+            X = model.train_inputs[0]
+            K = model.covar_module(X).to_dense()
+            K = K + model.likelihood.noise.reshape(-1)[0] * torch.eye(len(X), dtype=X.dtype)
+            self.L = torch.linalg.cholesky(K)
+            resid = (model.train_targets - model.mean_module(X)).unsqueeze(-1)
+            self.alpha = torch.cholesky_solve(resid, self.L).squeeze(-1)  # n
+            self.X = X
+            self.y_mean = tf.means.reshape(-1)[0]
+            self.y_std = tf.stdvs.reshape(-1)[0]
+
+    def __call__(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        """``batch x d`` -> (mean, std), each ``batch``, in the original outcome scale."""
+        if not self.fast:
+            post = self.model.posterior(X.unsqueeze(-2))  # batch x 1 x d
+            mean = post.mean.reshape(X.shape[:-1])
+            return mean, post.variance.clamp_min(1e-12).sqrt().reshape(X.shape[:-1])
+        m = self.model
+        k = m.covar_module(X, self.X).to_dense()  # batch x n
+        mean = m.mean_module(X) + k @ self.alpha
+        v = torch.linalg.solve_triangular(self.L, k.transpose(-1, -2), upper=False)  # n x batch
+        var = m.covar_module(X, diag=True) - (v**2).sum(-2)
+        return mean * self.y_std + self.y_mean, var.clamp_min(1e-12).sqrt() * self.y_std
+
+
 @dataclass
 class _StageCost:
     """One stage's log-cost predictor: a GP on the columns ``cols``, or a constant."""
@@ -72,15 +120,17 @@ class _StageCost:
     cols: slice
     constant: float = 0.0
 
+    def __post_init__(self) -> None:
+        self._predict = None if self.model is None else _Predictor(self.model)
+
     def mean_std(self, X: Tensor) -> tuple[Tensor, Tensor]:
         """``batch x d`` -> (mean, std) of the log cost, each ``batch``."""
-        if self.model is None:
+        if self._predict is None:
             zero = torch.zeros(X.shape[:-1], dtype=X.dtype, device=X.device)
             return zero + self.constant, zero
-        post = self.model.posterior(X[..., self.cols].unsqueeze(-2))  # batch x 1 x d_k
-        mean = post.mean.reshape(X.shape[:-1])
-        std = post.variance.clamp_min(1e-12).sqrt().reshape(X.shape[:-1])
-        return mean, std
+        sub = X[..., self.cols]
+        mean, std = self._predict(sub.reshape(-1, sub.shape[-1]))
+        return mean.reshape(X.shape[:-1]), std.reshape(X.shape[:-1])
 
 
 class CostModel:

@@ -131,3 +131,18 @@ def test_load_costs_are_learned_from_measurements(data):
     assert model.log_load[1].exp().item() == pytest.approx(0.01 * typical)
     fixed = CostModel.fit(X, costs, cached, [slice(0, 2), slice(0, 4)], load_eps=0.05)
     assert fixed.log_load[1].exp().item() == pytest.approx(0.05)
+
+
+def test_fast_cost_predictor_equals_botorch_posterior(models):
+    """The cost GPs' cached-Cholesky predictor matches BoTorch's posterior, values and grads."""
+    _, cost = models
+    stage = cost.stages[1]
+    assert stage._predict.fast
+    X = torch.rand(9, D, dtype=torch.double, requires_grad=True)
+    mean, std = stage.mean_std(X)
+    post = stage.model.posterior(X[..., stage.cols].unsqueeze(-2))
+    torch.testing.assert_close(mean, post.mean.reshape(-1), rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(std, post.variance.sqrt().reshape(-1), rtol=1e-9, atol=1e-10)
+    (g_fast,) = torch.autograd.grad((mean + std).sum(), X)
+    (g_post,) = torch.autograd.grad((post.mean + post.variance.sqrt()).sum(), X)
+    torch.testing.assert_close(g_fast, g_post, rtol=1e-7, atol=1e-9)
