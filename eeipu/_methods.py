@@ -21,7 +21,7 @@ import math
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -96,11 +96,16 @@ class Observations:
 
 @dataclass(frozen=True)
 class Proposal:
-    """A method's answer: an encoded point and, when it reuses a cached prefix, which one."""
+    """A method's answer: an encoded point and, when it reuses a cached prefix, which one.
+
+    ``alternatives`` holds the runners-up (best first), used when the winner decodes to a
+    configuration that was already evaluated: an exact repeat carries no information.
+    """
 
     x: Tensor
     prefix: Prefix | None = None
     acq_value: float | None = None
+    alternatives: tuple[Proposal, ...] = ()
 
 
 class Method(ABC):
@@ -321,8 +326,9 @@ class CostAwareEI(Method):
                 fixed_features={d: owner[start_idx].to(raw)},
             )
         X = wrapped.resolve(X.detach()).reshape(B, d)
-        j = int(vals.argmax())
-        return Proposal(X[j], pool[int(owner[start_idx][j])], float(vals[j]))
+        order = vals.argsort(descending=True).tolist()
+        ranked = [Proposal(X[j], pool[int(owner[start_idx][j])], float(vals[j])) for j in order]
+        return replace(ranked[0], alternatives=tuple(ranked[1:]))
 
 
 class _PrefixPool(AcquisitionFunction):

@@ -8,12 +8,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.quasirandom import SobolEngine
 
 from eeipu._acquisition import cooling_eta
 from eeipu._cache import CacheView, HistoryCacheView, canonical_json
 from eeipu._errors import OptimizerError, TellError
-from eeipu._methods import Method, Observations, Prefix, make_method
+from eeipu._methods import Method, Observations, Prefix, Proposal, make_method
 from eeipu._space import SearchSpace
 from eeipu._trial import Trial, TrialState
 
@@ -183,14 +184,10 @@ class Optimizer:
                         proposal = self.method.propose(obs)
                 finally:
                     torch.set_num_threads(threads)
+                proposal = self._first_new(proposal, obs)
                 x, prefix, acq_value = proposal.x, proposal.prefix, proposal.acq_value
                 origin = self.method.name
-        params = self.space.decode(x)
-        if prefix is not None:
-            # Copy the cached stages' values verbatim: re-decoding could drift by an ulp and
-            # miss the exact-match cache.
-            for stage in self.space.stages[: prefix.n_stages]:
-                params[stage] = dict(prefix.params[stage])
+        params = self._params(x, prefix)
         trial = Trial(
             number=number,
             params=params,
@@ -201,6 +198,30 @@ class Optimizer:
         self._pending[number] = trial
         self._n_asked += 1
         return trial.copy()
+
+    def _params(self, x: Tensor, prefix: Prefix | None) -> dict[str, dict[str, Any]]:
+        params = self.space.decode(x)
+        if prefix is not None:
+            # Copy the cached stages' values verbatim: re-decoding could drift by an ulp and
+            # miss the exact-match cache.
+            for stage in self.space.stages[: prefix.n_stages]:
+                params[stage] = dict(prefix.params[stage])
+        return params
+
+    def _first_new(self, proposal: Proposal, obs: Observations) -> Proposal:
+        """The best proposal whose configuration was not asked before (ints, categoricals
+        and bounds make exact repeats possible; a repeat teaches the models nothing). If
+        every candidate is a repeat, a random new point (or, in an exhausted discrete space,
+        the winner after all)."""
+        seen = {canonical_json(t.params) for t in [*self._told, *self._pending.values()]}
+        for candidate in (proposal, *proposal.alternatives):
+            if canonical_json(self._params(candidate.x, candidate.prefix)) not in seen:
+                return candidate
+        for _ in range(256):
+            x = torch.rand(self.space.dim, generator=obs.rng, dtype=torch.double)
+            if canonical_json(self.space.decode(x)) not in seen:
+                return Proposal(x)
+        return proposal
 
     def _memoized(
         self, view: CacheView, params: Mapping[str, Mapping[str, Any]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -268,3 +269,27 @@ def test_tell_cached_must_name_known_stages(asked):
     opt, trial, obj, costs = asked
     with pytest.raises(TellError, match=r"`cached` names unknown stage\(s\) \['zz'\]"):
         opt.tell(trial, objective=obj, costs=costs, cached=["zz"])
+
+
+@pytest.mark.parametrize("method", ["eeipu", "ei"])
+def test_discrete_space_never_repeats_a_configuration(method):
+    """Ints and categoricals make exact repeats likely (seen: 4 distinct configurations in
+    20 asks before the guard); a repeat is a wasted trial, so ask() skips them."""
+    space = SearchSpace.from_dict(
+        {
+            "a": {"k": {"type": "int", "low": 0, "high": 3}},
+            "b": {
+                "c": {"type": "categorical", "choices": ["x", "y", "z"]},
+                "n": {"type": "int", "low": 1, "high": 2},
+            },
+        }
+    )  # 24 configurations
+    opt = Optimizer(space, method=method, budget=1e6, n_init=3, seed=0)
+    asked = []
+    for _ in range(20):
+        t = opt.ask()
+        asked.append(json.dumps(t.params, sort_keys=True))
+        p = t.params
+        obj = -((p["a"]["k"] - 2) ** 2) + (p["b"]["c"] == "y") + 0.1 * p["b"]["n"]
+        opt.tell(t, objective=obj, costs={"a": 1.0, "b": 0.5})
+    assert len(set(asked)) == 20
