@@ -46,6 +46,7 @@ from prefect.filesystems import WritableFileSystem
 from prefect.utilities.asyncutils import run_sync_in_worker_thread
 from pydantic import PrivateAttr
 
+from stages._errors import StoreError
 from stages._pipeline import Reported, Stage, merkle_key
 from stages._store import Store
 
@@ -237,7 +238,8 @@ def stage_task(
 def _retry_unless_unavailable(task: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result()
-    except _Unavailable:
+    except (_Unavailable, StoreError):
+        # A missing or corrupt cache entry does not heal by retrying; run_pipeline handles it.
         return False
     except Exception:
         return True

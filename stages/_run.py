@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect.utilities.annotations import quote
 
-from stages._errors import StageError
+from stages._errors import StageError, StoreError
 from stages._pipeline import Params, Pipeline
 from stages._prefect import StageOutput, _Unavailable, stage_task
 from stages._store import Store
@@ -156,12 +156,29 @@ def _run(
             task_run_name=f"{s.name}-{key[:8]}",
         )
         start = time.perf_counter()
-        state = task(
-            params=own[s.name],
-            input_keys=[keys[u.name] for u in pipeline.upstream(s.name)],
-            inputs=inputs,
-            return_state=True,
-        )
+        for attempt in range(2):
+            state = task(
+                params=own[s.name],
+                input_keys=[keys[u.name] for u in pipeline.upstream(s.name)],
+                inputs=inputs,
+                return_state=True,
+            )
+            if attempt == 0 and not state.is_completed():
+                exc = state.result(raise_on_failure=False)
+                if isinstance(exc, StoreError) and store.exists(key):
+                    # A stored entry that fails its checksum (bit flips, truncation, another
+                    # version's pickle) is never returned: report it, drop it, recompute.
+                    logger.warning(
+                        "cache entry of stage %r (key %s) is unreadable (%s); recomputing it",
+                        s.name,
+                        key,
+                        exc,
+                    )
+                    store.delete(key)
+                    if inputs is None:
+                        raise _Replan from exc
+                    continue
+            break
         wall = time.perf_counter() - start
         seconds[s.name] = wall
         if not state.is_completed():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 import pytest
@@ -13,7 +14,6 @@ from stages import (
     StageError,
     Store,
     StoreCacheView,
-    StoreError,
     StoreFileSystem,
     run_pipeline,
     synthetic_pipeline,
@@ -164,13 +164,33 @@ def test_bad_params_fail_before_anything_runs(tmp_path):
     assert not CALLS
 
 
-def test_corrupt_payload_surfaces_as_stage_error(tmp_path):
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda b: b"garbage",
+        lambda b: b"",
+        lambda b: b[: len(b) // 2],
+        lambda b: b[:10] + bytes([b[10] ^ 0xFF]) + b[11:],
+    ],
+    ids=["garbage", "zero-bytes", "truncated", "bit-flip"],
+)
+@pytest.mark.parametrize("lazy", [False, True])
+def test_corrupt_entry_is_reported_recomputed_and_replaced(tmp_path, caplog, damage, lazy):
     store = Store(tmp_path)
-    key = run_pipeline(_chain(), PARAMS, store).keys["evaluate"]
-    (tmp_path / "data" / key).write_bytes(b"garbage")
-    with pytest.raises(StageError, match="'evaluate'") as info:
-        run_pipeline(_chain(), PARAMS, store)
-    assert isinstance(info.value.__cause__, StoreError)
+    first = run_pipeline(_chain(), PARAMS, store)
+    # Lazy runs load only what they need: with everything cached that is the sink.
+    stage = "evaluate" if lazy else "train"
+    key = first.keys[stage]
+    path = tmp_path / "data" / key
+    path.write_bytes(damage(path.read_bytes()))
+    with caplog.at_level(logging.WARNING, logger="stages._run"):
+        again = run_pipeline(_chain(), PARAMS, store, lazy=lazy)
+    warnings = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warnings) == 1 and f"'{stage}'" in warnings[0] and key in warnings[0]
+    assert {s for s, hit in again.cached.items() if not hit} == {stage}
+    assert again.objective == first.objective  # never the corrupt value
+    third = run_pipeline(_chain(), PARAMS, store)  # the entry was replaced by a good one
+    assert all(third.cached.values()) and third.objective == first.objective
 
 
 def test_cache_view_answers_from_the_store_after_a_run(tmp_path):
