@@ -5,7 +5,7 @@ loop and ``SearchSpace`` for the search-space schema.
 """
 
 from eeipu._acquisition import LogEIPerCost, cooling_eta
-from eeipu._cache import CacheView, HistoryCacheView, canonical_json
+from eeipu._cache import CacheView, HistoryCacheView, cached_prefix, canonical_json
 from eeipu._errors import (
     CacheError,
     EEIPUError,
@@ -55,6 +55,7 @@ __all__ = [
     "TellError",
     "Trial",
     "TrialState",
+    "cached_prefix",
     "canonical_json",
     "cooling_eta",
     "fit_gp",

@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["CacheView", "HistoryCacheView", "canonical_json"]
+__all__ = ["CacheView", "HistoryCacheView", "cached_prefix", "canonical_json"]
 
 Params = Mapping[str, Mapping[str, Any]]
 
@@ -52,6 +52,16 @@ class CacheView(Protocol):
     def is_cached(self, stage: str, params: Params) -> bool:
         """True when the output of ``stage`` for these upstream parameters is stored."""
         ...
+
+
+def cached_prefix(view: CacheView, stages: Iterable[str], params: Params) -> tuple[str, ...]:
+    """The leading run of ``stages`` whose outputs ``view`` holds for these parameters."""
+    out: list[str] = []
+    for stage in stages:
+        if not view.is_cached(stage, params):
+            break
+        out.append(stage)
+    return tuple(out)
 
 
 class HistoryCacheView:

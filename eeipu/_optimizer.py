@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.quasirandom import SobolEngine
 
 from eeipu._acquisition import cooling_eta
-from eeipu._cache import CacheView, HistoryCacheView, canonical_json
+from eeipu._cache import CacheView, HistoryCacheView, cached_prefix, canonical_json
 from eeipu._errors import OptimizerError, TellError
 from eeipu._methods import Method, Observations, Prefix, Proposal, make_method
 from eeipu._space import SearchSpace
@@ -109,6 +109,7 @@ class Optimizer:
         self._spent = 0.0
         self._warmup_spent: float | None = None
         self._history_view = HistoryCacheView(space.stages)
+        self._asked_keys: set[str] = set()  # canonical JSON of every asked configuration
 
     # ------------------------------------------------------------------ state
     @property
@@ -196,6 +197,7 @@ class Optimizer:
             acq_value=acq_value,
         )
         self._pending[number] = trial
+        self._asked_keys.add(canonical_json(trial.params))
         self._n_asked += 1
         return trial.copy()
 
@@ -213,7 +215,7 @@ class Optimizer:
         and bounds make exact repeats possible; a repeat teaches the models nothing). If
         every candidate is a repeat, a random new point (or, in an exhausted discrete space,
         the winner after all)."""
-        seen = {canonical_json(t.params) for t in [*self._told, *self._pending.values()]}
+        seen = self._asked_keys
         for candidate in (proposal, *proposal.alternatives):
             if canonical_json(self._params(candidate.x, candidate.prefix)) not in seen:
                 return candidate
@@ -226,22 +228,15 @@ class Optimizer:
     def _memoized(
         self, view: CacheView, params: Mapping[str, Mapping[str, Any]]
     ) -> tuple[str, ...]:
-        out: list[str] = []
-        for stage in self.space.stages:
-            if not view.is_cached(stage, params):
-                break
-            out.append(stage)
-        return tuple(out)
+        return cached_prefix(view, self.space.stages, params)
 
     def _observations(self, view: CacheView, number: int) -> Observations:
         told = self._told
         S = len(self.space.stages)
         seed = (self.seed * 1_000_003 + number) % (2**31 - 1)
         rng = torch.Generator().manual_seed(seed)
-        if told:
-            X = torch.stack([self.space.encode(t.params) for t in told])
-        else:
-            X = torch.zeros(0, self.space.dim, dtype=torch.double)
+        encoded = [self.space.encode(t.params) for t in told]
+        X = torch.stack(encoded) if encoded else torch.zeros(0, self.space.dim, dtype=torch.double)
         sign = 1.0 if self.direction == "maximize" else -1.0
         y = [sign * t.objective if t.state is TrialState.COMPLETE else math.nan for t in told]
         Y = torch.tensor(y, dtype=torch.double).unsqueeze(-1)
@@ -258,7 +253,7 @@ class Optimizer:
                 if stage in t.costs:
                     costs[i, k] = t.costs[stage]
                 cached[i, k] = stage in t.cached
-        prefixes = self._prefix_pool(view) if self.method.uses_prefixes else []
+        prefixes = self._prefix_pool(view, encoded) if self.method.uses_prefixes else []
         return Observations(
             space=self.space,
             X=X,
@@ -271,12 +266,14 @@ class Optimizer:
             rng=rng,
         )
 
-    def _prefix_pool(self, view: CacheView) -> list[Prefix]:
-        """Distinct proper prefixes of told trials that the cache view confirms, best first."""
+    def _prefix_pool(self, view: CacheView, encoded: list[Tensor]) -> list[Prefix]:
+        """Distinct proper prefixes of told trials that the cache view confirms, best first.
+
+        ``encoded`` holds the told trials' unit-cube points, in telling order."""
         sign = 1.0 if self.direction == "maximize" else -1.0
         found: dict[str, Prefix] = {}
         stages = self.space.stages
-        for t in self._told:
+        for t, x_full in zip(self._told, encoded, strict=True):
             score = sign * t.objective if t.state is TrialState.COMPLETE else -math.inf
             for j in range(1, len(stages)):
                 sub = {s: t.params[s] for s in stages[:j]}
@@ -287,7 +284,7 @@ class Optimizer:
                     continue
                 if not view.is_cached(stages[j - 1], sub):
                     break  # a longer prefix cannot be cached if this one is not
-                x = self.space.encode(t.params)[: self.space.prefix_dim(j)]
+                x = x_full[: self.space.prefix_dim(j)]
                 found[key] = Prefix(j, x, {s: dict(v) for s, v in sub.items()}, score)
         # Best objective first; among equals prefer longer prefixes (cheaper candidates).
         ranked = sorted(found.values(), key=lambda p: (-p.score, -p.n_stages))
@@ -318,11 +315,13 @@ class Optimizer:
         self._pending[number] = trial
         self._n_asked += 1
         try:
-            return self.tell(trial, objective=objective, costs=costs, cached=cached)
+            told = self.tell(trial, objective=objective, costs=costs, cached=cached)
         except Exception:
             del self._pending[number]
             self._n_asked -= 1
             raise
+        self._asked_keys.add(canonical_json(told.params))
+        return told
 
     # ------------------------------------------------------------------ tell
     def tell(

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from eeipu import HistoryCacheView, Optimizer, Trial
+from eeipu import HistoryCacheView, Optimizer, Trial, cached_prefix
 from stages.synthetic import SyntheticProblem
 
 __all__ = ["SimulatedCache", "simulate"]
@@ -28,12 +28,7 @@ class SimulatedCache(HistoryCacheView):
 
     def lookup(self, params: Mapping[str, Mapping[str, Any]]) -> list[str]:
         """The leading stages of ``params`` that are cached."""
-        hits: list[str] = []
-        for stage in self._stages:
-            if not self.is_cached(stage, params):
-                break
-            hits.append(stage)
-        return hits
+        return list(cached_prefix(self, self._stages, params))
 
 
 def simulate(
