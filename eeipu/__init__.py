@@ -14,6 +14,7 @@ from eeipu._errors import (
     SearchSpaceError,
     TellError,
 )
+from eeipu._lambo import LaMBO  # registers "lambo"
 from eeipu._methods import (
     METHODS,
     CostAwareEI,
@@ -26,6 +27,7 @@ from eeipu._methods import (
     register_method,
 )
 from eeipu._models import CostModel, fit_gp
+from eeipu._ms_bo import CascadeBO  # registers "ms_bo"
 from eeipu._optimizer import Optimizer
 from eeipu._space import CategoricalParam, FloatParam, IntParam, SearchSpace
 from eeipu._trial import Trial, TrialState
@@ -34,6 +36,7 @@ __all__ = [
     "METHODS",
     "CacheError",
     "CacheView",
+    "CascadeBO",
     "CategoricalParam",
     "CostAwareEI",
     "CostModel",
@@ -42,6 +45,7 @@ __all__ = [
     "FloatParam",
     "HistoryCacheView",
     "IntParam",
+    "LaMBO",
     "LogEIPerCost",
     "Method",
     "Observations",

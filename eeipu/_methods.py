@@ -11,8 +11,15 @@ ms_carbo   log EI + η·log E[1/C(x; 0)] (no memoization: empty prefix only)    
 carbo      log EI + η·log E[1/C(x)]                                             total
 eips       log EI + log E[1/C(x)] (no cooling)                                  total
 ei         log EI                                                               none
+ms_bo      cascade: GP_k on (x_k, y_{k-1}), MC log EI of the last output        none
+           (Kusakawa et al. 2022; no stage outputs told: plain log EI)
+lambo      log EI inside a region drawn by a slowly moving bandit over a        stage costs
+           tree of upstream regions (Lin et al. 2021)                           set the tree
 random     uniform sampling                                                     none
 =========  ==================================================================  =========
+
+``ms_bo`` lives in ``eeipu/_ms_bo.py`` and ``lambo`` in ``eeipu/_lambo.py``; both register
+themselves here when ``eeipu`` is imported.
 """
 
 from __future__ import annotations
@@ -81,6 +88,11 @@ class Observations:
         prefixes: Ranked pool of cached prefixes (for memoization-aware methods).
         seed: Seed for this ask (derived from the optimizer's seed and the trial number).
         rng: Generator for random draws, seeded like ``seed``.
+        stage_outputs: ``n x S`` scalar stage outputs told with the trials (NaN where none
+            was told), signed like ``Y`` (negated when minimizing); None when no trial told
+            any. Used by cascade models (``ms_bo``).
+        optimizer_seed: The optimizer's seed, constant over the study: for methods that
+            replay per-round random choices from the observations (``lambo``).
     """
 
     space: SearchSpace
@@ -92,6 +104,8 @@ class Observations:
     prefixes: list[Prefix]
     seed: int
     rng: torch.Generator = field(repr=False)
+    stage_outputs: Tensor | None = None
+    optimizer_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,15 @@ class Method(ABC):
     @abstractmethod
     def propose(self, obs: Observations) -> Proposal:
         """Return the next point to evaluate."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state that carries from one ask to the next (e.g. the fitted GP
+        hyperparameters a warm-started fit starts from). A resumed study restores it, so
+        its next proposal equals the one an uninterrupted run would have made."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """Restore what :meth:`state_dict` returned (stateless methods ignore it)."""
 
 
 METHODS: dict[str, Callable[..., Method]] = {}
@@ -229,6 +252,12 @@ class CostAwareEI(Method):
         self.warm_start = warm_start
         self._init: dict[str, Any] = {}
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"init": _tensors_to_json(self._init)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._init = _tensors_from_json(state.get("init", {}))
+
     # ------------------------------------------------------------------ models
     def _fit_objective(self, obs: Observations):
         model = fit_gp(obs.X, obs.Y, self._init.get("objective") if self.warm_start else None)
@@ -329,6 +358,35 @@ class CostAwareEI(Method):
         order = vals.argsort(descending=True).tolist()
         ranked = [Proposal(X[j], pool[int(owner[start_idx][j])], float(vals[j])) for j in order]
         return replace(ranked[0], alternatives=tuple(ranked[1:]))
+
+
+def _tensors_to_json(obj: Any) -> Any:
+    """Nested dicts/lists of tensors as strict JSON (float64 round-trips exactly through
+    repr; non-finite values, such as constraint bounds, become the strings 'inf', 'nan')."""
+    if isinstance(obj, Tensor):
+        data = obj.detach().cpu().reshape(-1).tolist()
+        return {
+            "__tensor__": str(obj.dtype).removeprefix("torch."),
+            "shape": list(obj.shape),
+            "data": [v if not isinstance(v, float) or math.isfinite(v) else str(v) for v in data],
+        }
+    if isinstance(obj, dict):
+        return {k: _tensors_to_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_tensors_to_json(v) for v in obj]
+    return obj
+
+
+def _tensors_from_json(obj: Any) -> Any:
+    if isinstance(obj, dict) and "__tensor__" in obj:
+        dtype = getattr(torch, obj["__tensor__"])
+        data = [float(v) if isinstance(v, str) else v for v in obj["data"]]
+        return torch.tensor(data, dtype=dtype).reshape(obj["shape"])
+    if isinstance(obj, dict):
+        return {k: _tensors_from_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_tensors_from_json(v) for v in obj]
+    return obj
 
 
 class _PrefixPool(AcquisitionFunction):

@@ -15,6 +15,7 @@ from eeipu._acquisition import cooling_eta
 from eeipu._cache import CacheView, HistoryCacheView, cached_prefix, canonical_json
 from eeipu._errors import OptimizerError, TellError
 from eeipu._methods import Method, Observations, Prefix, Proposal, make_method
+from eeipu._models import fit_gp
 from eeipu._space import SearchSpace
 from eeipu._trial import Trial, TrialState
 
@@ -29,7 +30,7 @@ class Optimizer:
     Args:
         space: The search space (stages in pipeline order).
         method: A registered method name: ``eeipu`` (default), ``ms_carbo``, ``carbo``,
-            ``eips``, ``ei``, ``random``.
+            ``eips``, ``ei``, ``ms_bo``, ``lambo``, ``random``.
         budget: Total cost budget B_total (same unit as the costs told).
         n_init: Warm-up trials, drawn from a scrambled Sobol sequence of ``seed``: the same
             for every method with the same seed and space. Their cost counts.
@@ -109,6 +110,7 @@ class Optimizer:
         self._spent = 0.0
         self._warmup_spent: float | None = None
         self._history_view = HistoryCacheView(space.stages)
+        self._prior: list[Trial] = []  # other studies' trials (add_prior): models only
         self._asked_keys: set[str] = set()  # canonical JSON of every asked configuration
 
     # ------------------------------------------------------------------ state
@@ -154,6 +156,19 @@ class Optimizer:
             return None
         sign = 1.0 if self.direction == "maximize" else -1.0
         return max(complete, key=lambda t: sign * t.objective).copy()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's carry-over state (JSON-able), to store beside the told trials.
+
+        Trials alone rebuild the optimizer (:meth:`add_trial`); this adds what the method
+        carries from one ask to the next, such as warm-start hyperparameters, so that a
+        resumed optimizer proposes exactly what an uninterrupted one would.
+        """
+        return {"method": self.method.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (after replaying the trials with :meth:`add_trial`)."""
+        self.method.load_state_dict(dict(state.get("method", {})))
 
     # ------------------------------------------------------------------ ask
     def ask(self, cache: CacheView | None = None) -> Trial:
@@ -231,7 +246,7 @@ class Optimizer:
         return cached_prefix(view, self.space.stages, params)
 
     def _observations(self, view: CacheView, number: int) -> Observations:
-        told = self._told
+        told = self._prior + self._told
         S = len(self.space.stages)
         seed = (self.seed * 1_000_003 + number) % (2**31 - 1)
         rng = torch.Generator().manual_seed(seed)
@@ -253,7 +268,29 @@ class Optimizer:
                 if stage in t.costs:
                     costs[i, k] = t.costs[stage]
                 cached[i, k] = stage in t.cached
-        prefixes = self._prefix_pool(view, encoded) if self.method.uses_prefixes else []
+        outputs = torch.full((len(told), S), math.nan, dtype=torch.double)
+        for i, t in enumerate(told):
+            for k, stage in enumerate(self.space.stages):
+                if t.stage_outputs is not None and stage in t.stage_outputs:
+                    outputs[i, k] = sign * t.stage_outputs[stage]
+        pending = [t for n, t in self._pending.items() if n != number]
+        fantasies: list[float] = []
+        if pending and ok.any():
+            # Asked but not told (parallel trials): believe the objective model's mean at
+            # them (kriging believer), so EI does not propose them, or their neighbours,
+            # again; their costs stay unknown (NaN rows train no cost model).
+            X_p = torch.stack([self.space.encode(t.params) for t in pending])
+            Y_p = _believed(X, Y, X_p, seed)
+            fantasies = Y_p.squeeze(-1).tolist()
+            X, Y = torch.cat([X, X_p]), torch.cat([Y, Y_p])
+            costs = torch.cat([costs, torch.full((len(pending), S), math.nan).to(costs)])
+            cached = torch.cat([cached, torch.zeros(len(pending), S, dtype=torch.bool)])
+            outputs = torch.cat([outputs, torch.full((len(pending), S), math.nan).to(outputs)])
+        prefixes = (
+            self._prefix_pool(view, told, encoded, list(zip(pending, fantasies, strict=False)))
+            if self.method.uses_prefixes
+            else []
+        )
         return Observations(
             space=self.space,
             X=X,
@@ -264,17 +301,32 @@ class Optimizer:
             prefixes=prefixes,
             seed=seed,
             rng=rng,
+            stage_outputs=(outputs if ok.any() else outputs[:0])
+            if any(t.stage_outputs for t in told)
+            else None,
+            optimizer_seed=self.seed,
         )
 
-    def _prefix_pool(self, view: CacheView, encoded: list[Tensor]) -> list[Prefix]:
+    def _prefix_pool(
+        self,
+        view: CacheView,
+        told: list[Trial],
+        encoded: list[Tensor],
+        pending: Iterable[tuple[Trial, float]] = (),
+    ) -> list[Prefix]:
         """Distinct proper prefixes of told trials that the cache view confirms, best first.
 
-        ``encoded`` holds the told trials' unit-cube points, in telling order."""
+        ``encoded`` holds the ``told`` trials' unit-cube points, in telling order. Prefixes
+        of ``pending`` trials (with their believed scores) count as about to be cached."""
         sign = 1.0 if self.direction == "maximize" else -1.0
         found: dict[str, Prefix] = {}
         stages = self.space.stages
-        for t, x_full in zip(self._told, encoded, strict=True):
-            score = sign * t.objective if t.state is TrialState.COMPLETE else -math.inf
+        entries = [
+            (t, x, sign * t.objective if t.state is TrialState.COMPLETE else -math.inf, True)
+            for t, x in zip(told, encoded, strict=True)
+        ]
+        entries += [(t, self.space.encode(t.params), y, False) for t, y in pending]
+        for t, x_full, score, confirm in entries:
             for j in range(1, len(stages)):
                 sub = {s: t.params[s] for s in stages[:j]}
                 key = canonical_json([j, sub])
@@ -282,13 +334,59 @@ class Optimizer:
                     if score > found[key].score:
                         found[key] = Prefix(j, found[key].x, found[key].params, score)
                     continue
-                if not view.is_cached(stages[j - 1], sub):
+                if confirm and not view.is_cached(stages[j - 1], sub):
                     break  # a longer prefix cannot be cached if this one is not
                 x = x_full[: self.space.prefix_dim(j)]
                 found[key] = Prefix(j, x, {s: dict(v) for s, v in sub.items()}, score)
         # Best objective first; among equals prefer longer prefixes (cheaper candidates).
         ranked = sorted(found.values(), key=lambda p: (-p.score, -p.n_stages))
         return ranked[: self.max_prefixes]
+
+    @property
+    def priors(self) -> list[Trial]:
+        """Trials added with :meth:`add_prior` (copies)."""
+        return [t.copy() for t in self._prior]
+
+    def add_prior(
+        self,
+        params: Mapping[str, Mapping[str, Any]],
+        objective: float | None,
+        costs: Mapping[str, float],
+        cached: Iterable[str] = (),
+        origin: str = "prior",
+    ) -> Trial:
+        """Add another study's trial as a prior observation (warm start).
+
+        A prior trains the objective and cost models and its configuration joins the prefix
+        pool (where the cache view confirms its prefixes) and the set of configurations not
+        to propose again. It is *not* one of this study's trials: it takes no number, spends
+        no budget, does not count towards the ``n_init`` warm-up and is never
+        :attr:`best_trial`. Costs are validated like :meth:`tell`'s.
+
+        Example:
+            >>> opt.add_prior({"prep": {...}, "train": {...}}, 0.91, {"prep": 3.0, "train": 9.1})
+        """
+        self.space.validate(params)
+        trial = Trial(
+            number=-1 - len(self._prior),
+            params={s: dict(params[s]) for s in self.space.stages},
+            memoized=tuple(cached),
+            origin=origin,
+        )
+        # Reuse tell()'s checks and bookkeeping (the history cache view), then undo what
+        # would make it this study's own trial: its place among the told and its cost.
+        self._pending[trial.number] = trial
+        n_told, spent, warmup = len(self._told), self._spent, self._warmup_spent
+        try:
+            told = self.tell(trial, objective=objective, costs=costs, cached=cached)
+        except Exception:
+            self._pending.pop(trial.number, None)
+            raise
+        del self._told[n_told:]
+        self._spent, self._warmup_spent = spent, warmup
+        self._prior.append(told)
+        self._asked_keys.add(canonical_json(told.params))
+        return told.copy()
 
     def add_trial(
         self,
@@ -297,12 +395,13 @@ class Optimizer:
         costs: Mapping[str, float],
         cached: Iterable[str] = (),
         origin: str = "replay",
+        stage_outputs: Mapping[str, float] | None = None,
     ) -> Trial:
         """Record a trial evaluated elsewhere as if it had been asked and told here.
 
         Used to resume a study from its journal or to warm-start from another study: the
         trial takes the next number, so a resumed optimizer continues where it stopped
-        (the warm-up included).
+        (the warm-up included). ``stage_outputs`` as in :meth:`tell`.
         """
         self.space.validate(params)
         number = self._n_asked
@@ -315,7 +414,9 @@ class Optimizer:
         self._pending[number] = trial
         self._n_asked += 1
         try:
-            told = self.tell(trial, objective=objective, costs=costs, cached=cached)
+            told = self.tell(
+                trial, objective=objective, costs=costs, cached=cached, stage_outputs=stage_outputs
+            )
         except Exception:
             del self._pending[number]
             self._n_asked -= 1
@@ -330,6 +431,7 @@ class Optimizer:
         objective: float | None,
         costs: Mapping[str, float],
         cached: Iterable[str] | None = None,
+        stage_outputs: Mapping[str, float] | None = None,
     ) -> Trial:
         """Record a trial's results.
 
@@ -339,6 +441,10 @@ class Optimizer:
             costs: ``{stage: cost}`` actually spent (a cached stage reports its load cost).
                 A complete trial reports every stage; a failed one the stages it reached.
             cached: Stages that really loaded from the cache (default: ``trial.memoized``).
+            stage_outputs: Optional ``{stage: value}``, a scalar output of each stage that
+                reports one (an intermediate metric); cascade methods (``ms_bo``) model
+                stage k's output from its parameters and stage k-1's output. Stages may be
+                left out; the objective stands for the last stage's output.
 
         Returns:
             The told trial.
@@ -389,11 +495,13 @@ class Optimizer:
         bad = sorted(set(cached_t) - set(stages))
         if bad:
             raise TellError(f"`cached` names unknown stage(s) {bad}; stages are {list(stages)}")
+        outputs = _check_stage_outputs(stage_outputs, stages, number)
         done = asked
         done.state = TrialState.COMPLETE if objective is not None else TrialState.FAILED
         done.objective = float(objective) if objective is not None else None
         done.costs = {s: float(costs[s]) for s in stages if s in costs}
         done.cached = tuple(s for s in stages if s in cached_t)
+        done.stage_outputs = outputs
         del self._pending[number]
         self._told.append(done)
         self._spent += done.cost
@@ -405,3 +513,37 @@ class Optimizer:
         ):
             self._warmup_spent = self._spent
         return done.copy()
+
+
+def _believed(X: Tensor, Y: Tensor, X_pending: Tensor, seed: int) -> Tensor:
+    """Kriging believer: the objective GP's posterior mean at ``X_pending`` (``p x d``)
+    -> ``p x 1``, a fantasy that stands in for the outcomes of trials still running."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = fit_gp(X, Y)
+        with torch.no_grad():
+            return model.posterior(X_pending).mean.detach().reshape(-1, 1).to(Y)
+
+
+def _check_stage_outputs(
+    stage_outputs: Mapping[str, float] | None, stages: tuple[str, ...], number: int
+) -> dict[str, float] | None:
+    """Validate ``tell``'s ``stage_outputs``: known stages, finite numbers (None stays None)."""
+    if stage_outputs is None:
+        return None
+    if not isinstance(stage_outputs, Mapping):
+        raise TellError(
+            f"`stage_outputs` must map stage -> number, but got {stage_outputs!r} (trial {number})"
+        )
+    unknown = sorted(set(stage_outputs) - set(stages))
+    if unknown:
+        raise TellError(
+            f"`stage_outputs` names unknown stage(s) {unknown}; stages are {list(stages)}"
+        )
+    for stage, v in stage_outputs.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise TellError(
+                f"a stage output must be a finite number, but got {v!r} "
+                f"(trial {number}, stage {stage!r})"
+            )
+    return {s: float(stage_outputs[s]) for s in stages if s in stage_outputs}

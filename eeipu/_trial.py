@@ -31,6 +31,9 @@ class Trial:
         objective: The objective (None while pending or when failed).
         costs: What each stage really cost (a cached stage: its load cost).
         cached: Stages that really loaded from the cache.
+        stage_outputs: Optional scalar output of each stage, ``{stage: value}`` (e.g. an
+            intermediate validation metric), told by pipelines that have one; cascade
+            methods (``ms_bo``) model them. None when not told.
     """
 
     number: int
@@ -42,6 +45,7 @@ class Trial:
     objective: float | None = None
     costs: dict[str, float] = field(default_factory=dict)
     cached: tuple[str, ...] = ()
+    stage_outputs: dict[str, float] | None = None
 
     @property
     def cost(self) -> float:
@@ -63,4 +67,5 @@ class Trial:
             "objective": self.objective,
             "costs": dict(self.costs),
             "acq_value": self.acq_value,
+            "stage_outputs": None if self.stage_outputs is None else dict(self.stage_outputs),
         }
