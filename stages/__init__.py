@@ -9,7 +9,7 @@ Example:
 """
 
 from stages._cache_view import StoreCacheView
-from stages._errors import PipelineError, StageError, StoreError
+from stages._errors import PipelineError, StageError, StoreError, StoreUnavailable
 from stages._examples import synthetic_pipeline
 from stages._pipeline import Pipeline, Reported, Stage, merkle_key, stage
 from stages._prefect import MerkleCachePolicy, StageOutput, StoreFileSystem, stage_task
@@ -29,6 +29,7 @@ __all__ = [
     "StoreCacheView",
     "StoreError",
     "StoreFileSystem",
+    "StoreUnavailable",
     "TrialResult",
     "merkle_key",
     "run_pipeline",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["PipelineError", "StageError", "StoreError"]
+__all__ = ["PipelineError", "StageError", "StoreError", "StoreUnavailable"]
 
 
 class PipelineError(ValueError):
@@ -13,6 +13,11 @@ class PipelineError(ValueError):
 
 class StoreError(RuntimeError):
     """The store holds something it cannot serve: a missing or corrupt entry."""
+
+
+class StoreUnavailable(StoreError):
+    """The storage did not answer (endpoint down, network cut) even after retries with
+    backoff. Not the trial's fault: a study stops on it and resumes once storage is back."""
 
 
 class StageError(RuntimeError):

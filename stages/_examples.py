@@ -19,6 +19,7 @@ def synthetic_pipeline(
     version: str = "1",
     fail_stage: str | None = None,
     fail_above: float | None = None,
+    load_cost: float = 0.01,
 ) -> Pipeline:
     """The synthetic problem as a chain of stages.
 
@@ -34,6 +35,7 @@ def synthetic_pipeline(
         fail_stage: Fault injection (tests, demos): this stage raises ``RuntimeError``
             whenever its first parameter ``x0`` exceeds ``fail_above``.
         fail_above: The threshold for ``fail_stage``.
+        load_cost: Simulated cost of a cache hit (as in :func:`stages.simulate.simulate`).
 
     Example:
         >>> pipe = synthetic_pipeline()
@@ -61,7 +63,7 @@ def synthetic_pipeline(
             )
         )
         previous = name
-    return Pipeline(stages)
+    return Pipeline(stages, load_cost=load_cost)
 
 
 def _stage_function(

@@ -49,7 +49,8 @@ class Reported(Generic[T]):
 
     Return ``Reported(value, cost=...)`` from a stage function when the measured wall-clock
     time is not the right cost (simulated units, GPU-hours, money). Only ``value`` is
-    stored and passed downstream; a later cache hit costs its measured load time.
+    stored and passed downstream; a later cache hit costs its measured load time (or the
+    pipeline's ``load_cost``).
 
     Example:
         >>> Reported({"auroc": 0.9}, cost=12.5).cost
@@ -99,6 +100,9 @@ class Stage:
             downstream.
         space: ``{param: spec}`` in eeipu's schema (``type`` float/int/categorical,
             ``low``/``high``/``log`` or ``choices``).
+        tags: Prefect tags of the stage's task runs (not part of the cache key), e.g.
+            ``("gpu",)`` so that ``prefect concurrency-limit create gpu 1`` caps how many
+            such stages run at once across all workers.
 
     Raises:
         PipelineError: When the function cannot accept the declared inputs or
@@ -111,6 +115,7 @@ class Stage:
     output: str = ""
     version: str = "1"
     space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -124,6 +129,7 @@ class Stage:
         object.__setattr__(self, "inputs", tuple(self.inputs))
         object.__setattr__(self, "output", self.output or self.name)
         object.__setattr__(self, "version", str(self.version))
+        object.__setattr__(self, "tags", tuple(str(t) for t in self.tags))
         space = {str(p): MappingProxyType(dict(spec)) for p, spec in dict(self.space).items()}
         object.__setattr__(self, "space", MappingProxyType(space))
         self._check_space()
@@ -272,6 +278,9 @@ class Pipeline:
         stages: The stages, in any order (they are sorted topologically; ties keep the
             given order).
         metric: When the sink returns a mapping, the entry holding the objective.
+        load_cost: What a cache hit costs, in the unit of the stages' costs. ``None``
+            (default): the measured seconds of loading it. Set it when the stages report
+            simulated costs (``stages.Reported``), whose unit is not seconds.
 
     Raises:
         PipelineError: Empty pipeline, duplicate names or outputs, an input no stage
@@ -289,8 +298,18 @@ class Pipeline:
         ['prep', 'score']
     """
 
-    def __init__(self, stages: Iterable[Stage], *, metric: str | None = None) -> None:
+    def __init__(
+        self,
+        stages: Iterable[Stage],
+        *,
+        metric: str | None = None,
+        load_cost: float | None = None,
+    ) -> None:
         stages = list(stages)
+        if load_cost is not None and not (
+            isinstance(load_cost, (int, float)) and math.isfinite(load_cost) and load_cost >= 0
+        ):
+            raise PipelineError(f"`load_cost` must be None or a number >= 0, but got {load_cost!r}")
         if not stages:
             raise PipelineError("a pipeline needs at least one stage, but got none")
         for s in stages:
@@ -329,6 +348,7 @@ class Pipeline:
                 f"stages {sinks} have outputs no stage reads"
             )
         self.metric = metric
+        self.load_cost = None if load_cost is None else float(load_cost)
 
     def _toposort(self, stages: list[Stage]) -> list[Stage]:
         # Always take the first stage (in the given order) whose inputs are all produced,

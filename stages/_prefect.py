@@ -75,7 +75,7 @@ class StageOutput:
 class StoreFileSystem(WritableFileSystem):
     """A Prefect filesystem block that reads and writes one role of a :class:`Store`.
 
-    ``role="data"`` serves result payloads (``data/<key>``); ``role="meta"`` serves result
+    ``role="data"`` serves result payloads (``data/<key>.<sha>``); ``role="meta"`` serves result
     metadata, which is the store's sidecar (``meta/<key>.json``). Paths are keys; only the
     last path component is used, so entries survive moving the store.
     """
@@ -114,8 +114,8 @@ class StoreFileSystem(WritableFileSystem):
     def write_path(self, path: str, content: bytes, _sync: bool | None = None) -> str:  # type: ignore[override]
         key = self._key(path)
         if self.role == "data":
-            self.store._write_payload(key, content)
-            return self.store.data_path(key)
+            facts = self.store._write_payload(key, content)
+            return self.store.data_path(key, facts["payload"])
         self.store._write_meta(key, json.loads(content), {})
         return self.store.meta_path(key)
 
@@ -146,6 +146,11 @@ class MerkleCachePolicy(CachePolicy):
 
 class _Unavailable(RuntimeError):
     """A stage planned as a cache hit had to run, but its inputs were not loaded."""
+
+
+# Keys whose stage function was entered in this process: a task that failed without entering
+# it failed while *loading* its cached result (e.g. a pickle from another code version).
+_entered: set[str] = set()
 
 
 _save_lock = threading.Lock()
@@ -190,6 +195,7 @@ def stage_task(
         key = merkle_key(stage.name, stage.version, params, input_keys)
         if inputs is None:
             raise _Unavailable(f"stage {stage.name!r} (key {key}) expected a cache hit")
+        _entered.add(key)
         start = time.perf_counter()
         value = stage.func(**inputs, **params)
         seconds = time.perf_counter() - start
@@ -225,6 +231,7 @@ def stage_task(
         retries=retries,
         retry_delay_seconds=retry_delay_seconds,
         retry_condition_fn=_retry_unless_unavailable,
+        tags=set(stage.tags),  # e.g. "gpu": Prefect's tag concurrency limits apply
     )
     if task.cache_policy is not policy:
         # PREFECT_TASKS_DISABLE_CACHING (or similar) replaced our policy: nothing is reused.

@@ -10,9 +10,9 @@ from typing import Any
 
 from prefect.utilities.annotations import quote
 
-from stages._errors import StageError, StoreError
+from stages._errors import StageError, StoreError, StoreUnavailable
 from stages._pipeline import Params, Pipeline
-from stages._prefect import StageOutput, _Unavailable, stage_task
+from stages._prefect import StageOutput, _entered, _Unavailable, stage_task
 from stages._store import Store
 
 __all__ = ["TrialResult", "run_pipeline"]
@@ -35,6 +35,8 @@ class TrialResult:
         output: The sink's raw output (e.g. a dict of all metrics).
         skipped: Stages neither run nor loaded, because everything downstream of them
             was loaded from the cache (``lazy=True`` only).
+        adopted: Stages loaded from entries that an interrupted earlier attempt of this
+            same trial stored (``adopt_after``): charged their compute cost, not cached.
     """
 
     objective: float
@@ -44,6 +46,7 @@ class TrialResult:
     seconds: dict[str, float]
     output: Any = None
     skipped: frozenset[str] = field(default_factory=frozenset)
+    adopted: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def cached_stages(self) -> frozenset[str]:
@@ -67,6 +70,7 @@ def run_pipeline(
     retries: int = 0,
     retry_delay_seconds: float = 0.0,
     lazy: bool = False,
+    adopt_after: float | None = None,
 ) -> TrialResult:
     """Run one configuration; every stage is a Prefect task cached in ``store``.
 
@@ -82,6 +86,11 @@ def run_pipeline(
         retry_delay_seconds: Prefect's wait between a stage's retries.
         lazy: Skip loading cached stages whose output nothing needs (upstream of another
             cache hit). Saves downloads of large intermediates; skipped stages cost 0.
+        adopt_after: Re-running a trial whose first attempt was interrupted (a crash):
+            entries of this trial written at or after this time (``time.time()``) were
+            computed by that attempt, so they are charged their recorded compute cost and
+            reported as run, not cached. The trial then costs what it would have cost
+            without the crash, and nothing stored is computed twice.
 
     Returns:
         The :class:`TrialResult`.
@@ -90,6 +99,7 @@ def run_pipeline(
         ValueError: ``params`` do not fit the pipeline's search space.
         StageError: A stage failed (or the sink returned no objective); carries the stage,
             its key and the costs spent so far, with the cause chained.
+        StoreUnavailable: The storage stayed unreachable through its retries.
 
     Example:
         >>> from stages import Pipeline, Store, stage, run_pipeline  # doctest: +SKIP
@@ -108,10 +118,11 @@ def run_pipeline(
                 store,
                 (retries, retry_delay_seconds),
                 _plan(pipeline, keys, store),
+                adopt_after,
             )
         except _Replan:
             logger.info("a cache entry vanished while the trial ran; running it again in full")
-    return _run(pipeline, own, keys, store, (retries, retry_delay_seconds), None)
+    return _run(pipeline, own, keys, store, (retries, retry_delay_seconds), None, adopt_after)
 
 
 def _plan(pipeline: Pipeline, keys: Mapping[str, str], store: Store) -> tuple[set[str], set[str]]:
@@ -134,12 +145,14 @@ def _run(
     store: Store,
     retries: tuple[int, float],
     plan: tuple[set[str], set[str]] | None,
+    adopt_after: float | None = None,
 ) -> TrialResult:
     values: dict[str, Any] = {}  # by output name
     costs: dict[str, float] = {}
     seconds: dict[str, float] = {}
     cached: dict[str, bool] = {}
     skipped: set[str] = set()
+    adopted: set[str] = set()
     for s in pipeline.stages:
         key = keys[s.name]
         if plan is not None and s.name not in plan[0]:
@@ -157,6 +170,7 @@ def _run(
         )
         start = time.perf_counter()
         for attempt in range(2):
+            _entered.discard(key)
             state = task(
                 params=own[s.name],
                 input_keys=[keys[u.name] for u in pipeline.upstream(s.name)],
@@ -165,9 +179,13 @@ def _run(
             )
             if attempt == 0 and not state.is_completed():
                 exc = state.result(raise_on_failure=False)
-                if isinstance(exc, StoreError) and store.exists(key):
-                    # A stored entry that fails its checksum (bit flips, truncation, another
-                    # version's pickle) is never returned: report it, drop it, recompute.
+                if isinstance(exc, StoreUnavailable):
+                    raise exc  # the storage is down: not the stage's fault, not corruption
+                load_failed = isinstance(exc, StoreError) or key not in _entered
+                if load_failed and store.exists(key):
+                    # A stored entry that fails its checksum (bit flips, truncation) or does
+                    # not load (another version's pickle) is never returned: report it, drop
+                    # it, recompute.
                     logger.warning(
                         "cache entry of stage %r (key %s) is unreadable (%s); recomputing it",
                         s.name,
@@ -185,6 +203,8 @@ def _run(
             exc = state.result(raise_on_failure=False)
             if isinstance(exc, _Unavailable):
                 raise _Replan from exc
+            if isinstance(exc, StoreUnavailable):
+                raise exc
             costs[s.name] = wall
             raise StageError(
                 f"stage {s.name!r} failed (key {key}): {type(exc).__name__}: {exc}",
@@ -195,8 +215,14 @@ def _run(
             ) from (exc if isinstance(exc, BaseException) else None)
         out: StageOutput = state.result()
         hit = state.name == "Cached"
+        if hit and adopt_after is not None and _written_since(store, key, adopt_after):
+            hit = False
+            adopted.add(s.name)
         cached[s.name] = hit
-        costs[s.name] = wall if hit else out.cost
+        if hit:
+            costs[s.name] = wall if pipeline.load_cost is None else pipeline.load_cost
+        else:
+            costs[s.name] = out.cost  # a loaded StageOutput keeps the cost of its run
         values[s.output] = out.value
         logger.debug(
             "stage %s key %s %s in %.3fs", s.name, key[:12], "loaded" if hit else "ran", wall
@@ -220,4 +246,13 @@ def _run(
         seconds=seconds,
         output=values[sink.output],
         skipped=frozenset(skipped),
+        adopted=frozenset(adopted),
     )
+
+
+def _written_since(store: Store, key: str, since: float) -> bool:
+    try:
+        written = store.read_meta(key).get("eeipu", {}).get("written_at")
+    except KeyError:
+        return False
+    return written is not None and float(written) >= since

@@ -2,13 +2,16 @@
 
 Layout under the store's URL (a local folder or ``s3://bucket/prefix``)::
 
-    meta/<key>.json   small sidecar: sha256 and size of the payload, cost, timing, stage,
-                      version, plus Prefect's result-record metadata (serializer, storage key)
-    data/<key>        payload: the serialized stage output
+    meta/<key>.json          small sidecar: sha256, size and file name of the payload, cost,
+                             timing, stage, version, plus Prefect's result-record metadata
+    data/<key>.<sha256[:16]> payload: the serialized stage output, named by its content
 
 The sidecar is written after the payload and is the commit marker: an entry exists exactly
 when its sidecar exists, so existence checks and listings touch only ``meta/`` and never
-download a payload. Every file is written atomically: on a local disk to a temporary name
+download a payload. Payload files are named by their content, so two processes that compute
+the same key at once write two different files and each sidecar names its own: whichever
+sidecar lands last wins, and a reader never pairs one writer's sidecar with the other's
+payload (no torn entry, even when a stage's output is not bit-for-bit reproducible). Every file is written atomically: on a local disk to a temporary name
 and then renamed (``os.replace`` semantics), on object stores as one PUT (S3 objects appear
 whole or not at all).
 
@@ -22,21 +25,56 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
+import math
 import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from stages._errors import StoreError
+from stages._errors import StoreError, StoreUnavailable
 
 __all__ = ["DEFAULT_STORE_URL", "Store"]
 
 DEFAULT_STORE_URL = ".eeipu/cache"
+
+logger = logging.getLogger(__name__)
+
+# Errors that retrying cannot fix: an absent object, refused credentials, a bad path.
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, KeyError)
+# Packages whose errors are network/service errors (worth a retry); anything else, such as a
+# TypeError, is a bug and is raised at once.
+_NETWORK_PACKAGES = {
+    "botocore",
+    "aiobotocore",
+    "aiohttp",
+    "s3fs",
+    "gcsfs",
+    "adlfs",
+    "urllib3",
+    "requests",
+    "httpx",
+    "google",
+    "azure",
+    "fsspec",
+}
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, _PERMANENT):
+        return False
+    return isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in _NETWORK_PACKAGES
+
+
+def _modified(entry: Mapping[str, Any]) -> float:
+    """Last-modified time of an ``fs.ls(detail=True)`` entry (local: mtime; S3: datetime)."""
+    value = entry.get("mtime") or entry.get("LastModified") or entry.get("created") or 0.0
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)
 
 
 def _check_key(key: str) -> str:
@@ -55,6 +93,10 @@ class Store:
         storage_options: Passed to the fsspec filesystem (for S3: ``key``, ``secret``,
             ``endpoint_url``, ``client_kwargs``...). For S3 without an explicit endpoint,
             ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` are honoured.
+        retry_seconds: Remote stores only: how long a failing read or write is retried,
+            with exponential backoff (0.25 s doubling up to 8 s), before it raises
+            :class:`StoreUnavailable` naming the endpoint. Errors that retrying cannot fix
+            (a missing object, refused credentials) are raised at once.
 
     Example:
         >>> import tempfile
@@ -68,8 +110,10 @@ class Store:
         self,
         url: str | os.PathLike[str] = DEFAULT_STORE_URL,
         storage_options: Mapping[str, Any] | None = None,
+        retry_seconds: float = 30.0,
     ) -> None:
         url = os.fspath(url)
+        self.retry_seconds = float(retry_seconds)
         protocol = url.split("://", 1)[0] if "://" in url else "file"
         options = dict(storage_options or {})
         if protocol in ("file", "local"):
@@ -78,6 +122,12 @@ class Store:
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
             if endpoint and "endpoint_url" not in options:
                 options["endpoint_url"] = endpoint
+            # This store retries with backoff itself (``retry_seconds``); botocore's own
+            # retries would multiply the wait, so each attempt is a single request.
+            config = dict(options.get("config_kwargs") or {})
+            config.setdefault("retries", {"max_attempts": 1})
+            config.setdefault("connect_timeout", 10)
+            options["config_kwargs"] = config
         if protocol not in ("file", "local"):
             # Another process may write at any time: never answer from a stale listing.
             options.setdefault("use_listings_cache", False)
@@ -96,19 +146,28 @@ class Store:
     def meta_path(self, key: str) -> str:
         return f"{self.root}/meta/{_check_key(key)}.json"
 
-    def data_path(self, key: str) -> str:
-        return f"{self.root}/data/{_check_key(key)}"
+    def data_path(self, key: str, name: str | None = None) -> str:
+        """Path of a payload file: ``name`` from the sidecar, or the legacy ``data/<key>``."""
+        return f"{self.root}/data/{_check_key(name or key)}"
+
+    def payload_path(self, key: str) -> str:
+        """Path of the payload that the committed sidecar of ``key`` names.
+
+        Raises:
+            KeyError: When the key is not in the store.
+        """
+        return self.data_path(key, self.read_meta(key).get("eeipu", {}).get("payload"))
 
     # ------------------------------------------------------------------ queries
     def exists(self, key: str) -> bool:
         """True when the entry is committed (its sidecar exists). Reads no payload."""
-        return bool(self.fs.exists(self.meta_path(key)))
+        return bool(self._retry(self.fs.exists, self.meta_path(key)))
 
     def keys(self) -> set[str]:
         """All committed keys, from ONE listing of ``meta/`` (no payload is touched)."""
         folder = f"{self.root}/meta"
         try:
-            names = self.fs.ls(folder, detail=False)
+            names = self._retry(self.fs.ls, folder, detail=False)
         except FileNotFoundError:
             return set()
         keys = set()
@@ -138,7 +197,9 @@ class Store:
         """
         meta = self.read_meta(key)
         try:
-            payload = self.fs.cat_file(self.data_path(key))
+            payload = self._retry(
+                self.fs.cat_file, self.data_path(key, meta.get("eeipu", {}).get("payload"))
+            )
         except FileNotFoundError as exc:
             raise StoreError(
                 f"entry {key!r} in {self!r} has a sidecar but no payload; delete it with "
@@ -172,9 +233,13 @@ class Store:
 
     def delete(self, key: str) -> None:
         """Remove an entry (sidecar first, so it stops existing before its payload goes)."""
-        for path in (self.meta_path(key), self.data_path(key)):
+        try:
+            payload = self.payload_path(key)
+        except (KeyError, ValueError):  # ValueError: an unreadable sidecar
+            payload = self.data_path(key)
+        for path in {self.meta_path(key): 0, payload: 0, self.data_path(key): 0}:
             with contextlib.suppress(FileNotFoundError):
-                self.fs.rm_file(path)
+                self._retry(self.fs.rm_file, path)
 
     @property
     def endpoint(self) -> str | None:
@@ -205,6 +270,65 @@ class Store:
                 f"cannot reach storage {where}: {type(exc).__name__}: {first}"
             ) from exc
 
+    # ------------------------------------------------------------------ size and eviction
+    def usage(self) -> dict[str, tuple[int, float]]:
+        """``{key: (bytes, last modified)}`` of every payload, from ONE listing of ``data/``.
+
+        Includes payloads without a committed sidecar (an interrupted write, the loser of two
+        writers of one key); their bytes count too.
+        """
+        try:
+            entries = self._retry(self.fs.ls, f"{self.root}/data", detail=True)
+        except FileNotFoundError:
+            return {}
+        out: dict[str, tuple[int, float]] = {}
+        for e in entries:
+            base = str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
+            if base.startswith(".") or e.get("type") == "directory":
+                continue
+            key = base.split(".", 1)[0]
+            size, modified = out.get(key, (0, 0.0))
+            out[key] = (size + int(e.get("size") or 0), max(modified, _modified(e)))
+        return out
+
+    def evict(
+        self, max_bytes: int, value: Mapping[str, float], protect: Iterable[str] = ()
+    ) -> list[str]:
+        """Delete entries until the payloads take at most ``max_bytes``.
+
+        Entries go in order of ``value`` (lowest first; keys missing from it count as
+        ``-inf``), oldest first among equals. ``protect`` lists keys that must stay (a
+        trial in flight). Returns the evicted keys.
+        """
+        usage = self.usage()
+        total = sum(size for size, _ in usage.values())
+        if total <= max_bytes:
+            return []
+        keep = set(protect)
+        order = sorted(
+            (k for k in usage if k not in keep),
+            key=lambda k: (value.get(k, -math.inf), usage[k][1]),
+        )
+        evicted = []
+        for key in order:
+            if total <= max_bytes:
+                break
+            self.delete(key)
+            for path in self._payload_files(key):
+                with contextlib.suppress(FileNotFoundError):
+                    self._retry(self.fs.rm_file, path)
+            total -= usage[key][0]
+            evicted.append(key)
+        return evicted
+
+    def _payload_files(self, key: str) -> list[str]:
+        try:
+            names = self._retry(self.fs.ls, f"{self.root}/data", detail=False)
+        except FileNotFoundError:
+            return []
+        prefix = f"{key}."
+        return [str(n) for n in names if str(n).rstrip("/").rsplit("/", 1)[-1].startswith(prefix)]
+
     # ------------------------------------------------------------------ side files
     def write_file(self, relpath: str, content: bytes) -> None:
         """Atomically write a side file (a study journal record, say) under the store root."""
@@ -212,17 +336,49 @@ class Store:
 
     def read_file(self, relpath: str) -> bytes:
         """Read a side file written by :meth:`write_file`."""
-        return self.fs.cat_file(f"{self.root}/{relpath.lstrip('/')}")
+        return self._retry(self.fs.cat_file, f"{self.root}/{relpath.lstrip('/')}")
 
     def list_files(self, relpath: str) -> list[str]:
         """Names of the files in a side folder (one listing; empty if it does not exist)."""
         try:
-            names = self.fs.ls(f"{self.root}/{relpath.strip('/')}", detail=False)
+            names = self._retry(self.fs.ls, f"{self.root}/{relpath.strip('/')}", detail=False)
         except FileNotFoundError:
             return []
         return sorted(str(n).rstrip("/").rsplit("/", 1)[-1] for n in names)
 
     # ------------------------------------------------------------------ internals
+    def _retry(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn``; on a remote store, retry transient errors with backoff."""
+        if self._atomic_rename:
+            return fn(*args, **kwargs)
+        start = time.monotonic()
+        delay, attempt = 0.25, 0
+        while True:
+            attempt += 1
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                waited = time.monotonic() - start
+                if waited + delay > self.retry_seconds:
+                    where = self.url + (f" (endpoint {self.endpoint})" if self.endpoint else "")
+                    first = str(exc).splitlines()[0] if str(exc) else ""
+                    raise StoreUnavailable(
+                        f"storage {where} is unavailable: {attempt} attempts over "
+                        f"{waited:.0f}s failed ({type(exc).__name__}: {first}); re-run the "
+                        "same command to resume once it is back"
+                    ) from exc
+                logger.warning(
+                    "storage %s: %s (%s); retrying in %.2gs",
+                    self.url,
+                    getattr(fn, "__name__", "call"),
+                    type(exc).__name__,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(2 * delay, 8.0)
+
     def _put(self, path: str, content: bytes) -> None:
         if self._atomic_rename:
             folder = path.rsplit("/", 1)[0]
@@ -232,14 +388,16 @@ class Store:
                 f.write(content)
             os.replace(tmp, path)  # atomic on POSIX within one filesystem
         else:
-            self.fs.pipe_file(path, content)  # one PUT: atomic on object stores
+            self._retry(self.fs.pipe_file, path, content)  # one PUT: atomic on object stores
 
     def _read_meta_bytes(self, key: str) -> bytes:
-        return self.fs.cat_file(self.meta_path(key))
+        return self._retry(self.fs.cat_file, self.meta_path(key))
 
     def _write_payload(self, key: str, payload: bytes) -> dict[str, Any]:
-        self._put(self.data_path(key), payload)
-        facts = {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}
+        digest = hashlib.sha256(payload).hexdigest()
+        name = f"{_check_key(key)}.{digest[:16]}"
+        self._put(self.data_path(key, name), payload)
+        facts = {"sha256": digest, "size": len(payload), "payload": name}
         with self._lock:
             self._pending.setdefault(key, {}).update(facts)
         return dict(facts)
@@ -251,8 +409,12 @@ class Store:
             pending = self._pending.pop(key, {})
         extra = {**pending, **facts}
         if "sha256" not in extra:
+            if self.exists(key):
+                # Another thread of this process committed this key (with these facts)
+                # first: its entry is whole; keep it.
+                return self.read_meta(key)
             # The payload was written through another Store object: hash what is stored.
-            payload = self.fs.cat_file(self.data_path(key))
+            payload = self._retry(self.fs.cat_file, self.data_path(key))
             extra.update(sha256=hashlib.sha256(payload).hexdigest(), size=len(payload))
         extra.setdefault("written_at", time.time())
         sidecar = {**base, "eeipu": {"key": key, **extra}}

@@ -57,7 +57,13 @@ def simulate(
         hits = cache.lookup(trial.params)
         objective, costs = problem.evaluate(trial.params)
         costs = {s: (load_cost if s in hits else c) for s, c in costs.items()}
-        told = optimizer.tell(trial, objective=objective, costs=costs, cached=hits)
+        told = optimizer.tell(
+            trial,
+            objective=objective,
+            costs=costs,
+            cached=hits,
+            stage_outputs=problem.stage_outputs(trial.params),
+        )
         cache.add(trial.params)
         if on_trial is not None:
             on_trial(told, optimizer)

@@ -23,7 +23,7 @@ import torch
 from botorch.test_functions import Ackley, Branin, Hartmann, Levy, StyblinskiTang
 from botorch.test_functions.synthetic import SyntheticTestFunction
 
-__all__ = ["SyntheticProblem"]
+__all__ = ["VARIANTS", "SyntheticProblem", "synthetic_variant"]
 
 _DEFAULT_NAMES = ("prep", "train", "finetune")
 
@@ -151,3 +151,46 @@ class SyntheticProblem:
         for name in self.names:
             total, costs[name] = self.run_stage(name, total, params[name])
         return total, costs
+
+    def stage_outputs(self, params: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+        """Each stage's scalar output: the running objective sum after it, so the last
+        stage's output is the objective (for cascade methods, ``Optimizer.tell``'s
+        ``stage_outputs``)."""
+        total, out = 0.0, {}
+        for name in self.names:
+            total += self.stage_value(name, params[name])
+            out[name] = total
+        return out
+
+
+# The benchmark settings (benchmarks/suite.py). Each variant keeps the 3-stage default's
+# total typical cost per full trial (8 + 8/3 + 8/9 ≈ 11.56 units), so a budget means the
+# same number of full evaluations in every variant.
+_TOTAL = 8.0 + 8.0 / 3.0 + 8.0 / 9.0
+_TEN_DECAY = [1.5**-k for k in range(10)]
+VARIANTS: dict[str, dict[str, Any]] = {
+    # The literature's setting: 2/3/2 parameters, costs 8 / 8/3 / 8/9 (first stage dearest).
+    "synthetic3": {"dims": (2, 3, 2)},
+    # 10 stages (24 parameters), costs decaying by 1.5x per stage from the first.
+    "synthetic10": {
+        "dims": (2, 3, 2, 2, 3, 2, 2, 3, 2, 3),
+        "base_costs": tuple(_TOTAL * w / sum(_TEN_DECAY) for w in _TEN_DECAY),
+    },
+    # High-dimensional: 6/8/6 parameters (Ackley-6, Levy-8, Styblinski-Tang-6).
+    "highdim": {"dims": (6, 8, 6)},
+    # The 3-stage setting with the cost order reversed: the *last* stage is the dearest, so
+    # a cached prefix saves at most ~30% of a trial and memoization can barely help.
+    "last_expensive": {"dims": (2, 3, 2), "base_costs": (8.0 / 9.0, 8.0 / 3.0, 8.0)},
+}
+
+
+def synthetic_variant(name: str, seed: int = 0) -> SyntheticProblem:
+    """One of the benchmark's synthetic settings (see ``VARIANTS``), costs seeded by ``seed``.
+
+    Example:
+        >>> synthetic_variant("last_expensive", seed=3).base_costs[-1]
+        8.0
+    """
+    if name not in VARIANTS:
+        raise ValueError(f"unknown synthetic variant {name!r}; known: {sorted(VARIANTS)}")
+    return SyntheticProblem(seed=seed, **VARIANTS[name])
