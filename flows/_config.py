@@ -56,6 +56,7 @@ class PipelineConfig:
     space: dict[str, dict[str, dict[str, Any]]] | None = None
     metric: str | None = None
     direction: str = "maximize"
+    stage_tags: dict[str, list[str]] = field(default_factory=dict)
 
     def factory(self) -> Any:
         module_name, _, attr = self.target.replace(":", ".").rpartition(".")
@@ -75,6 +76,8 @@ class StorageConfig:
 
     url: str
     options: dict[str, Any] = field(default_factory=dict)
+    max_bytes: int | None = None
+    retry_seconds: float = 30.0
 
     @property
     def protocol(self) -> str:
@@ -96,10 +99,15 @@ class StudyConfig:
     max_prefixes: int = 8
     retries: int = 0
     retry_delay_seconds: float = 0.0
-    continue_on_failure: bool = False
+    continue_on_failure: bool = True
+    max_failures_in_a_row: int = 5
     output_dir: str = "outputs"
     progress: bool = True
     max_trials: int | None = None
+    warm_start: tuple[str, ...] = ()
+    extra_budget: float | None = None
+    parallel: int = 1
+    work_pool: str = "eeipu"
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> StudyConfig:
@@ -132,8 +140,17 @@ class StudyConfig:
         kwargs = pipe.get("kwargs") or {}
         if not isinstance(kwargs, Mapping):
             raise ConfigError(f"`pipeline.kwargs` must be a mapping, but got {kwargs!r}")
+        stage_tags = pipe.get("stage_tags") or {}
+        if not isinstance(stage_tags, Mapping) or not all(
+            isinstance(v, list | tuple) and all(isinstance(t, str) for t in v)
+            for v in stage_tags.values()
+        ):
+            raise ConfigError(
+                f"`pipeline.stage_tags` must map stage -> list of tags, e.g. {{train: [gpu]}}, but got {stage_tags!r}"
+            )
         pipeline = PipelineConfig(
             name=str(_require(pipe, "name", "pipeline.")),
+            stage_tags={str(k): [str(t) for t in v] for k, v in stage_tags.items()},
             target=str(_require(pipe, "target", "pipeline.")),
             kwargs=dict(kwargs),
             space=space,
@@ -157,7 +174,26 @@ class StudyConfig:
         url = _require(store, "url", "storage.")
         if not isinstance(url, str) or not url.strip():
             raise ConfigError(f"`storage.url` must be a folder or URL, but got {url!r}")
-        storage = StorageConfig(url=url, options=dict(store.get("options") or {}))
+        max_bytes = store.get("max_bytes")
+        if max_bytes is not None:
+            from flows._eviction import parse_bytes
+
+            try:
+                max_bytes = parse_bytes(max_bytes)
+            except ValueError:
+                raise ConfigError(
+                    "`storage.max_bytes` must be a positive size in bytes (5000000) or with a "
+                    f"unit (500MB, 2GiB), but got {max_bytes!r}"
+                ) from None
+        retry_seconds = _number(store.get("retry_seconds", 30.0), "storage.retry_seconds")
+        if retry_seconds < 0:
+            raise ConfigError(f"`storage.retry_seconds` must be >= 0, but got {retry_seconds}")
+        storage = StorageConfig(
+            url=url,
+            options=dict(store.get("options") or {}),
+            max_bytes=max_bytes,
+            retry_seconds=retry_seconds,
+        )
         if storage.protocol == "s3" and not re.match(
             r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", url
         ):
@@ -179,6 +215,20 @@ class StudyConfig:
         max_trials = cfg.get("max_trials")
         if max_trials is not None:
             max_trials = _number(max_trials, "max_trials", positive=True, integer=True)
+        warm_start = _warm_start(cfg.get("warm_start"), study)
+        extra_budget = cfg.get("extra_budget")
+        if extra_budget is not None:
+            extra_budget = _number(extra_budget, "extra_budget", positive=True)
+        parallel = _number(cfg.get("parallel", 1), "parallel", positive=True, integer=True)
+        work_pool = cfg.get("work_pool") or "eeipu"
+        if not isinstance(work_pool, str) or not _STUDY_NAME.match(work_pool):
+            raise ConfigError(f"`work_pool` must be a work pool name, but got {work_pool!r}")
+        max_failures = _number(
+            cfg.get("max_failures_in_a_row", 5),
+            "max_failures_in_a_row",
+            positive=True,
+            integer=True,
+        )
         for flag in ("continue_on_failure", "progress"):
             if not isinstance(cfg.get(flag, False), bool):
                 raise ConfigError(f"`{flag}` must be true or false, but got {cfg.get(flag)!r}")
@@ -194,10 +244,15 @@ class StudyConfig:
             max_prefixes=max_prefixes,
             retries=retries,
             retry_delay_seconds=delay,
-            continue_on_failure=cfg.get("continue_on_failure", False),
+            continue_on_failure=cfg.get("continue_on_failure", True),
+            max_failures_in_a_row=max_failures,
             output_dir=str(cfg.get("output_dir") or f"outputs/{study}"),
             progress=cfg.get("progress", True),
             max_trials=max_trials,
+            warm_start=warm_start,
+            extra_budget=extra_budget,
+            parallel=parallel,
+            work_pool=work_pool,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,20 +266,49 @@ class StudyConfig:
                 "space": self.pipeline.space,
                 "metric": self.pipeline.metric,
                 "direction": self.pipeline.direction,
+                "stage_tags": self.pipeline.stage_tags,
             },
             "optimizer": {
                 "method": self.method,
                 "options": self.method_options,
                 "max_prefixes": self.max_prefixes,
             },
-            "storage": {"url": self.storage.url},
+            "storage": {
+                "url": self.storage.url,
+                "max_bytes": self.storage.max_bytes,
+                "retry_seconds": self.storage.retry_seconds,
+            },
             "budget": self.budget,
             "seed": self.seed,
             "n_init": self.n_init,
             "retries": self.retries,
             "retry_delay_seconds": self.retry_delay_seconds,
             "continue_on_failure": self.continue_on_failure,
+            "max_failures_in_a_row": self.max_failures_in_a_row,
             "output_dir": self.output_dir,
             "progress": self.progress,
             "max_trials": self.max_trials,
+            "warm_start": list(self.warm_start),
+            "extra_budget": self.extra_budget,
+            "parallel": self.parallel,
+            "work_pool": self.work_pool,
         }
+
+
+def _warm_start(value: Any, study: str) -> tuple[str, ...]:
+    """``warm_start``: names of earlier studies on the same storage (a list, maybe empty)."""
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ConfigError(
+            f"`warm_start` must be a list of study names, e.g. warm_start=[old-study], but got {value!r}"
+        )
+    names = tuple(str(v) for v in value)
+    for name in names:
+        if not _STUDY_NAME.match(name):
+            raise ConfigError(f"`warm_start` must hold study names, but got {name!r}")
+    if study in names:
+        raise ConfigError(f"`warm_start` must not name the study itself ({study!r})")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"`warm_start` names a study twice: {list(names)}")
+    return names

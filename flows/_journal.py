@@ -4,6 +4,7 @@ Layout under the store root::
 
     studies/<study>/study.json              what the study is (space, method, seed, ...)
     studies/<study>/trials/<number>.json    one record per told trial, written atomically
+    studies/<study>/running.json            the trial in flight (number, params, start time)
 
 A record is written once and never changed (append-only by construction), each write is
 atomic (temp file + rename locally, one PUT on S3), and the journal is read back with one
@@ -38,8 +39,22 @@ class StudyJournal:
     def url(self) -> str:
         return f"{self.store.url}/{self.folder}"
 
-    def open(self, config: StudyConfig, space: SearchSpace) -> dict[str, Any]:
-        """Create ``study.json``, or check that an existing study is the same study."""
+    def header(self) -> dict[str, Any] | None:
+        """The study's ``study.json`` (None when the study does not exist yet)."""
+        try:
+            return json.loads(self.store.read_file(f"{self.folder}/study.json"))
+        except FileNotFoundError:
+            return None
+
+    def open(
+        self,
+        config: StudyConfig,
+        space: SearchSpace,
+        extra: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Create ``study.json``, or check that an existing study is the same study.
+
+        ``extra`` adds keys to the header (the warm-start sources, say)."""
         header = {
             "study": self.study,
             "space": space.to_dict(),
@@ -49,6 +64,7 @@ class StudyJournal:
             "direction": config.pipeline.direction,
             "pipeline": {"name": config.pipeline.name, "target": config.pipeline.target},
             "budget": config.budget,
+            **(extra or {}),
         }
         try:
             existing = json.loads(self.store.read_file(f"{self.folder}/study.json"))
@@ -90,8 +106,26 @@ class StudyJournal:
                 rec["costs"],
                 cached=rec["cached"],
                 origin=rec.get("origin", "replay"),
+                stage_outputs=rec.get("stage_outputs"),
             )
+        if records and records[-1].get("optimizer_state"):
+            # What the method carried out of the last ask (warm-start hyperparameters):
+            # the next proposal is then the one an uninterrupted run would have made.
+            optimizer.load_state_dict(records[-1]["optimizer_state"])
         return records
+
+    def mark_running(self, number: int, params: Mapping[str, Any], started_at: float) -> None:
+        """Note the trial about to run; if the process dies, the resumed study re-runs it
+        and adopts the stages it stored (see ``stages.run_pipeline(adopt_after=...)``)."""
+        record = {"number": number, "params": params, "started_at": started_at}
+        self.store.write_file(f"{self.folder}/running.json", _dumps(record))
+
+    def running(self) -> dict[str, Any] | None:
+        """The trial that was in flight when the study last stopped (None if none)."""
+        try:
+            return json.loads(self.store.read_file(f"{self.folder}/running.json"))
+        except FileNotFoundError:
+            return None
 
 
 def _dumps(obj: Any) -> bytes:

@@ -30,6 +30,7 @@ from prefect.artifacts import (
 
 from eeipu import Optimizer, SearchSpace, TrialState
 from flows._config import ConfigError, StudyConfig
+from flows._eviction import reuse_value
 from flows._journal import StudyJournal
 from flows._outputs import (
     artifact_key,
@@ -39,7 +40,15 @@ from flows._outputs import (
     trial_rows,
     write_outputs,
 )
-from stages import Pipeline, StageError, Store, StoreCacheView, run_pipeline
+from flows._warm import open_study, resolve_budget
+from stages import (
+    Pipeline,
+    StageError,
+    Store,
+    StoreCacheView,
+    StoreUnavailable,
+    run_pipeline,
+)
 
 __all__ = [
     "StudyFailed",
@@ -90,9 +99,24 @@ def build_pipeline(config: StudyConfig) -> Pipeline:
                 f"`pipeline.space` names unknown stage(s) {unknown}; stages are {pipeline.stage_names}"
             )
         stages = [replace(s, space=space.get(s.name, s.space)) for s in pipeline.stages]
-        pipeline = Pipeline(stages, metric=config.pipeline.metric or pipeline.metric)
+        pipeline = Pipeline(
+            stages,
+            metric=config.pipeline.metric or pipeline.metric,
+            load_cost=pipeline.load_cost,
+        )
     elif config.pipeline.metric:
-        pipeline = Pipeline(pipeline.stages, metric=config.pipeline.metric)
+        pipeline = Pipeline(
+            pipeline.stages, metric=config.pipeline.metric, load_cost=pipeline.load_cost
+        )
+    tagged = config.pipeline.stage_tags
+    if tagged:
+        unknown = sorted(set(tagged) - set(pipeline.stage_names))
+        if unknown:
+            raise ConfigError(
+                f"`pipeline.stage_tags` names unknown stage(s) {unknown}; stages are {pipeline.stage_names}"
+            )
+        stages = [replace(s, tags=(*s.tags, *tagged.get(s.name, ()))) for s in pipeline.stages]
+        pipeline = Pipeline(stages, metric=pipeline.metric, load_cost=pipeline.load_cost)
     return pipeline
 
 
@@ -103,7 +127,11 @@ def _store(config: StudyConfig) -> Store:
     # One Store per URL and process: the trial subflow gets the controller's store
     # (with any storage.options) without credentials passing through flow parameters.
     if config.storage.url not in _stores:
-        _stores[config.storage.url] = Store(config.storage.url, config.storage.options)
+        _stores[config.storage.url] = Store(
+            config.storage.url,
+            config.storage.options,
+            retry_seconds=config.storage.retry_seconds,
+        )
     return _stores[config.storage.url]
 
 
@@ -118,8 +146,17 @@ def _config_from(config: dict[str, Any]) -> StudyConfig:
 
 # ---------------------------------------------------------------------- the flows
 @flow(name="eeipu-trial", log_prints=False, validate_parameters=False, persist_result=False)
-def trial_flow(config: dict[str, Any], number: int, params: dict[str, Any]) -> dict[str, Any]:
-    """Run one configuration: each stage a Prefect task, cached by its Merkle key."""
+def trial_flow(
+    config: dict[str, Any],
+    number: int,
+    params: dict[str, Any],
+    adopt_after: float | None = None,
+) -> dict[str, Any]:
+    """Run one configuration: each stage a Prefect task, cached by its Merkle key.
+
+    ``adopt_after`` is set when this trial re-runs after a crash interrupted it: what its
+    first attempt stored is loaded and charged as computed (see ``run_pipeline``).
+    """
     cfg = _config_from(config)
     pipeline = _cached_pipeline(json.dumps(config, sort_keys=True))
     result = run_pipeline(
@@ -128,11 +165,13 @@ def trial_flow(config: dict[str, Any], number: int, params: dict[str, Any]) -> d
         _store(cfg),
         retries=cfg.retries,
         retry_delay_seconds=cfg.retry_delay_seconds,
+        adopt_after=adopt_after,
     )
     return {
         "objective": result.objective,
         "costs": result.costs,
         "cached": sorted(result.cached_stages),
+        "adopted": sorted(result.adopted),
         "seconds": result.seconds,
         "keys": result.keys,
     }
@@ -142,6 +181,12 @@ def trial_flow(config: dict[str, Any], number: int, params: dict[str, Any]) -> d
 def tune_flow(config: dict[str, Any]) -> StudyResult:
     """Run (or resume) a study until its budget is spent; see the module docstring."""
     cfg = _config_from(config)
+    # A scheduled run (extra_budget set) continues the study with more budget.
+    cfg = resolve_budget(cfg, _store(cfg))
+    if cfg.parallel > 1:
+        from flows._parallel import run_parallel_study  # it imports this module
+
+        return run_parallel_study(cfg)
     return run_study(cfg)
 
 
@@ -168,7 +213,7 @@ def prepare(cfg: StudyConfig) -> tuple[Pipeline, Store, Optimizer, StudyJournal]
     store = _store(cfg)
     store.check()
     journal = StudyJournal(store, cfg.study)
-    journal.open(cfg, space)
+    open_study(journal, cfg, space, opt)  # journal.open + warm-start priors
     return pipeline, store, opt, journal
 
 
@@ -190,39 +235,81 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         description=f"Budget spent by study {cfg.study}",
     )
     failure: str | None = None
-    while not opt.done and (cfg.max_trials is None or len(records) < cfg.max_trials):
-        t0 = time.time()
-        trial = opt.ask(cache=StoreCacheView(pipeline, store))
-        asked = time.time()
-        try:
-            with tags(f"study:{cfg.study}"):
-                out = trial_flow.with_options(flow_run_name=f"trial-{trial.number}")(
-                    config_json, trial.number, trial.params
+    interrupted = journal.running()
+    failed_in_a_row = 0
+    hint = "fix the stage and re-run the same command to resume"
+    journaled = len(records)
+    try:
+        while not opt.done and (cfg.max_trials is None or len(records) < cfg.max_trials):
+            t0 = time.time()
+            trial = opt.ask(cache=StoreCacheView(pipeline, store))
+            state = opt.state_dict()
+            asked = time.time()
+            adopt_after = None
+            if interrupted is not None and interrupted["number"] == trial.number:
+                # The process died while this trial ran: re-run it from what it stored.
+                adopt_after = float(interrupted["started_at"])
+                _say(run_logger, cfg, f"trial {trial.number} was interrupted; re-running it")
+            interrupted = None
+            journal.mark_running(trial.number, trial.params, adopt_after or t0)
+            try:
+                with tags(f"study:{cfg.study}"):
+                    out = trial_flow.with_options(flow_run_name=f"trial-{trial.number}")(
+                        config_json, trial.number, trial.params, adopt_after
+                    )
+                objective, costs, cached = out["objective"], out["costs"], out["cached"]
+                seconds, error = out["seconds"], None
+                if not math.isfinite(objective):
+                    objective, error = None, f"objective is {objective!r}"
+            except StageError as exc:
+                objective, costs, cached, seconds = None, dict(exc.costs), [], dict(exc.seconds)
+                error = str(exc)
+            told = opt.tell(trial, objective=objective, costs=costs, cached=cached)
+            record = {
+                **told.to_dict(),
+                "error": error,
+                "seconds": seconds,
+                "started_at": t0,
+                "ask_seconds": round(asked - t0, 6),
+                "finished_at": time.time(),
+                "optimizer_state": state,
+            }
+            records.append(record)
+            if cfg.storage.max_bytes is not None:
+                evicted = store.evict(
+                    cfg.storage.max_bytes,
+                    reuse_value(pipeline, records, cfg.pipeline.direction),
                 )
-            objective, costs, cached = out["objective"], out["costs"], out["cached"]
-            seconds, error = out["seconds"], None
-            if not math.isfinite(objective):
-                objective, error = None, f"objective is {objective!r}"
-        except StageError as exc:
-            objective, costs, cached, seconds = None, dict(exc.costs), [], dict(exc.seconds)
-            error = str(exc)
-        told = opt.tell(trial, objective=objective, costs=costs, cached=cached)
-        record = {
-            **told.to_dict(),
-            "error": error,
-            "seconds": seconds,
-            "started_at": t0,
-            "ask_seconds": round(asked - t0, 6),
-            "finished_at": time.time(),
-        }
-        journal.append(record)
-        records.append(record)
-        best = best_so_far(records, cfg.pipeline.direction)[-1]
-        _say(run_logger, cfg, progress_line(record, best, opt.spent, cfg.budget))
-        update_progress_artifact(progress_id, progress=min(100.0, 100.0 * opt.spent / cfg.budget))
-        if told.state is TrialState.FAILED and not cfg.continue_on_failure:
-            failure = f"trial {told.number} failed: {error}"
-            break
+                record["evicted"] = len(evicted)
+                if evicted:
+                    run_logger.info(
+                        "evicted %d cache entries to stay under storage.max_bytes=%d",
+                        len(evicted),
+                        cfg.storage.max_bytes,
+                    )
+            journal.append(record)
+            journaled = len(records)
+            best = best_so_far(records, cfg.pipeline.direction)[-1]
+            _say(run_logger, cfg, progress_line(record, best, opt.spent, cfg.budget))
+            update_progress_artifact(
+                progress_id, progress=min(100.0, 100.0 * opt.spent / cfg.budget)
+            )
+            if told.state is TrialState.FAILED:
+                failed_in_a_row += 1
+                if not cfg.continue_on_failure:
+                    failure = f"trial {told.number} failed: {error}"
+                    break
+                if failed_in_a_row >= cfg.max_failures_in_a_row:
+                    failure = (
+                        f"{failed_in_a_row} trials failed in a row (max_failures_in_a_row), the "
+                        f"last one {told.number}: {error}"
+                    )
+                    break
+            else:
+                failed_in_a_row = 0
+    except StoreUnavailable as exc:
+        # Not the trial's fault: stop (nothing told is lost) and resume later.
+        failure, hint = str(exc), "the study resumes from there"
     paths = write_outputs(
         cfg.output_dir, cfg.study, records, cfg.pipeline.direction, opt.warmup_spent
     )
@@ -241,9 +328,10 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     )
     if failure is not None:
         raise StudyFailed(
-            f"study {cfg.study!r} stopped: {failure} ({len(records)} trials are in the journal "
-            f"at {journal.url}; fix the stage and re-run the same command to resume, or set "
-            "continue_on_failure=true)"
+            f"study {cfg.study!r} stopped: {failure} ({journaled} trials are in the journal "
+            f"at {journal.url}; {hint}"
+            + ("" if cfg.continue_on_failure else ", or set continue_on_failure=true")
+            + ")"
         )
     _say(
         run_logger,

@@ -29,9 +29,11 @@ def run(cfg_dict: dict) -> object:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from flows._config import StudyConfig
-    from flows.study import prepare, tune_flow
+    from flows._warm import resolve_budget
+    from flows.study import _store, prepare, tune_flow
 
     cfg = StudyConfig.from_mapping(cfg_dict)
+    cfg = resolve_budget(cfg, _store(cfg))  # extra_budget: continue with more budget
     # Fail fast on bad input, before any flow run exists. This also registers the Store:
     # storage.options may hold credentials, which go into this process's Store and never
     # into flow parameters (cfg.to_dict() leaves them out).

@@ -1,0 +1,71 @@
+"""Which cache entries to evict first when the store outgrows ``storage.max_bytes``.
+
+Policy (lowest value goes first; among equals, the oldest):
+
+1. ``-1``: entries of this study's *last* stage. Each belongs to one full configuration, and
+   the optimizer never proposes a configuration twice, so nothing will load them again.
+2. ``0``: entries this study does not know: other studies' results on a shared cache, and
+   payloads of interrupted writes.
+3. ``1 + rank``: the other stages of this study's trials, i.e. the prefixes the optimizer can
+   reuse. ``rank`` in [0, 1] is the best objective among the trials sharing the entry,
+   ranked (1 = the best trial): the prefix pool prefers the prefixes of good trials, so
+   those are the most likely to be loaded again and are evicted last.
+
+The optimizer's cache view lists the store at every ask, so an evicted prefix is no longer
+offered as cached; a trial that needs it simply recomputes it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from stages import Pipeline
+
+__all__ = ["parse_bytes", "reuse_value"]
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+
+def parse_bytes(value: Any) -> int:
+    """``5000``, ``"500MB"``, ``"2 GiB"`` -> bytes. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int | float):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(value)
+        return int(value)
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+    if not match or match.group(2).upper() not in _UNITS or float(match.group(1)) <= 0:
+        raise ValueError(value)
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def reuse_value(
+    pipeline: Pipeline, records: Sequence[Mapping[str, Any]], direction: str
+) -> dict[str, float]:
+    """``{key: value}`` for this study's entries (see the module docstring)."""
+    sign = 1.0 if direction == "maximize" else -1.0
+    scores = [sign * r["objective"] if r.get("state") == "complete" else -math.inf for r in records]
+    order = sorted(range(len(records)), key=lambda i: scores[i])
+    rank = {i: (pos + 1) / len(records) for pos, i in enumerate(order)}
+    sink = pipeline.sink.name
+    value: dict[str, float] = {}
+    for i, record in enumerate(records):
+        for stage, key in pipeline.keys(record["params"]).items():
+            v = -1.0 if stage == sink else 1.0 + rank[i]
+            value[key] = max(value.get(key, -math.inf), v)
+    return value
