@@ -51,6 +51,16 @@ def prefect_harness() -> Iterator[str]:
         yield str(PREFECT_API_URL.value())
 
 
+@pytest.fixture
+def api_env(prefect_harness: str) -> dict[str, str]:
+    """Subprocesses talk to the session's Prefect server instead of starting their own."""
+    return {
+        "PREFECT_API_URL": prefect_harness,
+        "PREFECT_HOME": os.environ["PREFECT_HOME"],
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 (server mode, so subprocesses can reach it too)."""

@@ -165,7 +165,7 @@ def test_minimize_direction(space):
 
 
 # ---------------------------------------------------------------- reproducibility
-@pytest.mark.parametrize("method", ["eeipu", "ei", "random"])
+@pytest.mark.parametrize("method", ["eeipu", "ei", "ms_bo", "lambo", "random"])
 def test_same_seed_same_trials_different_seed_differs(space, method):
     a = [t.params for t in run(Optimizer(space, method=method, budget=1e3, n_init=3, seed=3), 6)]
     b = [t.params for t in run(Optimizer(space, method=method, budget=1e3, n_init=3, seed=3), 6)]
@@ -197,7 +197,7 @@ def test_every_method_conforms(space, method):
     [
         (
             {"method": "nope"},
-            "unknown method 'nope'; known methods: ['carbo', 'eeipu', 'ei', 'eips', 'ms_carbo', 'random']",
+            "unknown method 'nope'; known methods: ['carbo', 'eeipu', 'ei', 'eips', 'lambo', 'ms_bo', 'ms_carbo', 'random']",
         ),
         ({"budget": 0}, "`budget > 0` must hold, but got budget=0"),
         ({"budget": -3.0}, "`budget > 0` must hold"),

@@ -51,19 +51,9 @@ def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: i
     )
 
 
-@pytest.fixture
-def api_env(prefect_harness):
-    """Subprocesses talk to the session's Prefect server instead of starting their own."""
-    return {
-        "PREFECT_API_URL": prefect_harness,
-        "PREFECT_HOME": os.environ["PREFECT_HOME"],
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-
-
 # ---------------------------------------------------------------------- configs
 def test_shipped_configs_compose_and_validate():
-    for method in ("eeipu", "ei", "eips", "carbo", "ms_carbo", "random"):
+    for method in ("eeipu", "ei", "eips", "carbo", "ms_carbo", "ms_bo", "lambo", "random"):
         cfg = StudyConfig.from_mapping(composed(f"optimizer={method}"))
         assert cfg.method == method
         assert cfg.study == f"synthetic-{method}-seed0"
@@ -304,6 +294,7 @@ def test_cli_failing_stage_stops_with_message_and_keeps_journal(tmp_path, api_en
     proc = cli(
         *FAST,
         "study=boom",
+        "continue_on_failure=false",
         "+pipeline.kwargs.fail_stage=train",
         "+pipeline.kwargs.fail_above=0.5",
         f"storage.url={cache}",
@@ -325,7 +316,6 @@ def test_continue_on_failure_records_failed_trials_and_goes_on(prefect_harness, 
         tmp_path,
         "study=cont",
         "budget=30",
-        "continue_on_failure=true",
         "+pipeline.kwargs.fail_stage=train",
         "+pipeline.kwargs.fail_above=0.5",
     )

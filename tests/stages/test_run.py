@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -181,7 +182,7 @@ def test_corrupt_entry_is_reported_recomputed_and_replaced(tmp_path, caplog, dam
     # Lazy runs load only what they need: with everything cached that is the sink.
     stage = "evaluate" if lazy else "train"
     key = first.keys[stage]
-    path = tmp_path / "data" / key
+    path = Path(store.payload_path(key))
     path.write_bytes(damage(path.read_bytes()))
     with caplog.at_level(logging.WARNING, logger="stages._run"):
         again = run_pipeline(_chain(), PARAMS, store, lazy=lazy)
@@ -214,7 +215,7 @@ def test_prefect_existence_check_reads_metadata_only(tmp_path):
         metadata_storage=StoreFileSystem.for_store(store, "meta"),
     )
     assert prefect_store.exists(key)
-    (tmp_path / "data" / key).unlink()  # reading the payload would now fail
+    Path(store.payload_path(key)).unlink()  # reading the payload would now fail
     assert prefect_store.exists(key)
     assert not prefect_store.exists("0" * 64)
 
@@ -264,3 +265,44 @@ def test_retries_rerun_a_flaky_stage(tmp_path):
     )
     result = run_pipeline(pipe, PARAMS, Store(tmp_path), retries=1)
     assert CALLS["flaky"] == 2 and result.objective == pytest.approx(3.25)
+
+
+def _other_version_pickle() -> bytes:
+    """A payload as another version of the code wrote it: a valid pickle (and, below, a valid
+    checksum) of a class that this version does not have."""
+    import base64
+    import pickle
+    import sys
+    import types
+
+    module = types.ModuleType("eeipu_removed_module")
+    Gone = type("Gone", (), {"__module__": "eeipu_removed_module"})
+    module.Gone = Gone
+    sys.modules["eeipu_removed_module"] = module
+    try:
+        return base64.encodebytes(pickle.dumps(Gone()))
+    finally:
+        del sys.modules["eeipu_removed_module"]
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_entry_from_another_version_is_reported_recomputed_and_replaced(tmp_path, caplog, lazy):
+    import hashlib
+    import json
+
+    store = Store(tmp_path)
+    first = run_pipeline(_chain(), PARAMS, store)
+    stage = "evaluate" if lazy else "train"
+    key = first.keys[stage]
+    payload = _other_version_pickle()
+    Path(store.payload_path(key)).write_bytes(payload)
+    meta_path = tmp_path / "meta" / f"{key}.json"
+    meta = json.loads(meta_path.read_text())
+    meta["eeipu"].update(sha256=hashlib.sha256(payload).hexdigest(), size=len(payload))
+    meta_path.write_text(json.dumps(meta))  # the checksum matches: only loading can tell
+    with caplog.at_level(logging.WARNING, logger="stages._run"):
+        again = run_pipeline(_chain(), PARAMS, store, lazy=lazy)
+    warnings = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warnings) == 1 and f"'{stage}'" in warnings[0] and key in warnings[0]
+    assert again.objective == first.objective
+    assert {s for s, hit in again.cached.items() if not hit} == {stage}

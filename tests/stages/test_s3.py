@@ -61,9 +61,9 @@ def test_s3_round_trip_and_hits_from_a_new_process(
     s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     objects = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]}
     assert objects == {
-        f"studies/one/{area}/{k}{ext}"
+        f"studies/one/{area}/{name}"
         for k in first.keys.values()
-        for area, ext in (("meta", ".json"), ("data", ""))
+        for area, name in (("meta", f"{k}.json"), ("data", store.payload_path(k).rsplit("/")[-1]))
     }
 
     child_home = tmp_path / "child-prefect-home"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -40,8 +41,9 @@ def test_write_read_exists_keys(tmp_path):
     assert len(meta["eeipu"]["sha256"]) == 64
     # Atomic writes leave no temporary files behind, and the layout is meta/ + data/.
     files = sorted(p.relative_to(tmp_path / "cache").as_posix() for p in tmp_path.rglob("*.*"))
-    assert files == ["meta/k1.json"]
-    assert (tmp_path / "cache" / "data" / "k1").read_bytes() == b"hello"
+    assert files == ["data/k1." + meta["eeipu"]["sha256"][:16], "meta/k1.json"]
+    assert meta["eeipu"]["payload"] == "k1." + meta["eeipu"]["sha256"][:16]
+    assert (tmp_path / "cache" / "data" / meta["eeipu"]["payload"]).read_bytes() == b"hello"
     store.delete("k1")
     assert not store.exists("k1") and store.keys() == set()
 
@@ -56,7 +58,7 @@ def test_relative_url_is_made_absolute(tmp_path, monkeypatch):
 def test_corrupt_payload_is_detected(tmp_path):
     store = Store(tmp_path)
     store.write("k1", b"hello")
-    (tmp_path / "data" / "k1").write_bytes(b"jello")
+    Path(store.payload_path("k1")).write_bytes(b"jello")
     with pytest.raises(StoreError, match=r"'k1'.*sha256.*Store.delete\('k1'\)"):
         store.read("k1")
     with pytest.raises(KeyError, match="'nope' is not in"):
@@ -73,7 +75,7 @@ def test_bad_keys_are_refused(tmp_path):
 def test_existence_and_listing_read_no_payload(tmp_path):
     store = CountingStore(tmp_path)
     store.write("k1", b"x" * 1000)
-    (tmp_path / "data" / "k1").unlink()  # a payload read would now fail
+    Path(store.payload_path("k1")).unlink()  # a payload read would now fail
     assert store.exists("k1") and store.keys() == {"k1"}
     assert store.payload_reads == 0
 
@@ -117,3 +119,44 @@ def test_sidecar_is_json_with_payload_checksum(tmp_path):
     assert raw["eeipu"]["sha256"] == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     )
+
+
+def _hammer(url: str, writer: int, rounds: int) -> None:
+    import os
+
+    store = Store(url)
+    for i in range(rounds):
+        body = os.urandom(1000 * (1 + (i * 37 + writer * 11) % 300))
+        store.write("shared", f"writer-{writer}-{i}-{len(body)}|".encode() + body, {"stage": "s"})
+
+
+def _check(payload: bytes) -> None:
+    head, _, body = payload.partition(b"|")
+    assert len(body) == int(head.split(b"-")[-1]), "torn payload"
+
+
+def test_two_processes_writing_one_key_never_leave_a_torn_entry(tmp_path):
+    """Two processes write the same key 40 times each with different (non-reproducible)
+    payloads while this process reads it: every read is whole and passes its checksum."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    url = str(tmp_path / "cache")
+    store = Store(url)
+    writers = [ctx.Process(target=_hammer, args=(url, w, 40)) for w in (1, 2)]
+    for p in writers:
+        p.start()
+    reads = 0
+    while any(p.is_alive() for p in writers):
+        try:
+            _check(store.read("shared"))  # raises StoreError on a sidecar/payload mismatch
+            reads += 1
+        except KeyError:
+            pass  # not committed yet
+    for p in writers:
+        p.join()
+        assert p.exitcode == 0
+    _check(store.read("shared"))
+    assert reads > 10
+    winner = store.read("shared").split(b"-")[1]
+    assert winner in (b"1", b"2")

@@ -1,0 +1,202 @@
+"""The benchmark suite: metrics against hand-computed values, the synthetic variants, and the
+smoke mode end to end (in process), so the suite cannot rot."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the root off the path
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import suite  # noqa: E402
+from benchmarks._metrics import (  # noqa: E402
+    best_curve,
+    bootstrap_diff,
+    bootstrap_gain,
+    cost_to_target,
+    relative_gain,
+    run_metrics,
+)
+from benchmarks._report import Report  # noqa: E402
+from stages.synthetic import VARIANTS, SyntheticProblem, synthetic_variant  # noqa: E402
+
+
+def _run(costs, objectives, n_init=2, direction="maximize", cached=None):
+    cached = cached or [0] * len(costs)
+    return {
+        "n_init": n_init,
+        "budget": 10.0,
+        "direction": direction,
+        "trials": [
+            {"cost": c, "objective": y, "n_cached": k, "seconds": 1.0, "params": {}}
+            for c, y, k in zip(costs, objectives, cached, strict=True)
+        ],
+    }
+
+
+# ---------------------------------------------------------------------- metrics by hand
+def test_run_metrics_by_hand():
+    run = _run([3, 3, 1, 1, 1], [1.0, 2.0, None, 5.0, 4.0], cached=[0, 0, 1, 2, 0])
+    m = run_metrics(run)
+    assert m["candidates"] == 5 and m["candidates_post"] == 3
+    assert m["warmup_best"] == 2.0 and m["final_best"] == 5.0
+    assert m["improvement"] == 3.0
+    assert m["spent"] == 9 and m["warmup_spent"] == 6 and m["hits_post"] == 2
+    # Minimized: the warm-up best is 1, the final best 1, improvement 0.
+    low = run_metrics(_run([3, 3, 1], [1.0, 2.0, 4.0], direction="minimize"))
+    assert (low["warmup_best"], low["final_best"], low["improvement"]) == (1.0, 1.0, 0.0)
+
+
+def test_best_curve_and_cost_to_target_by_hand():
+    run = _run([3, 3, 1, 1, 1], [1.0, 2.0, None, 5.0, 4.0])
+    curve = best_curve(run, [0, 2.9, 3, 6, 7, 8, 9, 10])
+    assert math.isnan(curve[0]) and math.isnan(curve[1])
+    assert curve[2:] == [1.0, 2.0, 2.0, 5.0, 5.0, 5.0]
+    assert cost_to_target(run, 4.5) == 8  # 3 + 3 + 1 (failed) + 1
+    assert cost_to_target(run, 2.0) == 6
+    assert cost_to_target(run, 10.0) is None
+    assert cost_to_target(_run([2, 2, 2], [5.0, 3.0, 1.0], direction="minimize"), 3.0) == 4
+
+
+def test_relative_gain_by_hand():
+    # The gain of the seed means: (mean 20 - mean 10) / 10.
+    assert relative_gain([30.0, 10.0], [10.0, 10.0]) == pytest.approx(100.0)
+    assert relative_gain([5.0, 5.0], [10.0, 10.0]) == pytest.approx(-50.0)
+    assert math.isnan(relative_gain([1.0], [0.0]))  # a baseline that never improved
+    with pytest.raises(ValueError, match="paired"):
+        relative_gain([1.0], [1.0, 2.0])
+    lo, hi = bootstrap_gain([20.0, 20.0, 20.0], [10.0, 10.0, 10.0])
+    assert lo == pytest.approx(100.0) and hi == pytest.approx(100.0)
+    lo, hi = bootstrap_diff([3.0, 1.0, 2.0], [1.0, 1.0, 1.0])
+    assert 0.0 <= lo <= 1.0 <= hi <= 2.0
+
+
+def test_report_gains_and_targets_by_hand():
+    """eeipu / ei / random on 2 seeds, n_init 1, unit costs unless given.
+
+    candidates after warm-up: eeipu 2, 4 (mean 3); ei 1, 1 (1); random 1, 3 (2);
+    mean of the others per seed 1, 2 (mean 1.5): gains +200%, +50%, +100%.
+    improvement: eeipu 4, 6 (5); ei 2, 2 (2); random 1, 4 (2.5); others 1.5, 3 (2.25).
+    """
+    runs = {
+        "eeipu": {
+            0: _run([1, 1, 1], [0.0, 2.0, 4.0], n_init=1),
+            1: _run([1, 1, 1, 1, 1], [0.0, 1.0, 6.0, 2.0, 3.0], n_init=1),
+        },
+        "ei": {
+            0: _run([1, 5], [0.0, 2.0], n_init=1),
+            1: _run([1, 5], [0.0, 2.0], n_init=1),
+        },
+        "random": {
+            0: _run([1, 5], [0.0, 1.0], n_init=1),
+            1: _run([1, 1, 1, 1], [0.0, 4.0, 1.0, 1.0], n_init=1),
+        },
+    }
+    rep = Report(runs, [0, 1], "eeipu", target_fraction=0.5)
+    assert rep.gain("candidates_post", "ei")[0] == pytest.approx(200.0)
+    assert rep.gain("candidates_post", "random")[0] == pytest.approx(50.0)
+    assert rep.gain("candidates_post", None)[0] == pytest.approx(100.0)
+    assert rep.gain("improvement", "ei")[0] == pytest.approx(150.0)
+    assert rep.gain("improvement", "random")[0] == pytest.approx(100.0)
+    assert rep.gain("improvement", None)[0] == pytest.approx(100.0 * (5 - 2.25) / 2.25)
+    # Targets: warm-up best 0 + 0.5 * (best found 4 | 6) = 2 | 3.
+    assert rep.targets == [2.0, 3.0]
+    assert rep.to_target["eeipu"] == [2, 3]
+    assert rep.to_target["ei"] == [6, None]
+    assert rep.to_target["random"] == [None, 2]
+    checks = dict((name.split(" ")[1], ok) for name, ok, _ in rep.checks(["candidates_vs_mean"]))
+    assert checks == {"evaluates": True}  # exactly +100%
+    table = rep.gain_table()
+    assert "| ei | +200% |" in table and "| **mean of the others** | +100% |" in table
+
+
+# ---------------------------------------------------------------------- variants
+def test_synthetic_variants():
+    assert synthetic_variant("synthetic3", seed=4) == SyntheticProblem(seed=4)
+    totals = {}
+    for name in VARIANTS:
+        p = synthetic_variant(name, seed=1)
+        totals[name] = sum(p.base_costs)
+        value, costs = p.evaluate(
+            {
+                s: {k: (v["low"] + v["high"]) / 2 for k, v in sec.items()}
+                for s, sec in p.space_dict().items()
+            }
+        )
+        assert math.isfinite(value) and all(c > 0 for c in costs.values())
+    assert synthetic_variant("synthetic10").dims == (2, 3, 2, 2, 3, 2, 2, 3, 2, 3)
+    assert synthetic_variant("highdim").dims == (6, 8, 6)
+    last = synthetic_variant("last_expensive").base_costs
+    assert last[-1] == max(last) and synthetic_variant("synthetic3").base_costs[0] == 8.0
+    # Every variant costs the same per full trial, so a budget means the same everywhere.
+    assert all(t == pytest.approx(totals["synthetic3"]) for t in totals.values())
+    with pytest.raises(ValueError, match="unknown synthetic variant"):
+        synthetic_variant("nope")
+
+
+# ---------------------------------------------------------------------- the suite
+def test_config_errors_name_the_key(capsys):
+    assert suite.main(["problem=synthetic3", "seeds=0"]) == 2
+    assert "`seeds` must be a positive integer, but got 0" in capsys.readouterr().err
+    assert suite.main(["problem=nope"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert suite.main(["methods=[eeipu,nope]", "missing_methods=error"]) == 2
+    assert "['nope'], unknown to eeipu.METHODS" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smoke_synthetic_writes_tables_and_plot_and_reuses_runs(tmp_path, capsys):
+    args = ["problem=synthetic3", f"results_dir={tmp_path}", "--smoke"]
+    assert suite.main(args) == 0
+    out = capsys.readouterr().out
+    assert "3 runs to do, 0 cached" in out
+    md = (tmp_path / "synthetic3.md").read_text()
+    assert (tmp_path / "synthetic3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "python -m benchmarks.suite problem=synthetic3" in md and "smoke=true" in md
+    assert "| **mean of the others** |" in md and "SMOKE" in md
+    assert "every method evaluated the same 3 warm-up configurations" in md
+    for m in ("eeipu", "ei", "random"):
+        run = json.loads((tmp_path / "raw" / "synthetic3" / f"{m}-seed0.json").read_text())
+        assert run["method"] == m and run["trials"] and run["budget"] == 50.0
+        assert (
+            sum(t["cost"] for t in run["trials"][:-1])
+            < 50.0
+            <= sum(t["cost"] for t in run["trials"])
+        )
+    # Adding a method runs only that method; the others come from the raw cache.
+    assert suite.main([*args, "methods=[eeipu,ei,random,carbo]"]) == 0
+    out = capsys.readouterr().out
+    assert "1 runs to do, 3 cached" in out
+    assert "| carbo |" in (tmp_path / "synthetic3.md").read_text()
+
+
+@pytest.mark.slow
+def test_smoke_real_pipeline_through_the_flows(tmp_path, capsys, prefect_harness):
+    """ml_stacking at size=smoke through flows.tune.run: the shared warm-up is copied into
+    every method's own cache and journal, so all methods start from the same trials."""
+    args = [
+        "problem=ml_stacking",
+        f"results_dir={tmp_path / 'results'}",
+        f"work_dir={tmp_path / 'work'}",
+        "methods=[eeipu,random]",
+        "n_init=2",
+        "--smoke",
+    ]
+    assert suite.main(args) == 0
+    assert "2 runs to do, 0 cached" in capsys.readouterr().out
+    raw = tmp_path / "results" / "raw" / "ml_stacking"
+    warm = json.loads((raw / "warmup-seed0.json").read_text())["records"]
+    assert len(warm) == 2
+    for m in ("eeipu", "random"):
+        run = json.loads((raw / f"{m}-seed0.json").read_text())
+        # The first n_init trials are the shared warm-up, measured once.
+        assert [t["cost"] for t in run["trials"][:2]] == [sum(r["costs"].values()) for r in warm]
+        assert (tmp_path / "work" / "ml_stacking" / "seed0" / m / "studies").is_dir()
+    assert (tmp_path / "results" / "ml_stacking.png").exists()
+    assert "| eeipu |" in (tmp_path / "results" / "ml_stacking.md").read_text()

@@ -1,0 +1,71 @@
+"""``ask`` with trials pending (parallel studies) and ``add_prior`` (warm start)."""
+
+from __future__ import annotations
+
+import pytest
+
+from eeipu import Optimizer, SearchSpace, TellError
+from stages.simulate import simulate
+from stages.synthetic import SyntheticProblem
+
+FAST = {
+    "num_restarts": 2,
+    "raw_samples": 32,
+    "prefix_raw_samples": 16,
+    "prefix_restarts": 1,
+    "mc_samples": 128,
+    "maxiter": 30,
+}
+
+
+def _space(problem: SyntheticProblem) -> SearchSpace:
+    return SearchSpace.from_dict(problem.space_dict())
+
+
+def _told(seed: int = 0, budget: float = 40.0) -> Optimizer:
+    problem = SyntheticProblem()
+    opt = Optimizer(_space(problem), budget=budget, n_init=3, seed=seed, method_options=FAST)
+    simulate(opt, problem, max_trials=8)
+    return opt
+
+
+def test_priors_train_the_models_but_are_not_this_studys_trials():
+    old = _told()
+    new = Optimizer(old.space, budget=30.0, n_init=2, seed=1, method_options=FAST)
+    for t in old.trials:
+        new.add_prior(t.params, t.objective, t.costs, t.cached)
+    assert len(new.priors) == len(old.trials) and new.trials == []
+    assert new.spent == 0.0 and new.warmup_spent is None and new.best_trial is None
+    first = new.ask()
+    assert first.number == 0 and first.origin == "warmup"  # the warm-up still runs
+    new.tell(first, objective=1.0, costs={s: 1.0 for s in new.space.stages})
+    new.tell(new.ask(), objective=2.0, costs={s: 1.0 for s in new.space.stages})
+    assert new.warmup_spent == pytest.approx(6.0)  # only this study's two trials
+    guided = new.ask()
+    assert guided.origin == "eeipu"
+    # The priors' cached prefixes are in the pool (the history view knows their stages).
+    pool = new._observations(new._history_view, guided.number + 1).prefixes
+    prior_prefixes = {str(p.params) for p in pool}
+    assert any(str({"prep": t.params["prep"]}) in prior_prefixes for t in old.trials)
+    with pytest.raises(TellError, match="cost must be a finite number"):
+        new.add_prior(old.trials[0].params, 1.0, {s: -1.0 for s in new.space.stages})
+    assert len(new.priors) == len(old.trials)
+
+
+def test_ask_with_pending_trials_fantasizes_them_and_pools_their_prefixes():
+    opt = _told(budget=1000.0)
+    a = opt.ask()
+    b = opt.ask()  # `a` is pending: believed at the GP mean, not proposed again
+    assert a.params != b.params and {t.number for t in opt.pending} == {a.number, b.number}
+    obs = opt._observations(opt._history_view, b.number + 1)
+    assert obs.X.shape[0] == len(opt.trials) + 2  # two fantasy rows
+    pooled = [p.params for p in obs.prefixes]
+    stages = opt.space.stages
+    # A pending trial's prefixes count as about to be cached (unless others rank above).
+    assert any(p == {stages[0]: a.params[stages[0]]} for p in pooled) or len(pooled) == 8
+
+
+def test_no_pending_no_priors_is_the_sequential_optimizer():
+    # Same seed, same tells: identical proposals (the parallel code paths stay idle).
+    x, y = _told(seed=3), _told(seed=3)
+    assert x.ask().params == y.ask().params

@@ -1,0 +1,75 @@
+"""A synthetic pipeline for fault-injection tests: every computation is logged.
+
+Each stage sleeps a little (so a kill lands inside trials), then runs the synthetic stage.
+Before computing, it appends one JSON line to ``log``: the stage, its Merkle key, the time
+and whether that key was already committed in the store. A stored stage that is computed
+again shows up as ``"stored": true``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import replace
+from typing import Any
+
+from prefect.context import TaskRunContext
+
+from stages import Pipeline, merkle_key, synthetic_pipeline
+
+
+def crashy_pipeline(log: str, cache: str, sleep: float = 0.15, seed: int = 0) -> Pipeline:
+    base = synthetic_pipeline(seed=seed)
+    stages = [
+        replace(s, func=_logged(s.name, s.version, s.func, log, cache, sleep)) for s in base.stages
+    ]
+    return Pipeline(stages, load_cost=base.load_cost)
+
+
+def _logged(name: str, version: str, func: Any, log: str, cache: str, sleep: float) -> Any:
+    def run(**kwargs: Any) -> Any:
+        ctx = TaskRunContext.get()
+        key = merkle_key(name, version, ctx.parameters["params"], ctx.parameters["input_keys"])
+        line = {
+            "stage": name,
+            "key": key,
+            "t": time.time(),
+            "pid": os.getpid(),
+            "stored": os.path.exists(os.path.join(cache, "meta", f"{key}.json")),
+        }
+        with open(log, "a") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        time.sleep(sleep)
+        return func(**kwargs)
+
+    run.__name__ = run.__qualname__ = f"crashy_{name}"
+    return run
+
+
+def faulty_pipeline(flaky_dir: str, nan_above: float = 4.0, seed: int = 0) -> Pipeline:
+    """The synthetic pipeline with two faults: the first attempt of every ``train``
+    computation raises (a flaky stage that a retry heals), and the objective is NaN
+    whenever ``finetune.x0 > nan_above`` (a bad result)."""
+    base = synthetic_pipeline(seed=seed)
+    train, finetune = base.stages[1], base.stages[2]
+
+    def flaky(**kwargs: Any) -> Any:
+        ctx = TaskRunContext.get()
+        key = merkle_key(
+            "train", train.version, ctx.parameters["params"], ctx.parameters["input_keys"]
+        )
+        marker = os.path.join(flaky_dir, key)
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise ConnectionError(f"flaky: first attempt of {key[:8]}")
+        return train.func(**kwargs)
+
+    def nan_sink(**kwargs: Any) -> Any:
+        out = finetune.func(**kwargs)
+        return replace(out, value=float("nan")) if kwargs["x0"] > nan_above else out
+
+    stages = [base.stages[0], replace(train, func=flaky), replace(finetune, func=nan_sink)]
+    return Pipeline(stages, load_cost=base.load_cost)

@@ -1,0 +1,85 @@
+"""Bad input, tried systematically through the CLI entry point (Hydra's main, in process):
+each case exits non-zero with one line that names the key and the rule, and writes nothing
+outside the output folder (no cache, no journal, no flow run)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.flows.test_tune import ROOT
+
+CASES = [
+    # --- study settings
+    (["budget=-1"], "error: `budget` must be a positive number, but got -1"),
+    (["budget=lots"], "error: `budget` must be a positive number, but got 'lots'"),
+    (["budget=null"], "error: `budget` is required but missing"),
+    (["n_init=0"], "error: `n_init` must be a positive integer, but got 0"),
+    (["n_init=2.5"], "error: `n_init` must be a positive integer, but got 2.5"),
+    (["seed=-3"], "error: `seed` must be >= 0, but got -3"),
+    (["study=a b"], "error: `study` must be 1-100 letters"),
+    (["retries=-2"], "error: `retries` must be >= 0"),
+    (["retry_delay_seconds=-1"], "error: `retry_delay_seconds` must be >= 0, but got -1"),
+    (["max_trials=0"], "error: `max_trials` must be a positive integer, but got 0"),
+    (["continue_on_failure=maybe"], "error: `continue_on_failure` must be true or false"),
+    (["max_failures_in_a_row=0"], "error: `max_failures_in_a_row` must be a positive integer"),
+    # --- search spaces
+    (
+        ["pipeline.space.train.x1.high=-1"],
+        "error: `pipeline.space`: `low < high` must hold, but got low=0.0, high=-1 "
+        "(stage 'train', parameter 'x1')",
+    ),
+    (["pipeline.space.prep.x0.type=double"], "`type` must be one of"),
+    (["+pipeline.space.prep.x0.log=true"], "(stage 'prep', parameter 'x0')"),
+    (["+pipeline.space.ghost={x: {type: float, low: 0, high: 1}}"], "unknown stage(s) ['ghost']"),
+    (
+        ["~pipeline.space.prep.x0", "+pipeline.space.prep.x0={type: categorical, choices: []}"],
+        "(stage 'prep', parameter 'x0')",
+    ),
+    (["pipeline.direction=up"], "error: `pipeline.direction` must be 'maximize' or 'minimize'"),
+    # --- pipelines
+    (["pipeline=nope"], "Could not find 'pipeline/nope'"),
+    (["pipeline.target=stages.nothing_here"], "error: `pipeline.target` must name an importable"),
+    (["+pipeline.kwargs.fail_stage=zz"], "`fail_stage` must be one of"),
+    (["+pipeline.kwargs.bogus=1"], "error: `pipeline.kwargs` do not fit stages.synthetic_pipeline"),
+    # --- optimizer
+    (["optimizer=nope"], "Could not find 'optimizer/nope'"),
+    (["+optimizer.options.num_restarts=0"], "`num_restarts` must be a positive integer, but got 0"),
+    (["+optimizer.options.bogus=1"], "bad options for method 'eeipu'"),
+    (["optimizer.max_prefixes=-1"], "error: `optimizer.max_prefixes` must be >= 0, but got -1"),
+    # --- storage
+    (["storage=nope"], "Could not find 'storage/nope'"),
+    (["storage=s3", "storage.url=???"], "error: `storage.url` is required but missing"),
+    (["storage=s3", "storage.url=s3://Bad_Bucket/x"], "`storage.url` must look like s3://bucket"),
+    (["storage.max_bytes=lots"], "error: `storage.max_bytes` must be a positive size"),
+    (["storage.retry_seconds=-1"], "error: `storage.retry_seconds` must be >= 0, but got -1"),
+    # --- CLI overrides
+    (["bogus_key=1"], "Could not override 'bogus_key'"),
+    (["budget"], "Error parsing override 'budget'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_input_exits_nonzero_with_one_line(args, message, tmp_path, monkeypatch, capsys):
+    from flows.tune import main
+
+    monkeypatch.chdir(tmp_path)
+    storage = [] if any(a.startswith("storage") for a in args) else ["storage.url=cache"]
+    monkeypatch.setattr(
+        sys, "argv", ["flows.tune", f"--config-path={ROOT / 'conf'}", *args, *storage]
+    )
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code not in (0, None)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if message in line]
+    assert lines, err[-2000:]
+    assert "Traceback" not in err
+    written = {p.relative_to(tmp_path).parts[0] for p in Path(tmp_path).rglob("*")}
+    assert written <= {"outputs"}, f"wrote {written} outside the output folder"
+
+
+def test_the_table_is_wide_enough():
+    assert len(CASES) >= 20

@@ -1,0 +1,54 @@
+"""Failing stages and bad results: retried, recorded as failed with their cost, avoided."""
+
+from __future__ import annotations
+
+import math
+
+from tests.flows.test_tune import journal, run_study
+
+
+def test_flaky_stage_is_retried_and_nan_objective_is_a_failed_trial(prefect_harness, tmp_path):
+    flaky = tmp_path / "flaky"
+    flaky.mkdir()
+    result = run_study(
+        tmp_path,
+        "study=faults",
+        "budget=45",
+        "n_init=4",
+        "retries=1",
+        "pipeline.target=tests.flows.crashy.faulty_pipeline",
+        f"+pipeline.kwargs.flaky_dir={flaky}",
+        "+pipeline.kwargs.nan_above=0.0",
+    )
+    records = journal(tmp_path, "faults")
+    # Every `train` computation failed once (a marker per key) and the retry healed it.
+    assert len(list(flaky.iterdir())) >= len(records) // 2
+    assert not [r for r in records if r["error"] and "flaky" in r["error"]]
+    # A NaN objective is a failed trial with its cost counted; the study went on.
+    bad = [r for r in records if r["state"] == "failed"]
+    assert bad and all(r["error"] == "objective is nan" for r in bad)
+    assert all(r["objective"] is None and math.isfinite(sum(r["costs"].values())) for r in bad)
+    assert all(r["params"]["finetune"]["x0"] > 0.0 for r in bad)
+    assert records[-1]["number"] > bad[0]["number"]
+    assert result.spent >= 45.0
+    assert math.isclose(result.spent, sum(sum(r["costs"].values()) for r in records))
+
+
+def test_a_stage_failing_every_time_stops_the_study_after_n_in_a_row(prefect_harness, tmp_path):
+    from flows.study import StudyFailed
+
+    try:
+        run_study(
+            tmp_path,
+            "study=always",
+            "max_failures_in_a_row=3",
+            "+pipeline.kwargs.fail_stage=prep",
+            "+pipeline.kwargs.fail_above=-100",
+        )
+    except StudyFailed as exc:
+        message = str(exc)
+    else:
+        raise AssertionError("the study should have stopped")
+    assert "3 trials failed in a row (max_failures_in_a_row)" in message
+    assert "injected failure" in message and "\n" not in message
+    assert [r["state"] for r in journal(tmp_path, "always")] == ["failed"] * 3
