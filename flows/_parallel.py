@@ -37,9 +37,7 @@ from typing import Any
 
 from prefect import flow, tags
 from prefect.artifacts import (
-    create_markdown_artifact,
     create_progress_artifact,
-    create_table_artifact,
     update_progress_artifact,
 )
 
@@ -47,19 +45,16 @@ from eeipu import Trial, TrialState
 from flows._config import StudyConfig
 from flows._outputs import (
     artifact_key,
-    best_markdown,
     best_so_far,
     progress_line,
-    trial_rows,
-    write_outputs,
 )
 from flows.study import (
-    StudyFailed,
     StudyResult,
     _config_from,
     _logger,
     _say,
     _store,
+    finish_study,
     prepare,
     trial_flow,
 )
@@ -295,40 +290,4 @@ def _tell(opt: Any, store: Store, cfg: StudyConfig, item: _InFlight, state: Any)
 
 
 def _finish(cfg: StudyConfig, opt: Any, records: list, journal: Any, failure: str | None):
-    paths = write_outputs(
-        cfg.output_dir, cfg.study, records, cfg.pipeline.direction, opt.warmup_spent
-    )
-    create_table_artifact(
-        key=artifact_key(cfg.study, "trials"),
-        table=trial_rows(records, cfg.pipeline.direction),
-        description=f"Trials of study {cfg.study}",
-    )
-    best = opt.best_trial
-    create_markdown_artifact(
-        key=artifact_key(cfg.study, "best"),
-        markdown=best_markdown(
-            cfg.study, None if best is None else best.to_dict(), opt.spent, len(records)
-        ),
-        description=f"Best configuration of study {cfg.study}",
-    )
-    if failure is not None:
-        raise StudyFailed(
-            f"study {cfg.study!r} stopped: {failure} ({len(records)} trials are in the journal "
-            f"at {journal.url}; fix the stage and re-run the same command to resume, or set "
-            "continue_on_failure=true)"
-        )
-    _say(
-        _logger(),
-        cfg,
-        f"done: {len(records)} trials on {cfg.parallel} workers, spent {opt.spent:.4g}/"
-        f"{cfg.budget:g}; best " + ("-" if best is None else f"{best.objective:.6g}"),
-    )
-    return StudyResult(
-        study=cfg.study,
-        n_trials=len(records),
-        spent=opt.spent,
-        best_objective=None if best is None else best.objective,
-        best_params=None if best is None else best.params,
-        outputs={k: str(v) for k, v in paths.items()},
-        journal_url=journal.url,
-    )
+    return finish_study(cfg, opt, records, journal, failure, workers=cfg.parallel)

@@ -310,6 +310,21 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     except StoreUnavailable as exc:
         # Not the trial's fault: stop (nothing told is lost) and resume later.
         failure, hint = str(exc), "the study resumes from there"
+    return finish_study(cfg, opt, records, journal, failure, journaled=journaled, hint=hint)
+
+
+def finish_study(
+    cfg: StudyConfig,
+    opt: Optimizer,
+    records: list[dict[str, Any]],
+    journal: StudyJournal,
+    failure: str | None,
+    *,
+    journaled: int | None = None,
+    hint: str = "fix the stage and re-run the same command to resume",
+    workers: int | None = None,
+) -> StudyResult:
+    """Write outputs and artifacts, then raise :class:`StudyFailed` or return the result."""
     paths = write_outputs(
         cfg.output_dir, cfg.study, records, cfg.pipeline.direction, opt.warmup_spent
     )
@@ -328,15 +343,18 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     )
     if failure is not None:
         raise StudyFailed(
-            f"study {cfg.study!r} stopped: {failure} ({journaled} trials are in the journal "
+            f"study {cfg.study!r} stopped: {failure} "
+            f"({len(records) if journaled is None else journaled} trials are in the journal "
             f"at {journal.url}; {hint}"
             + ("" if cfg.continue_on_failure else ", or set continue_on_failure=true")
             + ")"
         )
     _say(
-        run_logger,
+        _logger(),
         cfg,
-        f"done: {len(records)} trials, spent {opt.spent:.4g}/{cfg.budget:g}; best "
+        f"done: {len(records)} trials"
+        + (f" on {workers} workers" if workers else "")
+        + f", spent {opt.spent:.4g}/{cfg.budget:g}; best "
         + ("-" if best is None else f"{best.objective:.6g} (trial {best.number})")
         + f"; outputs in {cfg.output_dir}",
     )

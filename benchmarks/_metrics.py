@@ -1,0 +1,146 @@
+"""Metrics of the benchmark suite, as plain functions of raw runs (tested by hand).
+
+A *run* is one (method, seed) study: a dict with ``trials`` (in telling order, each with
+``cost`` and ``objective``, None when failed), ``n_init``, ``budget`` and ``direction``.
+
+Definitions (the report states them too):
+
+* candidates: trials the loop ran, i.e. every trial started while budget was left (the last
+  one may overshoot the budget by at most its own cost: the optimizer's stopping rule).
+  ``candidates_post`` counts those after the shared warm-up.
+* improvement: best objective at the end of the budget minus best objective at the end of
+  the warm-up, in the direction of the objective (>= 0). The warm-up is shared per seed, so
+  every method starts from the same best.
+* cost to target: cumulative cost at the first trial whose objective reaches the target
+  (None when it never does).
+* relative gain of A over B (Essofi et al. 2024, "+103% candidates, +108% improvement"):
+  ``100 * (mean_s A_s - mean_s B_s) / mean_s B_s``, means over the seeds both ran (the gain
+  of the seed-averaged metrics; a per-seed ratio is undefined when B improved 0 on a seed).
+  Against the mean of the baselines, B_s is replaced by the mean over baselines of B_s.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "best_curve",
+    "bootstrap_diff",
+    "bootstrap_gain",
+    "cost_to_target",
+    "mean_std",
+    "relative_gain",
+    "run_metrics",
+]
+
+
+def _sign(run: Mapping[str, Any]) -> float:
+    return 1.0 if run.get("direction", "maximize") == "maximize" else -1.0
+
+
+def _best(trials: Sequence[Mapping[str, Any]], sign: float) -> float | None:
+    ys = [t["objective"] for t in trials if t["objective"] is not None]
+    return max(ys, key=lambda y: sign * y) if ys else None
+
+
+def run_metrics(run: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-run metrics: candidates (total, after warm-up), warm-up best, final best,
+    improvement, spent, cache hits after warm-up, mean ask seconds after warm-up."""
+    trials, n_init, sign = run["trials"], int(run["n_init"]), _sign(run)
+    warm, post = trials[:n_init], trials[n_init:]
+    y0, y1 = _best(warm, sign), _best(trials, sign)
+    improvement = None if y0 is None or y1 is None else sign * (y1 - y0)
+    asks = [t["seconds"] for t in post if t.get("seconds") is not None]
+    return {
+        "candidates": len(trials),
+        "candidates_post": len(post),
+        "warmup_best": y0,
+        "final_best": y1,
+        "improvement": improvement,
+        "spent": sum(t["cost"] for t in trials),
+        "warmup_spent": sum(t["cost"] for t in warm),
+        "hits_post": sum(1 for t in post if t.get("n_cached", 0) > 0),
+        "ask_seconds": sum(asks) / len(asks) if asks else None,
+    }
+
+
+def best_curve(run: Mapping[str, Any], grid: Sequence[float]) -> list[float]:
+    """Best objective seen by cumulative cost ``g`` for each ``g`` in ``grid`` (NaN before
+    the first complete trial)."""
+    sign = _sign(run)
+    points, spent, best = [], 0.0, None
+    for t in run["trials"]:
+        spent += t["cost"]
+        y = t["objective"]
+        if y is not None and (best is None or sign * y > sign * best):
+            best = y
+        points.append((spent, best))
+    out, i, current = [], 0, math.nan
+    for g in grid:
+        while i < len(points) and points[i][0] <= g:
+            current = math.nan if points[i][1] is None else points[i][1]
+            i += 1
+        out.append(current)
+    return out
+
+
+def cost_to_target(run: Mapping[str, Any], target: float) -> float | None:
+    """Cumulative cost at the first trial whose objective reaches ``target`` (None: never)."""
+    sign, spent = _sign(run), 0.0
+    for t in run["trials"]:
+        spent += t["cost"]
+        if t["objective"] is not None and sign * t["objective"] >= sign * target:
+            return spent
+    return None
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value); NaN for none."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return math.nan, math.nan
+    m = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def relative_gain(ref: Sequence[float], other: Sequence[float]) -> float:
+    """``100 * (mean(ref) - mean(other)) / mean(other)``: the gain of the seed means (NaN
+    when ``mean(other)`` is not positive, e.g. a baseline that never improved)."""
+    if not ref or len(ref) != len(other):
+        raise ValueError(f"need paired, non-empty values, but got {len(ref)} and {len(other)}")
+    a, b = sum(ref) / len(ref), sum(other) / len(other)
+    return 100.0 * (a - b) / b if b > 0 else math.nan
+
+
+def bootstrap_gain(
+    ref: Sequence[float], other: Sequence[float], n: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """5th and 95th percentiles of :func:`relative_gain` over seeds resampled in pairs."""
+    if len(ref) < 2:
+        return math.nan, math.nan
+    rng = random.Random(seed)
+    k = len(ref)
+    gains = []
+    for _ in range(n):
+        idx = [rng.randrange(k) for _ in range(k)]
+        g = relative_gain([ref[i] for i in idx], [other[i] for i in idx])
+        gains.append(g if not math.isnan(g) else math.inf)
+    gains.sort()
+    return gains[int(0.05 * (n - 1))], gains[int(0.95 * (n - 1))]
+
+
+def bootstrap_diff(
+    ref: Sequence[float], other: Sequence[float], n: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """5th and 95th percentiles of ``mean(ref - other)`` over seeds resampled in pairs."""
+    if len(ref) != len(other) or len(ref) < 2:
+        return math.nan, math.nan
+    rng = random.Random(seed)
+    d = [a - b for a, b in zip(ref, other, strict=True)]
+    means = sorted(sum(d[rng.randrange(len(d))] for _ in range(len(d))) / len(d) for _ in range(n))
+    return means[int(0.05 * (n - 1))], means[int(0.95 * (n - 1))]

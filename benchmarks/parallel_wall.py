@@ -1,0 +1,128 @@
+"""Wall time of a study with ``parallel=2`` (two process workers) against ``parallel=1``,
+on the synthetic pipeline whose stages sleep their simulated cost
+(``stages.slept:slept_synthetic_pipeline``).
+
+Starts its own ``prefect server`` (127.0.0.1, temporary home) and two process workers on a
+fresh pool, then runs the same study (same seed, budget and fresh local cache) once per
+``parallel`` value through the real CLI and prints trials, spent budget and wall time.
+
+    .venv/bin/python benchmarks/parallel_wall.py --scale 1.0 --budget 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", type=float, default=1.0, help="seconds slept per cost unit")
+    parser.add_argument("--budget", type=float, default=60.0)
+    parser.add_argument("--n-init", type=int, default=4)
+    parser.add_argument("--parallel", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="eeipu-bench-"))
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+        PREFECT_WORKER_QUERY_SECONDS="1",
+    )
+    subprocess.run([PREFECT, "server", "database", "upgrade", "-y"], env=env, check=True)
+    procs = [
+        subprocess.Popen(
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{api}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        env["PREFECT_API_URL"] = api
+        for _ in range(2):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        PREFECT,
+                        "worker",
+                        "start",
+                        "--pool",
+                        "bench",
+                        "--type",
+                        "process",
+                        "--limit",
+                        "1",
+                    ],
+                    env=env,
+                    cwd=ROOT,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        print(f"scale {args.scale} s/unit, budget {args.budget:g}, n_init {args.n_init}")
+        print("parallel  trials  spent  wall_s  workers")
+        for n in args.parallel:
+            cache = home / f"cache-{n}"
+            cmd = [
+                sys.executable,
+                "-m",
+                "flows.tune",
+                "pipeline.target=stages.slept:slept_synthetic_pipeline",
+                f"+pipeline.kwargs.scale={args.scale}",
+                f"budget={args.budget}",
+                f"n_init={args.n_init}",
+                f"parallel={n}",
+                "work_pool=bench",
+                f"study=wall-p{n}",
+                f"storage.url={cache}",
+                "progress=false",
+            ]
+            t0 = time.time()
+            proc = subprocess.run(cmd, env=env, cwd=home, capture_output=True, text=True)
+            wall = time.time() - t0
+            if proc.returncode != 0:
+                print(proc.stderr[-3000:])
+                raise SystemExit(f"parallel={n} failed")
+            folder = cache / "studies" / f"wall-p{n}" / "trials"
+            recs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+            spent = sum(sum(r["costs"].values()) for r in recs)
+            workers = len({r.get("worker") for r in recs if r.get("worker")})
+            print(f"{n:8d}  {len(recs):6d}  {spent:5.1f}  {wall:6.1f}  {workers}", flush=True)
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    main()
