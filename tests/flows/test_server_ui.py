@@ -117,7 +117,15 @@ def study_run(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> 
         "PREFECT_API_URL": f"{prefect_server}/api",
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.tune", *FAST, f"study={STUDY}", f"storage.url={work}/c"],
+        [
+            sys.executable,
+            "-m",
+            "flows.tune",
+            *FAST,
+            f"study={STUDY}",
+            f"storage.url={work}/c",
+            f"hydra.run.dir={work}/out",  # keep the repository's outputs/ untouched
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
