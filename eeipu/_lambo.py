@@ -74,8 +74,8 @@ from eeipu._methods import (
     Observations,
     Prefix,
     Proposal,
-    _tensors_from_json,
-    _tensors_to_json,
+    WarmStartState,
+    check_positive_ints,
     register_method,
 )
 from eeipu._models import fit_gp, gp_hyperparameters
@@ -301,7 +301,7 @@ def choose_arm(state: BanditState, H: int, rng: torch.Generator) -> int:
 
 
 # ---------------------------------------------------------------------- the method
-class LaMBO(Method):
+class LaMBO(WarmStartState, Method):
     """Lazy modular BO: a slowly moving bandit over a cost-shaped tree of upstream regions,
     LogEI maximized inside the chosen region (see the module docstring).
 
@@ -337,16 +337,14 @@ class LaMBO(Method):
         prefix_raw_samples: int = 64,
         mc_samples: int = 1024,
     ) -> None:
-        for name, v in (
-            ("num_restarts", num_restarts),
-            ("raw_samples", raw_samples),
-            ("maxiter", maxiter),
-            ("prefix_restarts", prefix_restarts),
-            ("prefix_raw_samples", prefix_raw_samples),
-            ("mc_samples", mc_samples),
-        ):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise OptimizerError(f"`{name}` must be a positive integer, but got {v!r}")
+        check_positive_ints(
+            num_restarts=num_restarts,
+            raw_samples=raw_samples,
+            maxiter=maxiter,
+            prefix_restarts=prefix_restarts,
+            prefix_raw_samples=prefix_raw_samples,
+            mc_samples=mc_samples,
+        )
         if lr is not None and not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
             raise OptimizerError(f"`lr` must be None or a positive number, but got {lr!r}")
         if depth is not None and (
@@ -374,12 +372,6 @@ class LaMBO(Method):
         #: What the last proposal chose (arm, its box, the previous arm, kept stages), for
         #: inspection and tests; rebuilt every ask, never read back.
         self.last_choice: dict[str, Any] = {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"init": _tensors_to_json(self._init)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._init = _tensors_from_json(state.get("init", {}))
 
     def tree(self, obs: Observations) -> RegionTree:
         """The region tree for these observations (its depths follow the measured costs)."""

@@ -143,6 +143,27 @@ class Method(ABC):
         """Restore what :meth:`state_dict` returned (stateless methods ignore it)."""
 
 
+def check_positive_ints(**options: Any) -> None:
+    """Raise :class:`OptimizerError` naming the first option that is not an integer >= 1."""
+    for name, v in options.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise OptimizerError(f"`{name}` must be a positive integer, but got {v!r}")
+
+
+class WarmStartState:
+    """Carry-over state of a method that warm-starts its GP fits: ``self._init`` holds the
+    previous ask's hyperparameters, saved and restored as strict JSON (see
+    :meth:`Method.state_dict`)."""
+
+    _init: dict[str, Any]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"init": _tensors_to_json(self._init)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._init = _tensors_from_json(state.get("init", {}))
+
+
 METHODS: dict[str, Callable[..., Method]] = {}
 
 
@@ -175,7 +196,7 @@ class RandomSearch(Method):
         return Proposal(torch.rand(obs.space.dim, generator=obs.rng, dtype=torch.double))
 
 
-class CostAwareEI(Method):
+class CostAwareEI(WarmStartState, Method):
     """LogEI, optionally per unit expected cost, optionally cooled and memoization-aware.
 
     With ``memoize=True`` the candidates are generated over the prefix pool: the empty
@@ -227,16 +248,14 @@ class CostAwareEI(Method):
             raise OptimizerError("`memoize=True` needs per-stage costs (cost='stage')")
         if load_eps is not None and not (load_eps > 0 and math.isfinite(load_eps)):
             raise OptimizerError(f"`load_eps` must be a positive number, but got {load_eps!r}")
-        for name, v in (
-            ("num_restarts", num_restarts),
-            ("raw_samples", raw_samples),
-            ("prefix_restarts", prefix_restarts),
-            ("prefix_raw_samples", prefix_raw_samples),
-            ("mc_samples", mc_samples),
-            ("maxiter", maxiter),
-        ):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise OptimizerError(f"`{name}` must be a positive integer, but got {v!r}")
+        check_positive_ints(
+            num_restarts=num_restarts,
+            raw_samples=raw_samples,
+            prefix_restarts=prefix_restarts,
+            prefix_raw_samples=prefix_raw_samples,
+            mc_samples=mc_samples,
+            maxiter=maxiter,
+        )
         self.cost = cost
         self.cooling = cooling
         self.memoize = memoize
@@ -251,12 +270,6 @@ class CostAwareEI(Method):
         self.maxiter = maxiter
         self.warm_start = warm_start
         self._init: dict[str, Any] = {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"init": _tensors_to_json(self._init)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._init = _tensors_from_json(state.get("init", {}))
 
     # ------------------------------------------------------------------ models
     def _fit_objective(self, obs: Observations):

@@ -48,13 +48,12 @@ from botorch.utils.safe_math import log_fatplus, logmeanexp
 from botorch.utils.transforms import t_batch_mode_transform
 from torch import Tensor
 
-from eeipu._errors import OptimizerError
 from eeipu._methods import (
     Method,
     Observations,
     Proposal,
-    _tensors_from_json,
-    _tensors_to_json,
+    WarmStartState,
+    check_positive_ints,
     register_method,
 )
 from eeipu._models import _Predictor, fit_gp, gp_hyperparameters
@@ -130,7 +129,7 @@ class CascadeLogEI(AcquisitionFunction):
         return logmeanexp(log_imp, dim=-1) + math.log(self.scale)
 
 
-class CascadeBO(Method):
+class CascadeBO(WarmStartState, Method):
     """MS-BO (cascade BO): one GP per stage on (x_k, y_{k-1}), MC-propagated EI.
 
     EI rather than the paper's credible-interval (UCB-like) acquisition: EI is what every
@@ -157,16 +156,14 @@ class CascadeBO(Method):
         prefix_restarts: int = 2,
         prefix_raw_samples: int = 64,
     ) -> None:
-        for name, v in (
-            ("num_restarts", num_restarts),
-            ("raw_samples", raw_samples),
-            ("mc_samples", mc_samples),
-            ("maxiter", maxiter),
-            ("prefix_restarts", prefix_restarts),
-            ("prefix_raw_samples", prefix_raw_samples),
-        ):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise OptimizerError(f"`{name}` must be a positive integer, but got {v!r}")
+        check_positive_ints(
+            num_restarts=num_restarts,
+            raw_samples=raw_samples,
+            mc_samples=mc_samples,
+            maxiter=maxiter,
+            prefix_restarts=prefix_restarts,
+            prefix_raw_samples=prefix_raw_samples,
+        )
         self.num_restarts = num_restarts
         self.raw_samples = raw_samples
         self.mc_samples = mc_samples
@@ -175,12 +172,6 @@ class CascadeBO(Method):
         self._init: dict[str, Any] = {}
         #: Whether the last proposal used the cascade (False: the single-GP fallback).
         self.cascade_used: bool | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"init": _tensors_to_json(self._init)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._init = _tensors_from_json(state.get("init", {}))
 
     # ------------------------------------------------------------------ models
     def _fit(self, key: str, X: Tensor, Y: Tensor):

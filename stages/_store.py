@@ -77,6 +77,14 @@ def _modified(entry: Mapping[str, Any]) -> float:
     return value.timestamp() if hasattr(value, "timestamp") else float(value)
 
 
+def _sizes(payloads: Mapping[str, list[tuple[str, int, float]]]) -> dict[str, tuple[int, float]]:
+    """``{key: (total bytes, newest modification)}`` of :meth:`Store._payloads`."""
+    return {
+        key: (sum(size for _, size, _ in files), max(mtime for _, _, mtime in files))
+        for key, files in payloads.items()
+    }
+
+
 def _check_key(key: str) -> str:
     # Keys become file names; refuse anything that could escape the store's folders.
     if not key or any(c in key for c in "/\\") or key.startswith("."):
@@ -277,19 +285,7 @@ class Store:
         Includes payloads without a committed sidecar (an interrupted write, the loser of two
         writers of one key); their bytes count too.
         """
-        try:
-            entries = self._retry(self.fs.ls, f"{self.root}/data", detail=True)
-        except FileNotFoundError:
-            return {}
-        out: dict[str, tuple[int, float]] = {}
-        for e in entries:
-            base = str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
-            if base.startswith(".") or e.get("type") == "directory":
-                continue
-            key = base.split(".", 1)[0]
-            size, modified = out.get(key, (0, 0.0))
-            out[key] = (size + int(e.get("size") or 0), max(modified, _modified(e)))
-        return out
+        return _sizes(self._payloads())
 
     def evict(
         self, max_bytes: int, value: Mapping[str, float], protect: Iterable[str] = ()
@@ -300,7 +296,8 @@ class Store:
         ``-inf``), oldest first among equals. ``protect`` lists keys that must stay (a
         trial in flight). Returns the evicted keys.
         """
-        usage = self.usage()
+        payloads = self._payloads()
+        usage = _sizes(payloads)
         total = sum(size for size, _ in usage.values())
         if total <= max_bytes:
             return []
@@ -313,21 +310,29 @@ class Store:
         for key in order:
             if total <= max_bytes:
                 break
-            self.delete(key)
-            for path in self._payload_files(key):
+            # Sidecar first (the entry stops existing), then every payload file of the key.
+            for path in [self.meta_path(key)] + [path for path, _, _ in payloads[key]]:
                 with contextlib.suppress(FileNotFoundError):
                     self._retry(self.fs.rm_file, path)
             total -= usage[key][0]
             evicted.append(key)
         return evicted
 
-    def _payload_files(self, key: str) -> list[str]:
+    def _payloads(self) -> dict[str, list[tuple[str, int, float]]]:
+        """``{key: [(path, bytes, last modified), ...]}`` from one listing of ``data/``."""
         try:
-            names = self._retry(self.fs.ls, f"{self.root}/data", detail=False)
+            entries = self._retry(self.fs.ls, f"{self.root}/data", detail=True)
         except FileNotFoundError:
-            return []
-        prefix = f"{key}."
-        return [str(n) for n in names if str(n).rstrip("/").rsplit("/", 1)[-1].startswith(prefix)]
+            return {}
+        out: dict[str, list[tuple[str, int, float]]] = {}
+        for e in entries:
+            base = str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
+            if base.startswith(".") or e.get("type") == "directory":
+                continue
+            out.setdefault(base.split(".", 1)[0], []).append(
+                (str(e["name"]), int(e.get("size") or 0), _modified(e))
+            )
+        return out
 
     # ------------------------------------------------------------------ side files
     def write_file(self, relpath: str, content: bytes) -> None:

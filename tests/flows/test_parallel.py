@@ -14,29 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[2]
-FAST = [
-    "n_init=3",
-    "+optimizer.options.num_restarts=2",
-    "+optimizer.options.raw_samples=32",
-    "+optimizer.options.prefix_raw_samples=16",
-    "+optimizer.options.prefix_restarts=1",
-    "+optimizer.options.mc_samples=128",
-    "+optimizer.options.maxiter=30",
-]
+from tests.flows.test_tune import OPTIMIZER_FAST, ROOT, composed
+
+FAST = ["n_init=3", *OPTIMIZER_FAST]
 
 pytestmark = pytest.mark.slow
-
-
-def composed(*overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    cfg = OmegaConf.to_container(cfg, resolve=False)
-    cfg["output_dir"] = None
-    return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)
 
 
 @pytest.fixture

@@ -21,21 +21,12 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.flows.test_tune import OPTIMIZER_FAST, ROOT
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 STUDY = "ui-demo"
-FAST = [
-    "n_init=3",
-    "budget=25",
-    "max_trials=5",
-    "+optimizer.options.num_restarts=2",
-    "+optimizer.options.raw_samples=32",
-    "+optimizer.options.prefix_raw_samples=16",
-    "+optimizer.options.prefix_restarts=1",
-    "+optimizer.options.mc_samples=128",
-    "+optimizer.options.maxiter=30",
-]
+FAST = ["n_init=3", "budget=25", "max_trials=5", *OPTIMIZER_FAST]
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,8 @@ from flows import ConfigError, StudyConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = str(ROOT / "conf")
-FAST = [
-    "budget=40",
-    "n_init=3",
+# Small optimizer settings: tests check the machinery, not the quality of the proposals.
+OPTIMIZER_FAST = [
     "+optimizer.options.num_restarts=2",
     "+optimizer.options.raw_samples=32",
     "+optimizer.options.prefix_raw_samples=16",
@@ -26,18 +25,17 @@ FAST = [
     "+optimizer.options.mc_samples=128",
     "+optimizer.options.maxiter=30",
 ]
+FAST = ["budget=40", "n_init=3", *OPTIMIZER_FAST]
 
 
-def composed(*overrides: str) -> dict:
+def composed(*overrides: str, config: str = "config") -> dict:
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=False)
+        cfg = compose(config, overrides=list(overrides), return_hydra_config=False)
     cfg = OmegaConf.to_container(cfg, resolve=False)
     cfg["output_dir"] = None  # ${hydra:...} only resolves inside a Hydra run
-    from omegaconf import OmegaConf as OC
-
-    return OC.to_container(OC.create(cfg), resolve=True)
+    return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)
 
 
 def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 300):
