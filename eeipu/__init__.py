@@ -23,6 +23,7 @@ from eeipu._methods import (
     Prefix,
     Proposal,
     RandomSearch,
+    batched_lbfgs_available,
     make_method,
     register_method,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "TellError",
     "Trial",
     "TrialState",
+    "batched_lbfgs_available",
     "cached_prefix",
     "canonical_json",
     "cooling_eta",

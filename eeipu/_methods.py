@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from botorch.acquisition import AcquisitionFunction
 from botorch.exceptions.warnings import OptimizationWarning
+from botorch.generation import gen as botorch_gen
 from botorch.generation.gen import gen_candidates_scipy
 from torch import Tensor
 from torch.quasirandom import SobolEngine
@@ -51,6 +52,7 @@ __all__ = [
     "Prefix",
     "Proposal",
     "RandomSearch",
+    "batched_lbfgs_available",
     "make_method",
     "register_method",
 ]
@@ -202,8 +204,11 @@ class CostAwareEI(WarmStartState, Method):
     With ``memoize=True`` the candidates are generated over the prefix pool: the empty
     prefix plus each cached prefix, whose dimensions are fixed to the cached values while
     the rest is optimized, charging the cached stages their load cost (δ = prefix length).
-    All prefixes are optimized in one batched multi-start L-BFGS run (each start carries its
-    prefix and δ), which costs about one ``optimize_acqf`` call instead of one per prefix.
+    The raw starts of all prefixes are screened in one batched call. Where BoTorch's
+    parallel L-BFGS-B is available, all prefixes are then optimized in one batched run (each
+    start carries its prefix); elsewhere (e.g. scipy >= 1.18) each prefix gets its own
+    multi-start run with its columns as scalar ``fixed_features``, which BoTorch supports on
+    every path. The best point over the pool wins.
 
     Args:
         cost: ``None`` (plain EI), ``"total"`` (one GP on total log cost) or ``"stage"``
@@ -321,20 +326,28 @@ class CostAwareEI(WarmStartState, Method):
         pool: list[Prefix | None] = [None]
         if self.memoize:
             pool += [p for p in obs.prefixes if obs.space.prefix_dim(p.n_stages) < d]
-        # One row per prefix: the fixed values (first prefix_dim columns) and δ.
-        values = torch.zeros(len(pool), d, dtype=torch.double)
-        n_cached = torch.zeros(len(pool), dtype=torch.long)
-        n_fixed = torch.zeros(len(pool), dtype=torch.long)
-        for i, prefix in enumerate(pool):
-            if prefix is not None:
-                n_fixed[i] = obs.space.prefix_dim(prefix.n_stages)
-                values[i, : n_fixed[i]] = prefix.x
-                n_cached[i] = prefix.n_stages
         acq = self.acquisition(obs)
+        starts = self._starts(obs, acq, pool)
+        if batched_lbfgs_available(self.maxiter):
+            ranked = self._optimize_batched(acq, pool, starts, obs.space)
+        else:
+            ranked = []
+            for prefix, ics in zip(pool, starts, strict=True):
+                X, vals = self._optimize(acq, prefix, ics, obs.space)
+                ranked += [Proposal(x, prefix, float(v)) for x, v in zip(X, vals, strict=True)]
+        ranked.sort(key=lambda p: p.acq_value, reverse=True)
+        return replace(ranked[0], alternatives=tuple(ranked[1:]))
 
-        # Screen raw Sobol points of every prefix in one batch; keep the best as starts.
+    def _starts(
+        self, obs: Observations, acq: LogEIPerCost, pool: list[Prefix | None]
+    ) -> list[Tensor]:
+        """L-BFGS starts for each prefix of the pool (``k_i x 1 x d`` each): the best of its
+        raw Sobol points, its fixed columns set to the cached values. The raw points of the
+        whole pool are screened in one batched acquisition call."""
+        d = obs.space.dim
         raw_n = [self.raw_samples] + [self.prefix_raw_samples] * (len(pool) - 1)
         keep_n = [self.num_restarts] + [self.prefix_restarts] * (len(pool) - 1)
+        values, n_fixed, n_cached = _pool_tensors(pool, obs.space)
         sobol = SobolEngine(d, scramble=True, seed=obs.seed).draw(max(raw_n), dtype=torch.double)
         owner = torch.cat([torch.full((n,), i) for i, n in enumerate(raw_n)])  # R
         raw = torch.cat([sobol[:n] for n in raw_n])  # R x d
@@ -346,31 +359,73 @@ class CostAwareEI(WarmStartState, Method):
         starts = []
         for i, k in enumerate(keep_n):
             idx = (owner == i).nonzero().squeeze(-1)
-            starts.append(idx[raw_values[idx].topk(min(k, idx.numel())).indices])
-        start_idx = torch.cat(starts)  # B
+            best = idx[raw_values[idx].topk(min(k, idx.numel())).indices]
+            starts.append(raw[best].unsqueeze(-2))  # k x 1 x d
+        return starts
 
-        # One batched multi-start L-BFGS run for the whole pool. Each start carries the
-        # index of its prefix in an extra input column that BoTorch holds fixed (per-start
-        # `fixed_features` values, which BoTorch re-indexes as starts converge); the wrapper
-        # reads it to force that prefix's columns and charge its δ.
-        B = start_idx.numel()
+    def _optimize_batched(
+        self,
+        acq: LogEIPerCost,
+        pool: list[Prefix | None],
+        starts: list[Tensor],
+        space: SearchSpace,
+    ) -> list[Proposal]:
+        """All prefixes in ONE batched multi-start L-BFGS run (BoTorch's parallel L-BFGS-B,
+        about one call's cost instead of one per prefix). Each start carries the index of its
+        prefix in an extra input column, held by per-start tensor ``fixed_features`` (which
+        BoTorch documents for its parallel mode only); :class:`_PrefixPool` reads it to force
+        that prefix's columns and charge its δ."""
+        d = space.dim
+        values, n_fixed, n_cached = _pool_tensors(pool, space)
+        owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(starts)])  # B
+        ics = torch.cat(starts).squeeze(-2)  # B x d
+        ics = torch.cat([ics, owner.unsqueeze(-1).to(ics)], dim=-1)  # B x (d + 1)
         wrapped = _PrefixPool(acq, values, n_fixed, n_cached)
-        ics = torch.cat([raw[start_idx], owner[start_idx].unsqueeze(-1).to(raw)], dim=-1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizationWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
             X, vals = gen_candidates_scipy(
                 initial_conditions=ics.unsqueeze(-2),  # B x 1 x (d + 1)
                 acquisition_function=wrapped,
-                lower_bounds=torch.cat([torch.zeros(d), torch.zeros(1)]).to(raw),
-                upper_bounds=torch.cat([torch.ones(d), torch.full((1,), len(pool))]).to(raw),
+                lower_bounds=torch.zeros(d + 1, dtype=ics.dtype),
+                upper_bounds=torch.cat([torch.ones(d), torch.full((1,), len(pool))]).to(ics),
                 options={"maxiter": self.maxiter},
-                fixed_features={d: owner[start_idx].to(raw)},
+                fixed_features={d: owner.to(ics)},
+                use_parallel_mode=True,
             )
-        X = wrapped.resolve(X.detach()).reshape(B, d)
-        order = vals.argsort(descending=True).tolist()
-        ranked = [Proposal(X[j], pool[int(owner[start_idx][j])], float(vals[j])) for j in order]
-        return replace(ranked[0], alternatives=tuple(ranked[1:]))
+        X = wrapped.resolve(X.detach()).reshape(-1, d)
+        return [Proposal(X[j], pool[int(owner[j])], float(vals[j])) for j in range(owner.numel())]
+
+    def _optimize(
+        self, acq: LogEIPerCost, prefix: Prefix | None, ics: Tensor, space: SearchSpace
+    ) -> tuple[Tensor, Tensor]:
+        """Multi-start L-BFGS from ``ics`` (``k x 1 x d``) with the prefix's columns held at
+        their cached values and its δ stages charged as cached. Returns ``k x d`` points and
+        their ``k`` acquisition values.
+
+        Each prefix is its own ``gen_candidates_scipy`` call with scalar ``fixed_features``,
+        which BoTorch supports on every path: batched L-BFGS where its scipy allows it, else
+        one summed scipy problem. (Per-start tensor ``fixed_features`` only work on the
+        batched path, which BoTorch turns off for scipy >= 1.18.)
+        """
+        d = space.dim
+        fixed: dict[int, float] = {}
+        acq.n_cached = 0
+        if prefix is not None:
+            fixed = {j: float(v) for j, v in enumerate(prefix.x.tolist())}
+            acq.n_cached = prefix.n_stages
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizationWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            X, vals = gen_candidates_scipy(
+                initial_conditions=ics,
+                acquisition_function=acq,
+                lower_bounds=torch.zeros(d, dtype=ics.dtype),
+                upper_bounds=torch.ones(d, dtype=ics.dtype),
+                options={"maxiter": self.maxiter},
+                fixed_features=fixed or None,
+            )
+        return X.detach().reshape(-1, d), vals.detach().reshape(-1)
 
 
 def _tensors_to_json(obj: Any) -> Any:
@@ -400,6 +455,20 @@ def _tensors_from_json(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_tensors_from_json(v) for v in obj]
     return obj
+
+
+def _pool_tensors(pool: list[Prefix | None], space: SearchSpace) -> tuple[Tensor, Tensor, Tensor]:
+    """The pool as tensors: ``P x d`` fixed values (first ``n_fixed`` columns of each row),
+    ``P`` numbers of fixed columns and ``P`` numbers of cached stages δ."""
+    values = torch.zeros(len(pool), space.dim, dtype=torch.double)
+    n_fixed = torch.zeros(len(pool), dtype=torch.long)
+    n_cached = torch.zeros(len(pool), dtype=torch.long)
+    for i, prefix in enumerate(pool):
+        if prefix is not None:
+            n_fixed[i] = space.prefix_dim(prefix.n_stages)
+            values[i, : n_fixed[i]] = prefix.x
+            n_cached[i] = prefix.n_stages
+    return values, n_fixed, n_cached
 
 
 class _PrefixPool(AcquisitionFunction):
@@ -432,6 +501,15 @@ class _PrefixPool(AcquisitionFunction):
         Xd, idx = self._split(X)
         self.acq.n_cached = self.n_cached[idx]
         return self.acq(Xd)
+
+
+def batched_lbfgs_available(maxiter: int = 200) -> bool:
+    """Whether BoTorch can run our multi-start L-BFGS-B as a batch of separate problems
+    (its parallel mode, which takes per-start ``fixed_features``). BoTorch turns it off for
+    scipy versions it has not tested (e.g. scipy >= 1.18 in BoTorch 0.18)."""
+    return not botorch_gen.get_reasons_against_fast_path(
+        method="L-BFGS-B", with_grad=True, minimize_options={"maxiter": maxiter}, timeout_sec=None
+    )
 
 
 register_method("random")(RandomSearch)
