@@ -1,25 +1,68 @@
 # Two commands on a fresh machine: `make run` (the main tuning job) and `make test`.
-# Both create the virtual environment and install the project on first use.
-PY ?= $(shell command -v python3.11 || command -v python3)
+# Both create the virtual environment(s) and install the project on first use.
+#
+# Environments (all installed with uv, which pip bootstraps into .venv):
+#   .venv         Python 3.11, newest dependencies pyproject admits: `make run`, the full suite
+#   .venv-3.12    Python 3.12, newest dependencies: tests/eeipu and tests/stages
+#   .venv-3.13    Python 3.13, newest dependencies: tests/eeipu and tests/stages
+#   .venv-oldest  Python 3.11, the LOWEST version of every direct dependency: tests/eeipu,
+#                 tests/stages and the in-process CLI tests (checks pyproject's lower bounds)
+# Interpreters are found by tools/find-python (PATH, pyenv, /usr/bin); name one with
+# PY311=/path/to/python3.11 (likewise PY312, PY313). EXTRA_PYTHONS= skips 3.12 and 3.13.
+#
+# torch is not pinned beyond pyproject's range: on Linux x86_64 PyPI serves the CUDA build
+# (several GB of NVIDIA libraries; README "Install"). UV_TORCH_BACKEND=cpu asks uv for
+# PyTorch's CPU build instead, where PyTorch's own index can be reached.
+export UV_PYTHON_DOWNLOADS := never
+export UV_LINK_MODE := hardlink
+
+FIND_PYTHON := tools/find-python
+PY311 ?= $(shell $(FIND_PYTHON) 3.11)
+PY312 ?= $(shell $(FIND_PYTHON) 3.12)
+PY313 ?= $(shell $(FIND_PYTHON) 3.13)
+EXTRA_PYTHONS ?= 3.12 3.13
+UV_VERSION := 0.13.9
+
 VENV := .venv
 BIN := $(VENV)/bin
+UV := $(BIN)/uv
 STAMP := $(VENV)/.installed-stamp
+CORE_TESTS := tests/eeipu tests/stages
+# Hydra/Prefect at their lowest versions: the CLI's bad-input table runs in process.
+OLDEST_TESTS := $(CORE_TESTS) tests/flows/test_bad_input.py
 
-.PHONY: run test lint install clean browser server worker
+.PHONY: run test test-main test-oldest $(addprefix test-,$(EXTRA_PYTHONS)) lint install \
+	clean browser server worker
 
 # Debian's Chromium and ChromeDriver for the browser test (tests/flows/test_server_ui.py).
 CHROMIUM := /usr/bin/chromium
 CHROMEDRIVER := /usr/bin/chromedriver
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
+# Stop with tools/find-python's message when an interpreter is missing.
+need_python = @test -n "$(1)" || { $(FIND_PYTHON) $(2); exit 1; }
+show_versions = @$(1)/bin/python -c 'import sys, scipy, botorch, torch; \
+	print("python", sys.version.split()[0], "scipy", scipy.__version__, \
+	"botorch", botorch.__version__, "torch", torch.__version__)'
+
 $(STAMP): pyproject.toml
-	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "eeipu needs Python >= 3.11, found " + sys.version.split()[0])'
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# CPU torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(call need_python,$(PY311),3.11)
+	rm -rf $(VENV)
+	$(PY311) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
+	$(UV) pip install -q -p $(BIN)/python -e '.[dev]'
 	touch $(STAMP)
+
+.venv-%/.installed-stamp: pyproject.toml $(STAMP)
+	$(call need_python,$(PY$(subst .,,$*)),$*)
+	$(UV) venv -q --clear -p $(PY$(subst .,,$*)) .venv-$*
+	$(UV) pip install -q -p .venv-$*/bin/python -e '.[dev]'
+	touch $@
+
+.venv-oldest/.installed-stamp: pyproject.toml $(STAMP)
+	$(UV) venv -q --clear -p $(PY311) .venv-oldest
+	$(UV) pip install -q -p .venv-oldest/bin/python --resolution lowest-direct -e '.[dev]'
+	touch $@
 
 install: $(STAMP)
 
@@ -31,8 +74,23 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: lint browser
+# The whole suite on 3.11, the core suites on 3.12/3.13 (newest dependencies) and on the
+# oldest dependencies pyproject admits.
+test: test-main $(addprefix test-,$(EXTRA_PYTHONS)) test-oldest
+
+test-main: lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+define core_tests
+test-$(1): .venv-$(1)/.installed-stamp
+	$$(call show_versions,.venv-$(1))
+	.venv-$(1)/bin/python -m pytest -p no:cacheprovider $$(CORE_TESTS) $$(PYTEST_ARGS)
+endef
+$(foreach v,$(EXTRA_PYTHONS),$(eval $(call core_tests,$(v))))
+
+test-oldest: .venv-oldest/.installed-stamp
+	$(call show_versions,.venv-oldest)
+	.venv-oldest/bin/python -m pytest -p no:cacheprovider $(OLDEST_TESTS) $(PYTEST_ARGS)
 
 browser:
 	@if [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; then \
@@ -49,4 +107,4 @@ worker: $(STAMP)
 	$(BIN)/prefect worker start --pool $(or $(POOL),eeipu) --type process --limit 1
 
 clean:
-	rm -rf $(VENV) outputs multirun .eeipu
+	rm -rf $(VENV) .venv-3.* .venv-oldest outputs multirun .eeipu

@@ -8,7 +8,7 @@ import io
 import json
 import os
 import re
-import tempfile
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -98,14 +98,22 @@ def best_markdown(study: str, best: dict[str, Any] | None, spent: float, n_trial
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``.
+
+    The temporary file is created with mode 0o666 and the kernel applies the umask (and any
+    default ACL), so the output gets the mode a plain ``open()`` would give it.
+    ``tempfile.mkstemp`` would create it 0o600; reading the umask to fix that up would mean
+    setting it (``os.umask`` is process-wide, so racing every other thread's file creation).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -55,6 +55,7 @@ from flows.study import (
     _say,
     _store,
     finish_study,
+    more_to_run,
     prepare,
     trial_flow,
 )
@@ -187,8 +188,7 @@ def run_parallel_study(cfg: StudyConfig) -> StudyResult:
         n = len(records) + len(in_flight) + len(held)
         return (
             failure is None
-            and not opt.done
-            and (cfg.max_trials is None or n < cfg.max_trials)
+            and more_to_run(cfg, opt, n)
             and len(in_flight) + len(held) < cfg.parallel
         )
 

@@ -54,7 +54,9 @@ __all__ = [
     "StudyFailed",
     "StudyResult",
     "build_pipeline",
+    "more_to_run",
     "prepare",
+    "report_finished",
     "run_study",
     "trial_flow",
     "tune_flow",
@@ -217,6 +219,31 @@ def prepare(cfg: StudyConfig) -> tuple[Pipeline, Store, Optimizer, StudyJournal]
     return pipeline, store, opt, journal
 
 
+def more_to_run(cfg: StudyConfig, opt: Optimizer, n_trials: int) -> bool:
+    """Whether the study may ask another trial: budget left and fewer than ``max_trials``."""
+    return not opt.done and (cfg.max_trials is None or n_trials < cfg.max_trials)
+
+
+def report_finished(
+    cfg: StudyConfig, opt: Optimizer, records: list[dict[str, Any]], journal: StudyJournal
+) -> StudyResult:
+    """Answer for a study with nothing left to run, from its replayed journal.
+
+    Writes the outputs and prints the summary that a finished run does, without a flow run
+    or any call to the Prefect API (so no server starts): the run that spent the budget has
+    made the study's artifacts.
+    """
+    reason = f"budget {cfg.budget:g} spent" if opt.done else f"max_trials={cfg.max_trials} reached"
+    _say(
+        _logger(),
+        cfg,
+        f"study {cfg.study!r}: nothing left to run ({reason}); raise `budget` or `max_trials`, "
+        "or set `extra_budget`, to continue it",
+    )
+    workers = cfg.parallel if cfg.parallel > 1 else None
+    return finish_study(cfg, opt, records, journal, None, workers=workers, artifacts=False)
+
+
 def run_study(cfg: StudyConfig) -> StudyResult:
     run_logger = _logger()
     pipeline, store, opt, journal = prepare(cfg)
@@ -240,7 +267,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     hint = "fix the stage and re-run the same command to resume"
     journaled = len(records)
     try:
-        while not opt.done and (cfg.max_trials is None or len(records) < cfg.max_trials):
+        while more_to_run(cfg, opt, len(records)):
             t0 = time.time()
             trial = opt.ask(cache=StoreCacheView(pipeline, store))
             state = opt.state_dict()
@@ -323,24 +350,27 @@ def finish_study(
     journaled: int | None = None,
     hint: str = "fix the stage and re-run the same command to resume",
     workers: int | None = None,
+    artifacts: bool = True,
 ) -> StudyResult:
-    """Write outputs and artifacts, then raise :class:`StudyFailed` or return the result."""
+    """Write outputs and (with ``artifacts``) the Prefect artifacts, then raise
+    :class:`StudyFailed` or return the result."""
     paths = write_outputs(
         cfg.output_dir, cfg.study, records, cfg.pipeline.direction, opt.warmup_spent
     )
-    create_table_artifact(
-        key=artifact_key(cfg.study, "trials"),
-        table=trial_rows(records, cfg.pipeline.direction),
-        description=f"Trials of study {cfg.study}",
-    )
     best = opt.best_trial
-    create_markdown_artifact(
-        key=artifact_key(cfg.study, "best"),
-        markdown=best_markdown(
-            cfg.study, None if best is None else best.to_dict(), opt.spent, len(records)
-        ),
-        description=f"Best configuration of study {cfg.study}",
-    )
+    if artifacts:
+        create_table_artifact(
+            key=artifact_key(cfg.study, "trials"),
+            table=trial_rows(records, cfg.pipeline.direction),
+            description=f"Trials of study {cfg.study}",
+        )
+        create_markdown_artifact(
+            key=artifact_key(cfg.study, "best"),
+            markdown=best_markdown(
+                cfg.study, None if best is None else best.to_dict(), opt.spent, len(records)
+            ),
+            description=f"Best configuration of study {cfg.study}",
+        )
     if failure is not None:
         raise StudyFailed(
             f"study {cfg.study!r} stopped: {failure} "

@@ -1,8 +1,9 @@
 """The Hydra entry point: ``python -m flows.tune [overrides]``.
 
 Composes ``conf/config.yaml``, validates it into a :class:`flows.StudyConfig`, and runs the
-controller flow on Prefect (the embedded server unless ``PREFECT_API_URL`` is set). Bad
-input exits non-zero with a one-line ``error:`` message.
+controller flow on Prefect (the embedded server unless ``PREFECT_API_URL`` is set); a study
+with nothing left to run is answered from its journal, without Prefect. Bad input exits
+non-zero with a one-line ``error:`` message.
 """
 
 from __future__ import annotations
@@ -25,19 +26,28 @@ __all__ = ["main", "run"]
 
 
 def run(cfg_dict: dict) -> object:
-    """Validate a plain config dict and run the study flow (heartbeat disabled)."""
+    """Validate a plain config dict and run the study flow (heartbeat disabled).
+
+    A study with nothing left to run (budget spent, ``max_trials`` reached) is answered from
+    its journal: outputs and summary, but no flow run and no Prefect server start.
+    """
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from flows._config import StudyConfig
     from flows._warm import resolve_budget
-    from flows.study import _store, prepare, tune_flow
+    from flows.study import _store, more_to_run, prepare, report_finished, tune_flow
 
     cfg = StudyConfig.from_mapping(cfg_dict)
     cfg = resolve_budget(cfg, _store(cfg))  # extra_budget: continue with more budget
     # Fail fast on bad input, before any flow run exists. This also registers the Store:
     # storage.options may hold credentials, which go into this process's Store and never
     # into flow parameters (cfg.to_dict() leaves them out).
-    prepare(cfg)
+    _, _, opt, journal = prepare(cfg)
+    records = journal.replay(opt)
+    if not more_to_run(cfg, opt, len(records)):
+        # The flow would only replay the journal and stop; answering here saves starting
+        # Prefect's temporary server (~10 s) and a flow run that does nothing.
+        return report_finished(cfg, opt, records, journal)
     # The heartbeat thread makes every flow run wait ~1 s at exit: one per trial subflow.
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         return tune_flow.with_options(flow_run_name=cfg.study)(cfg.to_dict())

@@ -36,6 +36,7 @@ from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.registry import known_implementations
 
 from stages._errors import StoreError, StoreUnavailable
 
@@ -85,6 +86,27 @@ def _sizes(payloads: Mapping[str, list[tuple[str, int, float]]]) -> dict[str, tu
     }
 
 
+def _cause(exc: BaseException) -> str:
+    """``Type: first line of the message``, for one-line errors."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}"
+
+
+def _filesystem(url: str, protocol: str, options: Mapping[str, Any]) -> tuple[Any, str]:
+    """``fsspec.core.url_to_fs``, with one-line errors for an unknown protocol or a protocol
+    whose package is not installed (fsspec's registry names the package to install)."""
+    if "::" not in url and protocol not in fsspec.available_protocols():
+        raise StoreError(
+            f"cannot use storage {url}: fsspec knows no protocol {protocol!r}; use a local "
+            "folder, s3://bucket/prefix or another fsspec URL"
+        )
+    try:
+        return fsspec.core.url_to_fs(url, **options)
+    except ImportError as exc:
+        hint = known_implementations.get(protocol, {}).get("err") or str(exc)
+        raise StoreError(f"cannot use storage {url}: {hint} ({exc.__cause__ or exc})") from exc
+
+
 def _check_key(key: str) -> str:
     # Keys become file names; refuse anything that could escape the store's folders.
     if not key or any(c in key for c in "/\\") or key.startswith("."):
@@ -105,6 +127,10 @@ class Store:
             with exponential backoff (0.25 s doubling up to 8 s), before it raises
             :class:`StoreUnavailable` naming the endpoint. Errors that retrying cannot fix
             (a missing object, refused credentials) are raised at once.
+
+    Raises:
+        StoreError: When fsspec knows no such protocol, or the package it needs for the
+            protocol is not installed (the message names it, e.g. ``gcsfs`` for ``gs://``).
 
     Example:
         >>> import tempfile
@@ -140,7 +166,7 @@ class Store:
             # Another process may write at any time: never answer from a stale listing.
             options.setdefault("use_listings_cache", False)
         self.url = url.rstrip("/")
-        self.fs, root = fsspec.core.url_to_fs(self.url, **options)
+        self.fs, root = _filesystem(self.url, protocol, options)
         self.root = root.rstrip("/")
         self._atomic_rename = isinstance(self.fs, LocalFileSystem)
         # Digests and run facts waiting for the sidecar write (see stages._prefect).
@@ -262,21 +288,21 @@ class Store:
             StoreError: Naming the URL and endpoint (never credentials) and the cause.
         """
         where = self.url + (f" (endpoint {self.endpoint})" if self.endpoint else "")
-        try:
-            if self._atomic_rename:
+        if self._atomic_rename:
+            try:
                 self.fs.makedirs(self.root, exist_ok=True)
-                return
-            bucket = self.root.split("/", 1)[0]
+            except OSError as exc:
+                raise StoreError(f"cannot use storage {where}: {_cause(exc)}") from exc
+            return
+        bucket = self.root.split("/", 1)[0]
+        try:
             self.fs.ls(bucket, detail=False)
         except FileNotFoundError as exc:
             raise StoreError(
                 f"storage {where}: bucket {bucket!r} does not exist; create it first"
             ) from exc
         except Exception as exc:
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            raise StoreError(
-                f"cannot reach storage {where}: {type(exc).__name__}: {first}"
-            ) from exc
+            raise StoreError(f"cannot reach storage {where}: {_cause(exc)}") from exc
 
     # ------------------------------------------------------------------ size and eviction
     def usage(self) -> dict[str, tuple[int, float]]:
@@ -368,10 +394,9 @@ class Store:
                 waited = time.monotonic() - start
                 if waited + delay > self.retry_seconds:
                     where = self.url + (f" (endpoint {self.endpoint})" if self.endpoint else "")
-                    first = str(exc).splitlines()[0] if str(exc) else ""
                     raise StoreUnavailable(
                         f"storage {where} is unavailable: {attempt} attempts over "
-                        f"{waited:.0f}s failed ({type(exc).__name__}: {first}); re-run the "
+                        f"{waited:.0f}s failed ({_cause(exc)}); re-run the "
                         "same command to resume once it is back"
                     ) from exc
                 logger.warning(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fsspec.registry import known_implementations
 
 from tests.flows.test_tune import ROOT
 
@@ -55,6 +56,13 @@ CASES = [
     (["storage=s3", "storage.url=s3://Bad_Bucket/x"], "`storage.url` must look like s3://bucket"),
     (["storage.max_bytes=lots"], "error: `storage.max_bytes` must be a positive size"),
     (["storage.retry_seconds=-1"], "error: `storage.retry_seconds` must be >= 0, but got -1"),
+    (["storage.url=/proc/forbidden/x"], "error: cannot use storage /proc/forbidden/x: "),
+    (["storage.url=bogus://x"], "error: cannot use storage bogus://x: fsspec knows no protocol"),
+    # the install hint is fsspec's own (its registry names the package each protocol needs)
+    (
+        ["storage.url=gs://bucket/x"],
+        f"error: cannot use storage gs://bucket/x: {known_implementations['gs']['err']}",
+    ),
     # --- CLI overrides
     (["bogus_key=1"], "Could not override 'bogus_key'"),
     (["budget"], "Error parsing override 'budget'"),
@@ -66,6 +74,7 @@ def test_bad_input_exits_nonzero_with_one_line(args, message, tmp_path, monkeypa
     from flows.tune import main
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "gcsfs", None)  # the gs:// case: gcsfs is not installed
     storage = [] if any(a.startswith("storage") for a in args) else ["storage.url=cache"]
     monkeypatch.setattr(
         sys, "argv", ["flows.tune", f"--config-path={ROOT / 'conf'}", *args, *storage]
@@ -76,6 +85,9 @@ def test_bad_input_exits_nonzero_with_one_line(args, message, tmp_path, monkeypa
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if message in line]
     assert lines, err[-2000:]
+    if message.startswith("error: "):
+        assert info.value.code == 2
+        assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
     assert "Traceback" not in err
     written = {p.relative_to(tmp_path).parts[0] for p in Path(tmp_path).rglob("*")}
     assert written <= {"outputs"}, f"wrote {written} outside the output folder"

@@ -220,6 +220,40 @@ def test_cli_multirun_two_studies_share_one_cache(tmp_path, api_env):
     assert json.loads(ei[0].read_text())["cached"] == ["prep", "train", "finetune"]
 
 
+def test_cli_rerun_of_a_finished_study_answers_from_the_journal(tmp_path, api_env):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    def study_runs() -> int:
+        with get_client(sync_client=True) as client:
+            flt = FlowRunFilter(name=FlowRunFilterName(any_=["fin"]))
+            return len(client.read_flow_runs(flow_run_filter=flt))
+
+    args = [*FAST, "study=fin", "budget=100", f"storage.url={tmp_path / 'cache'}"]
+    first = cli(*args, "max_trials=2", env=api_env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    folder = tmp_path / "cache" / "studies" / "fin"
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    (tmp_path / "outputs" / "fin" / "results.csv").unlink()
+
+    # Nothing left to run: answered without any Prefect API call (none is reachable here),
+    # so no server start and no flow run; the journal is untouched, the outputs rewritten.
+    down = {**api_env, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    again = cli(*args, "max_trials=2", env=down, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "study 'fin': nothing left to run (max_trials=2 reached)" in again.stderr
+    done = [line for line in again.stderr.splitlines() if line.startswith("done:")]
+    assert done == [line for line in first.stderr.splitlines() if line.startswith("done:")]
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert (tmp_path / "outputs" / "fin" / "results.csv").read_text().count("\n") == 3
+    assert study_runs() == 1
+
+    # Something left to run (a larger max_trials): the flow runs as before.
+    more = cli(*args, "max_trials=3", env=api_env, cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert len(journal(tmp_path, "fin")) == 3 and study_runs() == 2
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -1,8 +1,10 @@
-"""The fsspec store on a local folder (no Prefect needed)."""
+"""The fsspec store on a local folder or in memory (no Prefect needed)."""
 
 from __future__ import annotations
 
 import json
+import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,30 @@ def test_relative_url_is_made_absolute(tmp_path, monkeypatch):
     store = Store()
     assert store.url == str(tmp_path / ".eeipu" / "cache")
     assert repr(store) == f"Store({store.url!r})"
+
+
+def test_another_installed_fsspec_protocol_works():
+    # memory:// is built into fsspec: no package to install, and no bucket to create.
+    store = Store(f"memory://eeipu-{uuid.uuid4().hex}/cache")
+    store.check()
+    store.write("k1", b"hello", {"cost": 1.0})
+    assert store.keys() == {"k1"} and store.read("k1") == b"hello"
+    store.write_file("studies/s/study.json", b"{}")
+    assert store.list_files("studies/s") == ["study.json"]
+
+
+def test_unusable_storage_fails_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gcsfs", None)  # as if gcsfs were not installed
+    with pytest.raises(StoreError, match=r"^cannot use storage gs://b/x: ") as info:
+        Store("gs://b/x")
+    assert "gcsfs" in str(info.value) and "\n" not in str(info.value)
+    assert isinstance(info.value.__cause__, ImportError)
+    with pytest.raises(StoreError, match="fsspec knows no protocol 'nope'"):
+        Store("nope://b/x")
+    (tmp_path / "file").write_text("")
+    store = Store(tmp_path / "file" / "cache")
+    with pytest.raises(StoreError, match=r"^cannot use storage .*/file/cache: \w+Error: "):
+        store.check()
 
 
 def test_corrupt_payload_is_detected(tmp_path):
