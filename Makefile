@@ -2,21 +2,24 @@
 # Both create the virtual environment(s) and install the project on first use.
 #
 # Environments (all installed with uv, which pip bootstraps into .venv):
-#   .venv         Python 3.11, newest dependencies pyproject admits: `make run`, the full suite
+#   .venv         Python 3.11 (else 3.13, 3.12), newest dependencies: `make run`, the full suite
 #   .venv-3.12    Python 3.12, newest dependencies: tests/eeipu and tests/stages
 #   .venv-3.13    Python 3.13, newest dependencies: tests/eeipu and tests/stages
 #   .venv-oldest  Python 3.11, the LOWEST version of every direct dependency: tests/eeipu,
 #                 tests/stages and the in-process CLI tests (checks pyproject's lower bounds)
 # Interpreters are found by tools/find-python (PATH, pyenv, /usr/bin); name one with
-# PY311=/path/to/python3.11 (likewise PY312, PY313). EXTRA_PYTHONS= skips 3.12 and 3.13.
+# PY=/path/to/python for .venv, PY311, PY312, PY313 for the others. EXTRA_PYTHONS= skips
+# 3.12 and 3.13.
 #
 # torch is not pinned beyond pyproject's range: on Linux x86_64 PyPI serves the CUDA build
-# (several GB of NVIDIA libraries; README "Install"). UV_TORCH_BACKEND=cpu asks uv for
+# (several GB of NVIDIA libraries; README "Set-up"). UV_TORCH_BACKEND=cpu asks uv for
 # PyTorch's CPU build instead, where PyTorch's own index can be reached.
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := hardlink
 
 FIND_PYTHON := tools/find-python
+# The main environment prefers 3.11 (the oldest supported) and takes 3.13 or 3.12 without it.
+PY ?= $(shell $(FIND_PYTHON) 3.11 3.13 3.12)
 PY311 ?= $(shell $(FIND_PYTHON) 3.11)
 PY312 ?= $(shell $(FIND_PYTHON) 3.12)
 PY313 ?= $(shell $(FIND_PYTHON) 3.13)
@@ -46,9 +49,9 @@ show_versions = @$(1)/bin/python -c 'import sys, scipy, botorch, torch; \
 	"botorch", botorch.__version__, "torch", torch.__version__)'
 
 $(STAMP): pyproject.toml
-	$(call need_python,$(PY311),3.11)
+	$(call need_python,$(PY),3.11 3.13 3.12)
 	rm -rf $(VENV)
-	$(PY311) -m venv $(VENV)
+	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
 	$(UV) pip install -q -p $(BIN)/python -e '.[dev]'
 	touch $(STAMP)
@@ -60,6 +63,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 .venv-oldest/.installed-stamp: pyproject.toml $(STAMP)
+	$(call need_python,$(PY311),3.11)
 	$(UV) venv -q --clear -p $(PY311) .venv-oldest
 	$(UV) pip install -q -p .venv-oldest/bin/python --resolution lowest-direct -e '.[dev]'
 	touch $@

@@ -26,6 +26,13 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
+# absl (imported by rouge-score in the t5_distill stages) creates its log handler on the
+# sys.stderr of the moment it is first imported. Inside a test that is pytest's capture
+# stream, and when Hydra's logging.config.dictConfig (tests/flows) later closes the old
+# handlers, absl's close() closes that stream too unless it is the current sys.stderr: pytest
+# then dies with "lost sys.stderr". Importing it here binds it to the session's own stream.
+import absl.logging  # noqa: E402, F401
+
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
