@@ -5,7 +5,7 @@
     .venv/bin/python -m benchmarks.suite problem=ml_stacking seeds=3
     .venv/bin/python -m benchmarks.suite problem=synthetic3 --smoke    # seconds, temp dir
 
-Arguments are Hydra overrides of ``conf/benchmark/config.yaml`` (group ``problem/``).
+Arguments are Hydra overrides of ``benchmarks/conf/config.yaml`` (group ``problem/``).
 
 * Synthetic problems (``stages.synthetic.VARIANTS``) run in process through
   :func:`stages.simulate.simulate` (the optimizer's own ask/tell loop, exact simulated
@@ -44,8 +44,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from flows.conf import CONFIG_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf" / "benchmark"
+CONF = ROOT / "benchmarks" / "conf"
 
 __all__ = ["SuiteError", "load_config", "main", "run_suite"]
 
@@ -56,7 +58,7 @@ class SuiteError(ValueError):
 
 # ---------------------------------------------------------------------- configuration
 def load_config(overrides: Sequence[str]) -> dict[str, Any]:
-    """Compose ``conf/benchmark/config.yaml`` with ``overrides`` into a plain, checked dict;
+    """Compose ``benchmarks/conf/config.yaml`` with ``overrides`` into a plain, checked dict;
     ``smoke=true`` applies ``smoke_settings`` (explicit overrides still win)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -263,12 +265,12 @@ def _run_synthetic_jobs(jobs: list[dict[str, Any]], workers: int) -> Iterator[di
 def _study_config(
     cfg: Mapping[str, Any], method: str, seed: int, storage: Path, study: str, max_trials: int
 ) -> dict[str, Any]:
-    """A flows.tune config dict, composed from ``conf/config.yaml`` like the CLI does."""
+    """A flows.tune config dict, composed from ``flows/conf/config.yaml`` like the CLI does."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     problem = cfg["problem"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         composed = compose(
             "config",
             overrides=[f"pipeline={problem['pipeline']}", f"size={problem['size']}"],
@@ -546,7 +548,7 @@ def run_suite(cfg: Mapping[str, Any], command: str) -> tuple[Path, Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.suite",
-        description="Run the benchmark suite (Hydra overrides of conf/benchmark/config.yaml).",
+        description="Run the benchmark suite (Hydra overrides of benchmarks/conf/config.yaml).",
     )
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. problem=synthetic3 seeds=10")
     parser.add_argument("--smoke", action="store_true", help="same as smoke=true")

@@ -1,6 +1,6 @@
 """Serve the tuning flow on a cron schedule: ``python -m flows.serve [overrides]``.
 
-Composes ``conf/serve.yaml`` (``conf/config.yaml`` plus ``cron``, ``deployment``,
+Composes ``flows/conf/serve.yaml`` (``flows/conf/config.yaml`` plus ``cron``, ``deployment``,
 ``extra_budget`` and ``concurrency_limit``), checks the study configuration, registers the
 controller flow ``eeipu-study`` as a deployment with that schedule on the Prefect server at
 ``PREFECT_API_URL``, and runs the scheduled runs in this process until stopped (Ctrl-C).
@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from typing import Any
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -37,7 +38,7 @@ def deployment(cfg_dict: dict[str, Any]) -> Any:
     """The study's scheduled deployment (a ``prefect`` ``RunnerDeployment``), checked.
 
     Args:
-        cfg_dict: A composed ``conf/serve.yaml`` as a plain dict.
+        cfg_dict: A composed ``flows/conf/serve.yaml`` as a plain dict.
 
     Raises:
         ConfigError: A bad study configuration, cron expression or limit.
@@ -77,7 +78,7 @@ def deployment(cfg_dict: dict[str, Any]) -> Any:
     )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="serve")
+@hydra.main(version_base="1.3", config_path="conf", config_name="serve")
 def main(cfg: DictConfig) -> None:
     from prefect import serve
 
@@ -94,4 +95,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # gpytorch/linear_operator call torch.jit.script at import (deprecated in torch 2.13).
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
     main()

@@ -1,6 +1,6 @@
 """The Hydra entry point: ``python -m flows.tune [overrides]``.
 
-Composes ``conf/config.yaml``, validates it into a :class:`flows.StudyConfig`, and runs the
+Composes ``flows/conf/config.yaml``, validates it into a :class:`flows.StudyConfig`, and runs the
 controller flow on Prefect (the embedded server unless ``PREFECT_API_URL`` is set); a study
 with nothing left to run is answered from its journal, without Prefect. Bad input exits
 non-zero with a one-line ``error:`` message.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 # Prefect reads these at import: keep its telemetry off (these machines are offline) and
 # give its embedded server time for a first start (database migration).
@@ -53,7 +54,7 @@ def run(cfg_dict: dict) -> object:
         return tune_flow.with_options(flow_run_name=cfg.study)(cfg.to_dict())
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     # Hydra's logging setup routes Prefect's HTTP client chatter to the console.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -80,4 +81,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # gpytorch/linear_operator call torch.jit.script at import (deprecated in torch 2.13).
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
     main()

@@ -206,7 +206,7 @@ _MODULES = (
     "zipimport",
 )
 
-# The search space (keep conf/pipeline/t5_distill.yaml identical).
+# The search space (keep flows/conf/pipeline/t5_distill.yaml identical).
 _STUDENT_SPACE: dict[str, dict[str, Any]] = {
     "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
     "temperature": {"type": "float", "low": 1.0, "high": 8.0},

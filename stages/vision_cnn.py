@@ -74,7 +74,7 @@ SIZES = ("smoke", "full")
 N_CLASSES = 10
 FINETUNE_BATCH = 64
 
-# The search space (stage -> parameter -> spec), kept identical to conf/pipeline/vision_cnn.yaml.
+# The search space (stage -> parameter -> spec), kept identical to flows/conf/pipeline/vision_cnn.yaml.
 SPACE: dict[str, dict[str, dict[str, Any]]] = {
     "preprocess": {
         "normalization": {"type": "categorical", "choices": ["none", "standardize", "per_image"]},

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fsspec.registry import known_implementations
 
-from tests.flows.test_tune import ROOT
+from flows.conf import CONFIG_DIR
 
 CASES = [
     # --- study settings
@@ -76,9 +76,7 @@ def test_bad_input_exits_nonzero_with_one_line(args, message, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "gcsfs", None)  # the gs:// case: gcsfs is not installed
     storage = [] if any(a.startswith("storage") for a in args) else ["storage.url=cache"]
-    monkeypatch.setattr(
-        sys, "argv", ["flows.tune", f"--config-path={ROOT / 'conf'}", *args, *storage]
-    )
+    monkeypatch.setattr(sys, "argv", ["flows.tune", f"--config-path={CONFIG_DIR}", *args, *storage])
     with pytest.raises(SystemExit) as info:
         main()
     assert info.value.code not in (0, None)

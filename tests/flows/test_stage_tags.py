@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from flows import ConfigError, StudyConfig
-
-ROOT = Path(__file__).resolve().parents[2]
+from flows.conf import CONFIG_DIR
 
 
 def composed(*overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
     cfg = OmegaConf.to_container(cfg, resolve=False)
     cfg["output_dir"] = None

@@ -13,9 +13,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from flows import ConfigError, StudyConfig
+from flows.conf import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
-CONF = str(ROOT / "conf")
+CONF = str(CONFIG_DIR)
 # Small optimizer settings: tests check the machinery, not the quality of the proposals.
 OPTIMIZER_FAST = [
     "+optimizer.options.num_restarts=2",
@@ -38,9 +39,22 @@ def composed(*overrides: str, config: str = "config") -> dict:
     return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)
 
 
-def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 300):
+#: The two ways users start a study: the console command and the module.
+ENTRY_POINTS = {
+    "eeipu tune": [str(Path(sys.executable).parent / "eeipu"), "tune"],
+    "python -m flows.tune": [sys.executable, "-m", "flows.tune"],
+}
+
+
+def cli(
+    *args: str,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    timeout: int = 300,
+    entry: str = "python -m flows.tune",
+):
     return subprocess.run(
-        [sys.executable, "-m", "flows.tune", *args],
+        [*ENTRY_POINTS[entry], *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
@@ -194,7 +208,8 @@ def test_s3_study_then_new_process_hits_cache(prefect_harness, s3_bucket, tmp_pa
 
 
 # ---------------------------------------------------------------------- the real CLI
-def test_cli_multirun_two_studies_share_one_cache(tmp_path, api_env):
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_cli_multirun_two_studies_share_one_cache(tmp_path, api_env, entry):
     cache = tmp_path / "cache"
     proc = cli(
         "-m",
@@ -204,6 +219,7 @@ def test_cli_multirun_two_studies_share_one_cache(tmp_path, api_env):
         f"storage.url={cache}",
         env=api_env,
         cwd=tmp_path,
+        entry=entry,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p for p in (tmp_path / "multirun").glob("*/*") if p.is_dir())

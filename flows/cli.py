@@ -1,0 +1,112 @@
+"""The ``eeipu`` command: run, serve and inspect studies.
+
+==========  ==========================================================================
+command     what it does
+==========  ==========================================================================
+tune        run or resume a study: Hydra overrides, ``-m`` for multirun, ``--config-dir``
+            for your own configs (= ``python -m flows.tune``)
+serve       serve the study flow on a cron schedule (= ``python -m flows.serve``)
+studies     list the studies on a storage: trials, spent/budget, best, last update
+show        one study's trials, its best configuration and its best-vs-cost plot
+cache       the stage cache's size per stage, and what ``--max-bytes`` would evict
+==========  ==========================================================================
+
+``tune`` and ``serve`` put the current folder first on ``sys.path``, as ``python -m`` does,
+so a ``pipeline.target`` in a module beside your configs imports without installing it.
+
+Example:
+    $ eeipu tune --config-dir conf pipeline=mine budget=100
+    $ eeipu studies
+    $ eeipu show mine-eeipu-seed0
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+
+__all__ = ["COMMANDS", "main"]
+
+
+def _hydra(module: str) -> Callable[[list[str]], int]:
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        entry = importlib.import_module(module)
+        # Hydra parses sys.argv itself (overrides, -m, --config-dir, --help, ...).
+        saved = sys.argv
+        sys.argv = [f"eeipu {module.rsplit('.', 1)[1]}", *argv]
+        try:
+            entry.main()
+        finally:
+            sys.argv = saved
+        return 0
+
+    return run
+
+
+def _inspect(name: str) -> Callable[[list[str]], int]:
+    def run(argv: list[str]) -> int:
+        from flows import inspect
+
+        return getattr(inspect, f"{name}_main")(argv)
+
+    return run
+
+
+#: Subcommand -> (one-line help, function of the remaining arguments returning an exit code).
+COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
+    "tune": ("run or resume a study (Hydra overrides; -m for multirun)", _hydra("flows.tune")),
+    "serve": ("serve the study flow on a cron schedule", _hydra("flows.serve")),
+    "studies": ("list the studies on a storage", _inspect("studies")),
+    "show": ("a study's trials, best configuration and plot", _inspect("show")),
+    "cache": ("cache size per stage; what --max-bytes would evict", _inspect("cache")),
+}
+
+
+def _usage() -> str:
+    width = max(len(c) for c in COMMANDS)
+    lines = [
+        "usage: eeipu COMMAND [ARGS...]",
+        "",
+        "Memoization-aware hyperparameter tuning of multi-stage training pipelines.",
+        "",
+        "commands:",
+        *(f"  {c:<{width}}  {help_}" for c, (help_, _) in COMMANDS.items()),
+        "",
+        "`eeipu COMMAND --help` describes each command; `eeipu tune --help` shows the config.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch ``eeipu COMMAND [ARGS...]``; returns (and, as a script, exits with) the
+    command's exit code. Unknown commands give one ``error:`` line and exit code 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if args else 2
+    if args[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"eeipu {version('eeipu')}")
+        return 0
+    command, rest = args[0], args[1:]
+    # gpytorch/linear_operator call torch.jit.script at import; torch >= 2.13 warns about it
+    # on every run, and a user can do nothing about it.
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
+    if command not in COMMANDS:
+        print(
+            f"error: unknown command {command!r}; commands: {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
+        return 2
+    return COMMANDS[command][1](rest)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
