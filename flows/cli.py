@@ -51,9 +51,9 @@ def _hydra(module: str) -> Callable[[list[str]], int]:
 
 def _inspect(name: str) -> Callable[[list[str]], int]:
     def run(argv: list[str]) -> int:
-        from flows import inspect
+        from flows import inspection
 
-        return getattr(inspect, f"{name}_main")(argv)
+        return getattr(inspection, f"{name}_main")(argv)
 
     return run
 

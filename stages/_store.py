@@ -314,13 +314,19 @@ class Store:
         return _sizes(self._payloads())
 
     def evict(
-        self, max_bytes: int, value: Mapping[str, float], protect: Iterable[str] = ()
+        self,
+        max_bytes: int,
+        value: Mapping[str, float],
+        protect: Iterable[str] = (),
+        *,
+        dry_run: bool = False,
     ) -> list[str]:
         """Delete entries until the payloads take at most ``max_bytes``.
 
         Entries go in order of ``value`` (lowest first; keys missing from it count as
         ``-inf``), oldest first among equals. ``protect`` lists keys that must stay (a
-        trial in flight). Returns the evicted keys.
+        trial in flight). Returns the evicted keys. With ``dry_run`` nothing is deleted:
+        it returns the keys, in the same order, that a real call would evict now.
         """
         payloads = self._payloads()
         usage = _sizes(payloads)
@@ -336,10 +342,11 @@ class Store:
         for key in order:
             if total <= max_bytes:
                 break
-            # Sidecar first (the entry stops existing), then every payload file of the key.
-            for path in [self.meta_path(key)] + [path for path, _, _ in payloads[key]]:
-                with contextlib.suppress(FileNotFoundError):
-                    self._retry(self.fs.rm_file, path)
+            if not dry_run:
+                # Sidecar first (the entry stops existing), then every payload file of the key.
+                for path in [self.meta_path(key)] + [path for path, _, _ in payloads[key]]:
+                    with contextlib.suppress(FileNotFoundError):
+                        self._retry(self.fs.rm_file, path)
             total -= usage[key][0]
             evicted.append(key)
         return evicted

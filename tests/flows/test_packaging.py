@@ -111,6 +111,8 @@ def test_wheel_runs_a_users_study_from_their_own_folder(installed, tmp_path, pre
     assert (user / "cache" / "studies" / "mine-1" / "study.json").exists()
     assert (user / "outputs" / "mine-1" / "best.yaml").exists()
     assert sorted(p.name for p in user.iterdir()) == ["cache", "conf", "mypipe.py", "outputs"]
+    listing = _run([str(installed / "eeipu"), "studies", "--storage", "cache"], cwd=user, env=env)
+    assert "1 study in" in listing.stdout and "mine-1" in listing.stdout, listing.stdout
 
 
 def test_installed_command_help_and_errors(installed, tmp_path):

@@ -186,3 +186,20 @@ def test_two_processes_writing_one_key_never_leave_a_torn_entry(tmp_path):
     assert reads > 10
     winner = store.read("shared").split(b"-")[1]
     assert winner in (b"1", b"2")
+
+
+def test_evict_dry_run_names_the_same_keys_and_deletes_nothing(tmp_path):
+    import os
+
+    store = Store(tmp_path)
+    for i, key in enumerate(["a", "b", "c", "d"]):
+        store.write(key, bytes(100 * (i + 1)))
+        os.utime(store.payload_path(key), (1e9 + i, 1e9 + i))
+    value = {"a": 1.0, "b": 1.0, "c": 2.0}
+    before = store.usage()
+    planned = store.evict(500, value, protect=["a"], dry_run=True)
+    assert planned == ["d", "b"]  # d: no value; then b (a is protected)
+    assert store.usage() == before and store.keys() == {"a", "b", "c", "d"}
+    assert store.evict(500, value, protect=["a"]) == planned
+    assert store.keys() == {"a", "c"}
+    assert store.evict(10_000, value, dry_run=True) == []

@@ -1,0 +1,538 @@
+"""Inspect a storage from the command line: its studies, one study's trials, the stage cache.
+
+``flows/cli.py`` runs these as subcommands of ``eeipu``. Each takes the arguments after
+the subcommand's name and returns the exit code: 0, or 2 after one ``error: ...`` line on
+stderr when the input is bad (an unknown study, an unusable storage, a bad size)::
+
+    eeipu studies [--storage URL]                                   one row per study
+    eeipu show STUDY [--storage URL] [--out DIR]                    trials, best, outputs
+    eeipu cache [--storage URL] [--max-bytes SIZE] [--study NAME]   sizes, eviction dry run
+
+The storage is opened as a study opens it (``stages.Store``): a local folder, or
+``s3://bucket/prefix`` with credentials and endpoint from the standard ``AWS_*`` variables.
+Nothing here writes to the storage.
+
+Example:
+    >>> import tempfile
+    >>> from flows.inspection import studies_main
+    >>> studies_main(["--storage", tempfile.mkdtemp()])  # doctest: +ELLIPSIS
+    no studies in /...
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from flows._config import PipelineConfig
+from flows._eviction import parse_bytes, reuse_value
+from flows._journal import StudyJournal
+from flows._outputs import trial_rows, write_outputs
+from stages import Pipeline, Stage, Store, StoreError, merkle_key
+
+__all__ = ["DEFAULT_STORAGE", "cache_main", "human_bytes", "show_main", "studies_main"]
+
+# The storage URL of the shipped default config, flows/conf/storage/local.yaml.
+DEFAULT_STORAGE = ".eeipu/cache"
+
+_NO_SIDECAR = "(no sidecar)"  # a payload without a committed entry (an interrupted write)
+# A sidecar that names no stage: Prefect's own result of a *failed* stage run (the pickled
+# exception, under a random key) lands in the same storage.
+_NO_STAGE = "(no stage)"
+
+
+class _BadInput(Exception):
+    """Input the user can fix; its message is printed as one ``error:`` line."""
+
+
+@dataclass(frozen=True)
+class _Study:
+    name: str
+    header: dict[str, Any]
+    records: list[dict[str, Any]]
+
+    @property
+    def direction(self) -> str:
+        return str(self.header.get("direction", "maximize"))
+
+
+class _Entry(NamedTuple):
+    stage: str
+    version: str | None
+    size: int
+
+
+# ---------------------------------------------------------------------- entry points
+def studies_main(argv: Sequence[str]) -> int:
+    """``eeipu studies``: one row per study on the storage, newest first.
+
+    Args:
+        argv: The arguments after ``studies``.
+
+    Returns:
+        The exit code: 0, or 2 when the storage cannot be used.
+    """
+    parser = _parser("studies", "List the studies on a storage, most recently updated first.")
+    return _guarded(_studies, parser.parse_args(argv))
+
+
+def show_main(argv: Sequence[str]) -> int:
+    """``eeipu show STUDY``: the trials table and best configuration; writes the outputs.
+
+    Args:
+        argv: The arguments after ``show``.
+
+    Returns:
+        The exit code: 0, or 2 for an unknown study or an unusable storage.
+    """
+    parser = _parser(
+        "show", "Print one study's trials and best configuration and write its outputs."
+    )
+    parser.add_argument("study", metavar="STUDY", help="the study's name (see `eeipu studies`)")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="folder for results.csv, best.yaml and best_vs_cost.png (default: outputs/STUDY)",
+    )
+    return _guarded(_show, parser.parse_args(argv))
+
+
+def cache_main(argv: Sequence[str]) -> int:
+    """``eeipu cache``: the stage cache's size per stage, and what eviction would remove.
+
+    Args:
+        argv: The arguments after ``cache``.
+
+    Returns:
+        The exit code: 0, or 2 for a bad ``--max-bytes``, an unknown study or an unusable
+        storage.
+    """
+    parser = _parser(
+        "cache", "Show the stage cache's size per stage and what a size cap would evict."
+    )
+    parser.add_argument(
+        "--max-bytes",
+        metavar="SIZE",
+        help="list what eviction down to SIZE (bytes, or 500MB, 2GiB) would remove; "
+        "deletes nothing",
+    )
+    parser.add_argument(
+        "--study",
+        metavar="NAME",
+        help="rank entries by this study's trials, as its own eviction does "
+        "(default: every study on the storage)",
+    )
+    return _guarded(_cache, parser.parse_args(argv))
+
+
+# ---------------------------------------------------------------------- shared plumbing
+def _parser(command: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"eeipu {command}", description=description)
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        default=DEFAULT_STORAGE,
+        help=f"a local folder or s3://bucket/prefix (default: {DEFAULT_STORAGE})",
+    )
+    return parser
+
+
+def _guarded(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run ``command``; bad input becomes one ``error:`` line and exit code 2."""
+    try:
+        return command(args)
+    except (_BadInput, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except OSError as exc:  # a local folder we may not read, say
+        print(f"error: cannot read storage {args.storage}: {_one_line(exc)}", file=sys.stderr)
+    return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
+
+
+def _open_store(url: str) -> Store:
+    """The storage, opened as a study opens it (credentials from the environment)."""
+    store = Store(url)
+    if "://" in store.url:
+        store.check()  # remote: one line naming the endpoint when it cannot be reached
+    elif os.path.exists(store.url) and not os.path.isdir(store.url):
+        raise StoreError(f"cannot use storage {store.url}: it is a file, not a folder")
+    return store
+
+
+def _study_names(store: Store) -> list[str]:
+    """Names of the folders under ``studies/`` that hold a ``study.json``."""
+    return [n for n in store.list_files("studies") if _header(store, n) is not None]
+
+
+def _header(store: Store, name: str) -> dict[str, Any] | None:
+    try:
+        return StudyJournal(store, name).header()
+    except NotADirectoryError:  # a stray file under studies/
+        return None
+    except ValueError as exc:
+        raise _BadInput(f"study {name!r} in {store.url}: unreadable study.json ({exc})") from exc
+
+
+def _load(store: Store, name: str) -> _Study:
+    journal = StudyJournal(store, name)
+    header = _header(store, name)
+    if header is None:
+        known = ", ".join(_study_names(store)) or "none"
+        raise _BadInput(f"no study {name!r} in {store.url}; known: {known}")
+    try:
+        records = journal.records()
+    except ValueError as exc:
+        raise _BadInput(f"study {name!r} in {store.url}: unreadable record ({exc})") from exc
+    return _Study(name, header, records)
+
+
+def _table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()
+) -> str:
+    """Plain aligned columns, two spaces apart; ``right`` holds the right-aligned ones."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def human_bytes(n: int | float) -> str:
+    """``163`` -> ``163 B``, ``1_300_000`` -> ``1.2 MiB`` (powers of 1024).
+
+    Example:
+        >>> human_bytes(1_300_000)
+        '1.2 MiB'
+    """
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if n < 1024 or unit == "TiB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+# ---------------------------------------------------------------------- eeipu studies
+def _studies(args: argparse.Namespace) -> int:
+    store = _open_store(args.storage)
+    studies = [_load(store, n) for n in _study_names(store)]
+    if not studies:
+        where = "" if os.path.isdir(store.url) or "://" in store.url else " (no such folder)"
+        print(f"no studies in {store.url}{where}")
+        return 0
+    studies.sort(key=lambda s: _last_update(s.records) or -math.inf, reverse=True)
+    header = ["STUDY", "METHOD", "PIPELINE", "TRIALS", "FAILED", "SPENT/BUDGET", "BEST"]
+    print(f"{len(studies)} {'study' if len(studies) == 1 else 'studies'} in {store.url}")
+    print(
+        _table(
+            [*header, "LAST UPDATE (UTC)"],
+            [_summary(s) for s in studies],
+            right=frozenset({3, 4, 5, 6}),
+        )
+    )
+    return 0
+
+
+def _last_update(records: Sequence[dict[str, Any]]) -> float | None:
+    """When the newest record was told (its ``finished_at``)."""
+    times = [r.get("finished_at") or r.get("started_at") for r in records]
+    return max((t for t in times if t is not None), default=None)
+
+
+def _summary(study: _Study) -> list[str]:
+    # trial_rows sums each record's costs, as the optimizer's `spent` does (failed included).
+    rows = trial_rows(study.records, study.direction)
+    spent = rows[-1]["cumulative_cost"] if rows else 0.0
+    best = rows[-1]["best"] if rows else None
+    failed = sum(r["state"] != "complete" for r in study.records)
+    budget = study.header.get("budget")
+    budget_text = "?" if budget is None else f"{budget:g}"
+    return [
+        study.name,
+        str(study.header.get("method", "?")),
+        str((study.header.get("pipeline") or {}).get("name", "?")),
+        str(len(study.records)),
+        str(failed),
+        f"{spent:.4g}/{budget_text}",
+        _num(best),
+        _when(_last_update(study.records)),
+    ]
+
+
+# ---------------------------------------------------------------------- eeipu show
+def _show(args: argparse.Namespace) -> int:
+    store = _open_store(args.storage)
+    study = _load(store, args.study)
+    print(f"study {study.name}: " + ", ".join(_summary_facts(study)))
+    if study.records:
+        print(_trials_table(study))
+    else:
+        print("no trials told yet")
+    out = Path(args.out) if args.out else Path("outputs") / study.name
+    n_init = int(study.header.get("n_init") or 0)
+    paths = write_outputs(
+        out, study.name, study.records, study.direction, _warmup_cost(study.records, n_init)
+    )
+    print("\nbest configuration (best.yaml):")
+    print(paths["yaml"].read_text().rstrip())
+    print("\nwrote:")
+    for path in paths.values():
+        print(f"  {path}")
+    return 0
+
+
+def _summary_facts(study: _Study) -> list[str]:
+    row = _summary(study)
+    return [
+        f"pipeline {row[2]}",
+        f"method {row[1]}",
+        f"direction {study.direction}",
+        f"{row[3]} trials ({row[4]} failed)",
+        f"spent {row[5]}",
+        f"best {row[6]}",
+    ]
+
+
+def _trials_table(study: _Study) -> str:
+    rows = []
+    for record, row in zip(study.records, trial_rows(study.records, study.direction), strict=True):
+        params = " ".join(
+            f"{stage}.{name}={_num(v) if isinstance(v, float) else v}"
+            for stage, section in record["params"].items()
+            for name, v in section.items()
+        )
+        rows.append(
+            [
+                str(row["trial"]),
+                _num(row["objective"]),
+                f"{row['cost']:.4g}",
+                ",".join(record["cached"]) or "-",
+                row["state"],
+                params,
+            ]
+        )
+    header = ["TRIAL", "OBJECTIVE", "COST", "CACHED", "STATE", "PARAMS"]
+    return _table(header, rows, right=frozenset({0, 1, 2}))
+
+
+def _warmup_cost(records: Sequence[dict[str, Any]], n_init: int) -> float | None:
+    """The spent budget when the warm-up ended, by ``eeipu.Optimizer.tell``'s rule: once
+    ``n_init`` of the trials asked first (ask numbers below ``n_init``) are told."""
+    spent, told = 0.0, 0
+    for r in records:
+        spent += sum(r["costs"].values())
+        told += r.get("asked_as", r["number"]) < n_init
+        if told >= n_init:
+            return spent
+    return None
+
+
+# ---------------------------------------------------------------------- eeipu cache
+def _cache(args: argparse.Namespace) -> int:
+    try:
+        max_bytes = None if args.max_bytes is None else parse_bytes(args.max_bytes)
+    except ValueError:
+        raise _BadInput(
+            "--max-bytes must be a positive size (bytes, or 500MB, 2GiB), "
+            f"but got {args.max_bytes!r}"
+        ) from None
+    store = _open_store(args.storage)
+    studies = [_load(store, args.study)] if args.study else None
+    entries = _entries(store)
+    if not entries:
+        print(f"no cache entries in {store.url}")
+        return 0
+    total = sum(e.size for e in entries.values())
+    print(f"cache {store.url}: {len(entries)} entries, {human_bytes(total)}")
+    print(_stage_table(entries))
+    if max_bytes is not None:
+        if studies is None:
+            studies = [_load(store, n) for n in _study_names(store)]
+        unknown = f"not a trial of {args.study}" if args.study else "no study's trial"
+        _dry_run(store, entries, studies, max_bytes, args.max_bytes, unknown)
+    return 0
+
+
+def _entries(store: Store) -> dict[str, _Entry]:
+    """``{key: (stage, version, bytes)}`` of every payload and committed entry: one listing
+    of ``data/`` and of ``meta/``, then one sidecar read per entry."""
+    usage = store.usage()
+    committed = sorted(store.keys())
+    with ThreadPoolExecutor(max_workers=8) as pool:  # sidecars are small: latency-bound
+        metas = dict(zip(committed, pool.map(lambda k: _sidecar(store, k), committed), strict=True))
+    out = {}
+    for key in sorted(set(usage) | set(committed)):
+        meta = metas.get(key)
+        stage = _NO_SIDECAR if meta is None else str(meta.get("stage") or _NO_STAGE)
+        version = None if meta is None else meta.get("version")
+        out[key] = _Entry(stage, version, usage[key][0] if key in usage else 0)
+    return out
+
+
+def _sidecar(store: Store, key: str) -> dict[str, Any] | None:
+    try:
+        return store.read_meta(key).get("eeipu", {})
+    except KeyError:  # evicted since the listing
+        return None
+    except ValueError:  # not JSON: count it, with an unknown stage
+        return {}
+
+
+def _stage_table(entries: dict[str, _Entry]) -> str:
+    per_stage: dict[str, list[int]] = {}
+    for e in entries.values():
+        n_bytes = per_stage.setdefault(e.stage, [0, 0])
+        n_bytes[0] += 1
+        n_bytes[1] += e.size
+    order = sorted(per_stage.items(), key=lambda item: (-item[1][1], item[0]))
+    rows = [[stage, str(n), human_bytes(b)] for stage, (n, b) in order]
+    total = sum(e.size for e in entries.values())
+    rows.append(["total", str(len(entries)), human_bytes(total)])
+    return _table(["STAGE", "ENTRIES", "BYTES"], rows, right=frozenset({1, 2}))
+
+
+def _dry_run(
+    store: Store,
+    entries: dict[str, _Entry],
+    studies: Sequence[_Study],
+    max_bytes: int,
+    text: str,
+    unknown: str,
+) -> None:
+    """Print what ``Store.evict`` would remove now, in its order, without deleting."""
+    total = sum(e.size for e in entries.values())
+    print()
+    if total <= max_bytes:
+        print(f"--max-bytes {text}: {human_bytes(total)} stored, within the cap; nothing to evict")
+        return
+    value = _values(entries, studies)
+    keys = store.evict(max_bytes, value, dry_run=True)
+    # A study running on this storage may have written entries since they were listed.
+    listed = [entries.get(k, _Entry("?", None, 0)) for k in keys]
+    freed = sum(e.size for e in listed)
+    exact = f" ({freed} B)" if freed >= 1024 else ""
+    print(
+        f"--max-bytes {text} ({max_bytes} B): {human_bytes(total)} stored, "
+        f"{human_bytes(total - max_bytes)} over; eviction would remove {len(keys)} entries, "
+        f"{human_bytes(freed)}{exact}, "
+        "in this order (dry run: nothing deleted):"
+    )
+    rows = [
+        [e.stage, k[:12], human_bytes(e.size), _why(value.get(k), unknown)]
+        for k, e in zip(keys, listed, strict=True)
+    ]
+    print(_table(["STAGE", "KEY", "BYTES", "WHY"], rows, right=frozenset({2})))
+
+
+def _why(value: float | None, unknown: str) -> str:
+    """The eviction policy's class of an entry (see flows/_eviction.py)."""
+    if value is None:
+        return unknown
+    if value < 0:
+        return "last stage"
+    return f"prefix, trial rank {value - 1:.2f}"
+
+
+def _values(entries: dict[str, _Entry], studies: Sequence[_Study]) -> dict[str, float]:
+    """``reuse_value`` of each study, as its eviction computes it; a key several studies
+    share keeps its highest value. A study whose pipeline cannot be rebuilt adds none."""
+    versions: dict[str, set[str]] = {}
+    for e in entries.values():
+        if e.version is not None:
+            versions.setdefault(e.stage, set()).add(str(e.version))
+    committed = {k for k, e in entries.items() if e.stage != _NO_SIDECAR}
+    value: dict[str, float] = {}
+    for study in studies:
+        try:
+            pipeline = _rebuild_pipeline(study, versions, committed)
+        except Exception as exc:  # a user's factory may raise anything; the listing goes on
+            print(
+                f"note: cannot rebuild the pipeline of study {study.name!r} "
+                f"({_one_line(exc)}); its entries rank as no study's",
+                file=sys.stderr,
+            )
+            continue
+        for key, v in reuse_value(pipeline, study.records, study.direction).items():
+            value[key] = max(value.get(key, -math.inf), v)
+    return value
+
+
+def _rebuild_pipeline(study: _Study, versions: dict[str, set[str]], stored: set[str]) -> Pipeline:
+    """The study's pipeline, as far as its cache keys go.
+
+    The journal names the factory (``pipeline.target``) and the search space, but not the
+    factory's ``kwargs``: the factory is called with its defaults and the journaled space
+    replaces the stages' own, as ``flows.study.build_pipeline`` does. Kwargs such as
+    ``size`` and ``seed`` enter the stage versions, so each stage takes the version, among
+    those its sidecars record, under which the most of this study's keys are stored.
+    """
+    info = study.header["pipeline"]
+    built = PipelineConfig(name=str(info["name"]), target=str(info["target"])).factory()()
+    space = study.header.get("space") or {}
+    keys: list[dict[str, str]] = [{} for _ in study.records]
+    stages = []
+    for s in built.stages:
+        s = replace(s, space=space.get(s.name, s.space))
+        upstream = [u.name for u in built.upstream(s.name)]
+        candidates = sorted(versions.get(s.name, set()) | {s.version})
+        s = replace(s, version=_fit_version(s, upstream, candidates, study.records, keys, stored))
+        for record, known in zip(study.records, keys, strict=True):
+            known[s.name] = _stage_key(s, s.version, upstream, record, known)
+        stages.append(s)
+    return Pipeline(stages, metric=built.metric, load_cost=built.load_cost)
+
+
+def _stage_key(
+    stage: Stage, version: str, upstream: list[str], record: dict[str, Any], known: dict[str, str]
+) -> str:
+    own = stage.normalize(record["params"].get(stage.name))
+    return merkle_key(stage.name, version, own, [known[u] for u in upstream])
+
+
+def _fit_version(
+    stage: Stage,
+    upstream: list[str],
+    candidates: list[str],
+    records: Sequence[dict[str, Any]],
+    keys: Sequence[dict[str, str]],
+    stored: set[str],
+) -> str:
+    """The candidate version under which the most of these records' keys are stored (a
+    tie keeps the factory's own)."""
+
+    def hits(version: str) -> tuple[int, bool]:
+        found = sum(
+            _stage_key(stage, version, upstream, r, k) in stored
+            for r, k in zip(records, keys, strict=True)
+        )
+        return found, version == stage.version
+
+    return max(candidates, key=hits)
