@@ -78,9 +78,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-# The whole suite on 3.11, the core suites on 3.12/3.13 (newest dependencies) and on the
-# oldest dependencies pyproject admits.
-test: test-main $(addprefix test-,$(EXTRA_PYTHONS)) test-oldest
+# The whole suite on 3.11, then the core suites on 3.12/3.13 (newest dependencies) and on
+# the oldest dependencies pyproject admits: those three side by side (mostly one busy core
+# each; their output is printed job by job).
+EXTRA_TESTS := $(addprefix test-,$(EXTRA_PYTHONS)) test-oldest
+test: test-main
+	$(MAKE) --no-print-directory -j3 --output-sync=target $(EXTRA_TESTS)
 
 test-main: lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
