@@ -204,11 +204,11 @@ class CostAwareEI(WarmStartState, Method):
     With ``memoize=True`` the candidates are generated over the prefix pool: the empty
     prefix plus each cached prefix, whose dimensions are fixed to the cached values while
     the rest is optimized, charging the cached stages their load cost (δ = prefix length).
-    The raw starts of all prefixes are screened in one batched call. Where BoTorch's
-    parallel L-BFGS-B is available, all prefixes are then optimized in one batched run (each
-    start carries its prefix); elsewhere (e.g. scipy >= 1.18) each prefix gets its own
-    multi-start run with its columns as scalar ``fixed_features``, which BoTorch supports on
-    every path. The best point over the pool wins.
+    The raw starts of all prefixes are screened in one batched call, then optimized together
+    in one multi-start L-BFGS-B run: BoTorch's parallel mode where it is available (each start
+    carries its prefix in a held input column), else its serial mode (one scipy problem over
+    the whole batch, each start's prefix applied by position), e.g. for scipy >= 1.18. The
+    best point over the pool wins.
 
     Args:
         cost: ``None`` (plain EI), ``"total"`` (one GP on total log cost) or ``"stage"``
@@ -331,10 +331,7 @@ class CostAwareEI(WarmStartState, Method):
         if batched_lbfgs_available(self.maxiter):
             ranked = self._optimize_batched(acq, pool, starts, obs.space)
         else:
-            ranked = []
-            for prefix, ics in zip(pool, starts, strict=True):
-                X, vals = self._optimize(acq, prefix, ics, obs.space)
-                ranked += [Proposal(x, prefix, float(v)) for x, v in zip(X, vals, strict=True)]
+            ranked = self._optimize_serial(acq, pool, starts, obs.space)
         ranked.sort(key=lambda p: p.acq_value, reverse=True)
         return replace(ranked[0], alternatives=tuple(ranked[1:]))
 
@@ -396,36 +393,35 @@ class CostAwareEI(WarmStartState, Method):
         X = wrapped.resolve(X.detach()).reshape(-1, d)
         return [Proposal(X[j], pool[int(owner[j])], float(vals[j])) for j in range(owner.numel())]
 
-    def _optimize(
-        self, acq: LogEIPerCost, prefix: Prefix | None, ics: Tensor, space: SearchSpace
-    ) -> tuple[Tensor, Tensor]:
-        """Multi-start L-BFGS from ``ics`` (``k x 1 x d``) with the prefix's columns held at
-        their cached values and its δ stages charged as cached. Returns ``k x d`` points and
-        their ``k`` acquisition values.
-
-        Each prefix is its own ``gen_candidates_scipy`` call with scalar ``fixed_features``,
-        which BoTorch supports on every path: batched L-BFGS where its scipy allows it, else
-        one summed scipy problem. (Per-start tensor ``fixed_features`` only work on the
-        batched path, which BoTorch turns off for scipy >= 1.18.)
-        """
+    def _optimize_serial(
+        self,
+        acq: LogEIPerCost,
+        pool: list[Prefix | None],
+        starts: list[Tensor],
+        space: SearchSpace,
+    ) -> list[Proposal]:
+        """All prefixes in ONE scipy L-BFGS-B problem: BoTorch's serial mode
+        (``use_parallel_mode=False``) sums the starts' acquisition values and evaluates the
+        whole batch at once, so :class:`_PrefixPool` applies each start's prefix (and δ) by
+        its position. Its fixed columns get zero gradient and are overwritten anyway."""
         d = space.dim
-        fixed: dict[int, float] = {}
-        acq.n_cached = 0
-        if prefix is not None:
-            fixed = {j: float(v) for j, v in enumerate(prefix.x.tolist())}
-            acq.n_cached = prefix.n_stages
+        values, n_fixed, n_cached = _pool_tensors(pool, space)
+        owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(starts)])  # B
+        ics = torch.cat(starts)  # B x 1 x d
+        wrapped = _PrefixPool(acq, values, n_fixed, n_cached, owner=owner)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizationWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
             X, vals = gen_candidates_scipy(
                 initial_conditions=ics,
-                acquisition_function=acq,
+                acquisition_function=wrapped,
                 lower_bounds=torch.zeros(d, dtype=ics.dtype),
                 upper_bounds=torch.ones(d, dtype=ics.dtype),
                 options={"maxiter": self.maxiter},
-                fixed_features=fixed or None,
+                use_parallel_mode=False,
             )
-        return X.detach().reshape(-1, d), vals.detach().reshape(-1)
+        X = wrapped.resolve(X.detach()).reshape(-1, d)
+        return [Proposal(X[j], pool[int(owner[j])], float(vals[j])) for j in range(owner.numel())]
 
 
 def _tensors_to_json(obj: Any) -> Any:
@@ -478,17 +474,35 @@ class _PrefixPool(AcquisitionFunction):
     they never move) and the acquisition charges its δ cached stages.
     """
 
-    def __init__(self, acq: LogEIPerCost, values: Tensor, n_fixed: Tensor, n_cached: Tensor):
+    def __init__(
+        self,
+        acq: LogEIPerCost,
+        values: Tensor,
+        n_fixed: Tensor,
+        n_cached: Tensor,
+        owner: Tensor | None = None,
+    ):
         super().__init__(model=acq.model)
         self.acq = acq
         self.values = values  # P x d
         self.n_fixed = n_fixed  # P
         self.n_cached = n_cached  # P
+        self.owner = owner  # B, or None: the index is the inputs' extra last column
 
     def _split(self, X: Tensor) -> tuple[Tensor, Tensor]:
-        """``b x 1 x (d+1)`` -> (``b x 1 x d`` inputs with prefixes applied, ``b`` indices)."""
-        d = X.shape[-1] - 1
-        idx = X[..., 0, d].round().long()  # b
+        """``b x 1 x (d+1)`` (or ``B x 1 x d`` with ``owner``) -> (``b x 1 x d`` inputs with
+        prefixes applied, ``b`` prefix indices)."""
+        if self.owner is None:
+            d = X.shape[-1] - 1
+            idx = X[..., 0, d].round().long()  # b
+        else:
+            d = X.shape[-1]
+            if X.shape[:-2] != self.owner.shape:
+                raise OptimizerError(
+                    f"expected the whole batch of {self.owner.numel()} starts at once, but got "
+                    f"inputs of shape {tuple(X.shape)}"
+                )
+            idx = self.owner
         fixed = torch.arange(d, device=X.device) < self.n_fixed[idx].unsqueeze(-1)  # b x d
         Xd = torch.where(fixed.unsqueeze(-2), self.values[idx].unsqueeze(-2).to(X), X[..., :d])
         return Xd, idx

@@ -96,7 +96,7 @@ def _observations(seed: int = 0) -> Observations:
 
 
 def test_both_paths_find_equally_good_points(monkeypatch):
-    """Same observations, same starts: the batched run and the per-prefix serial runs reach
+    """Same observations, same starts: the batched run and the summed serial run reach
     proposals of (nearly) the same acquisition value, each keeping its prefix's columns."""
     if not batched_lbfgs_available():
         pytest.skip("this BoTorch/scipy has no batched L-BFGS-B path to compare with")
