@@ -328,10 +328,7 @@ class CostAwareEI(WarmStartState, Method):
             pool += [p for p in obs.prefixes if obs.space.prefix_dim(p.n_stages) < d]
         acq = self.acquisition(obs)
         starts = self._starts(obs, acq, pool)
-        if batched_lbfgs_available(self.maxiter):
-            ranked = self._optimize_batched(acq, pool, starts, obs.space)
-        else:
-            ranked = self._optimize_serial(acq, pool, starts, obs.space)
+        ranked = self._optimize_pool(acq, pool, starts, obs.space)
         ranked.sort(key=lambda p: p.acq_value, reverse=True)
         return replace(ranked[0], alternatives=tuple(ranked[1:]))
 
@@ -360,65 +357,47 @@ class CostAwareEI(WarmStartState, Method):
             starts.append(raw[best].unsqueeze(-2))  # k x 1 x d
         return starts
 
-    def _optimize_batched(
+    def _optimize_pool(
         self,
         acq: LogEIPerCost,
         pool: list[Prefix | None],
         starts: list[Tensor],
         space: SearchSpace,
     ) -> list[Proposal]:
-        """All prefixes in ONE batched multi-start L-BFGS run (BoTorch's parallel L-BFGS-B,
-        about one call's cost instead of one per prefix). Each start carries the index of its
-        prefix in an extra input column, held by per-start tensor ``fixed_features`` (which
-        BoTorch documents for its parallel mode only); :class:`_PrefixPool` reads it to force
-        that prefix's columns and charge its δ."""
-        d = space.dim
-        values, n_fixed, n_cached = _pool_tensors(pool, space)
-        owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(starts)])  # B
-        ics = torch.cat(starts).squeeze(-2)  # B x d
-        ics = torch.cat([ics, owner.unsqueeze(-1).to(ics)], dim=-1)  # B x (d + 1)
-        wrapped = _PrefixPool(acq, values, n_fixed, n_cached)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", OptimizationWarning)
-            warnings.simplefilter("ignore", RuntimeWarning)
-            X, vals = gen_candidates_scipy(
-                initial_conditions=ics.unsqueeze(-2),  # B x 1 x (d + 1)
-                acquisition_function=wrapped,
-                lower_bounds=torch.zeros(d + 1, dtype=ics.dtype),
-                upper_bounds=torch.cat([torch.ones(d), torch.full((1,), len(pool))]).to(ics),
-                options={"maxiter": self.maxiter},
-                fixed_features={d: owner.to(ics)},
-                use_parallel_mode=True,
-            )
-        X = wrapped.resolve(X.detach()).reshape(-1, d)
-        return [Proposal(X[j], pool[int(owner[j])], float(vals[j])) for j in range(owner.numel())]
+        """All prefixes in ONE multi-start L-BFGS-B run (about one call's cost instead of one
+        per prefix); :class:`_PrefixPool` forces each start's prefix columns and charges its δ.
 
-    def _optimize_serial(
-        self,
-        acq: LogEIPerCost,
-        pool: list[Prefix | None],
-        starts: list[Tensor],
-        space: SearchSpace,
-    ) -> list[Proposal]:
-        """All prefixes in ONE scipy L-BFGS-B problem: BoTorch's serial mode
-        (``use_parallel_mode=False``) sums the starts' acquisition values and evaluates the
-        whole batch at once, so :class:`_PrefixPool` applies each start's prefix (and δ) by
-        its position. Its fixed columns get zero gradient and are overwritten anyway."""
+        - BoTorch's parallel mode, where available: separate problems that leave the batch as
+          they converge, so each start carries its prefix index in an extra input column,
+          held by per-start tensor ``fixed_features`` (documented for this mode only).
+        - Else its serial mode (e.g. scipy >= 1.18): one scipy problem, the sum over starts,
+          evaluated on the whole batch at once, so the prefix is applied by position (its
+          columns get zero gradient and are overwritten anyway).
+        """
         d = space.dim
         values, n_fixed, n_cached = _pool_tensors(pool, space)
         owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(starts)])  # B
         ics = torch.cat(starts)  # B x 1 x d
-        wrapped = _PrefixPool(acq, values, n_fixed, n_cached, owner=owner)
+        lower, upper = torch.zeros(d, dtype=ics.dtype), torch.ones(d, dtype=ics.dtype)
+        if batched_lbfgs_available(self.maxiter):
+            ics = torch.cat([ics, owner.view(-1, 1, 1).to(ics)], dim=-1)  # B x 1 x (d + 1)
+            lower = torch.cat([lower, torch.zeros(1).to(ics)])
+            upper = torch.cat([upper, torch.full((1,), len(pool)).to(ics)])
+            wrapped = _PrefixPool(acq, values, n_fixed, n_cached)
+            mode: dict[str, Any] = {"fixed_features": {d: owner.to(ics)}, "use_parallel_mode": True}
+        else:
+            wrapped = _PrefixPool(acq, values, n_fixed, n_cached, owner=owner)
+            mode = {"use_parallel_mode": False}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizationWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
             X, vals = gen_candidates_scipy(
                 initial_conditions=ics,
                 acquisition_function=wrapped,
-                lower_bounds=torch.zeros(d, dtype=ics.dtype),
-                upper_bounds=torch.ones(d, dtype=ics.dtype),
+                lower_bounds=lower,
+                upper_bounds=upper,
                 options={"maxiter": self.maxiter},
-                use_parallel_mode=False,
+                **mode,
             )
         X = wrapped.resolve(X.detach()).reshape(-1, d)
         return [Proposal(X[j], pool[int(owner[j])], float(vals[j])) for j in range(owner.numel())]
