@@ -88,16 +88,14 @@ test: test-main
 test-main: lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-define core_tests
+# test-NAME: the test paths $(2) in .venv-NAME, after a line naming the versions installed.
+define venv_tests
 test-$(1): .venv-$(1)/.installed-stamp
 	$$(call show_versions,.venv-$(1))
-	.venv-$(1)/bin/python -m pytest -p no:cacheprovider $$(CORE_TESTS) $$(PYTEST_ARGS)
+	.venv-$(1)/bin/python -m pytest -p no:cacheprovider $(2) $$(PYTEST_ARGS)
 endef
-$(foreach v,$(EXTRA_PYTHONS),$(eval $(call core_tests,$(v))))
-
-test-oldest: .venv-oldest/.installed-stamp
-	$(call show_versions,.venv-oldest)
-	.venv-oldest/bin/python -m pytest -p no:cacheprovider $(OLDEST_TESTS) $(PYTEST_ARGS)
+$(foreach v,$(EXTRA_PYTHONS),$(eval $(call venv_tests,$(v),$(CORE_TESTS))))
+$(eval $(call venv_tests,oldest,$(OLDEST_TESTS)))
 
 browser:
 	@if [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; then \
