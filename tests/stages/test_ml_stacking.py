@@ -146,14 +146,15 @@ def test_smoke_study_end_to_end(prefect_harness, tmp_path):
     from flows.tune import run
 
     fast = [o for o in FAST if not o.startswith(("budget=", "n_init="))]
-    cfg = _config(tmp_path, *fast, *SMALL, "n_init=2", "budget=1.5", "study=mls")
+    cfg = _config(tmp_path, *fast, *SMALL, "n_init=2", "budget=100000", "max_trials=2", "study=mls")
     cfg["output_dir"] = str(tmp_path / "out")
     result = run(cfg)
 
     folder = tmp_path / "cache" / "studies" / "mls" / "trials"
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-    assert result.n_trials == len(records) >= 2
-    assert result.spent >= 1.5
+    # Two trials whatever this machine's speed (the budget is in wall seconds).
+    assert result.n_trials == len(records) == 2
+    assert result.spent == pytest.approx(sum(sum(r["costs"].values()) for r in records))
     for r in records:
         assert r["state"] == "complete"
         assert set(r["costs"]) == {"preprocess", "base_learners", "meta_learner"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import pytest
 import torch
@@ -29,18 +28,6 @@ PARAMS_B = {
     "student1": {**STUDENT, "temperature": 4.0},
     "student2": {**STUDENT, "lr": 1e-3},
 }
-
-
-def smoke_trial_seconds() -> float:
-    """Wall seconds of the stage functions of a costly smoke trial (longest inputs),
-    called directly (no caching)."""
-    pipe = t5_distill_pipeline(size="smoke")
-    params = {**PARAMS_A, "data": {"batch_size": 64, "max_input_len": 256}}
-    values: dict = {}
-    start = time.perf_counter()
-    for s in pipe.stages:
-        values[s.output] = s(**{i: values[i] for i in s.inputs}, **params[s.name])
-    return time.perf_counter() - start
 
 
 # ---------------------------------------------------------------------- bad input
@@ -124,14 +111,15 @@ def test_trial_subflow_caches_the_shared_prefix(prefect_harness, tmp_path):
 def test_smoke_study_end_to_end(prefect_harness, tmp_path):
     from flows.tune import run
 
-    smoke_trial_seconds()  # imports and first-call overheads out of the way
-    budget = 3.0 * smoke_trial_seconds()  # about three trials
+    # Three trials whatever this machine's speed: a budget in seconds measured
+    # beforehand let a slow CI machine stop after two (stage times vary run to run).
     cfg = composed(
         *FAST,
         "pipeline=t5_distill",
         "size=smoke",
         "n_init=2",
-        f"budget={budget:.3f}",
+        "budget=100000",
+        "max_trials=3",
         "study=t5smoke",
         f"storage.url={tmp_path / 'cache'}",
     )
@@ -139,10 +127,10 @@ def test_smoke_study_end_to_end(prefect_harness, tmp_path):
     result = run(cfg)
     trials = sorted((tmp_path / "cache" / "studies" / "t5smoke" / "trials").glob("*.json"))
     records = [json.loads(p.read_text()) for p in trials]
-    assert result.n_trials == len(records) >= 3
+    assert result.n_trials == len(records) == 3
     assert all(r["state"] == "complete" for r in records)
     assert all(0.0 <= r["objective"] <= 1.0 for r in records)
-    assert result.spent >= budget
+    assert result.spent == pytest.approx(sum(sum(r["costs"].values()) for r in records))
     assert (tmp_path / "out" / "results.csv").read_text().count("\n") == len(records) + 1
     assert "objective:" in (tmp_path / "out" / "best.yaml").read_text()
     assert (tmp_path / "out" / "best_vs_cost.png").read_bytes()[:4] == b"\x89PNG"

@@ -137,14 +137,15 @@ def test_trial_subflow_reuses_the_shared_prefix(prefect_harness, tmp_path):
 def test_smoke_study_end_to_end(prefect_harness, tmp_path):
     from flows.tune import run
 
-    cfg = _config(tmp_path, *FAST, *SMALL, "n_init=2", "budget=1.0", "study=vc")
+    cfg = _config(tmp_path, *FAST, *SMALL, "n_init=2", "budget=100000", "max_trials=2", "study=vc")
     cfg["output_dir"] = str(tmp_path / "out")
     result = run(cfg)
 
     folder = tmp_path / "cache" / "studies" / "vc" / "trials"
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-    assert result.n_trials == len(records) >= 2
-    assert result.spent >= 1.0
+    # Two trials whatever this machine's speed (the budget is in wall seconds).
+    assert result.n_trials == len(records) == 2
+    assert result.spent == pytest.approx(sum(sum(r["costs"].values()) for r in records))
     for r in records:
         assert r["state"] == "complete"
         assert 0.0 <= r["objective"] <= 1.0
