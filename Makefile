@@ -7,6 +7,8 @@
 #   .venv-3.13    Python 3.13, newest dependencies: tests/eeipu and tests/stages
 #   .venv-oldest  Python 3.11, the LOWEST version of every direct dependency: tests/eeipu,
 #                 tests/stages and the in-process CLI tests (checks pyproject's lower bounds)
+# Each installs the project with its `dev` and `examples` extras; only .venv runs the example
+# pipelines' tests (tests/pipelines).
 # Interpreters are found by tools/find-python (PATH, pyenv, /usr/bin); name one with
 # PY=/path/to/python for .venv, PY311, PY312, PY313 for the others. EXTRA_PYTHONS= skips
 # 3.12 and 3.13.
@@ -53,19 +55,19 @@ $(STAMP): pyproject.toml
 	rm -rf $(VENV)
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
-	$(UV) pip install -q -p $(BIN)/python -e '.[dev]'
+	$(UV) pip install -q -p $(BIN)/python -e '.[dev,examples]'
 	touch $(STAMP)
 
 .venv-%/.installed-stamp: pyproject.toml $(STAMP)
 	$(call need_python,$(PY$(subst .,,$*)),$*)
 	$(UV) venv -q --clear -p $(PY$(subst .,,$*)) .venv-$*
-	$(UV) pip install -q -p .venv-$*/bin/python -e '.[dev]'
+	$(UV) pip install -q -p .venv-$*/bin/python -e '.[dev,examples]'
 	touch $@
 
 .venv-oldest/.installed-stamp: pyproject.toml $(STAMP)
 	$(call need_python,$(PY311),3.11)
 	$(UV) venv -q --clear -p $(PY311) .venv-oldest
-	$(UV) pip install -q -p .venv-oldest/bin/python --resolution lowest-direct -e '.[dev]'
+	$(UV) pip install -q -p .venv-oldest/bin/python --resolution lowest-direct -e '.[dev,examples]'
 	touch $@
 
 install: $(STAMP)

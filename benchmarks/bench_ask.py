@@ -26,8 +26,7 @@ from botorch.acquisition.analytic import LogExpectedImprovement
 from botorch.optim import optimize_acqf
 
 from eeipu import Optimizer, SearchSpace, fit_gp
-from stages.simulate import SimulatedCache
-from stages.synthetic import SyntheticProblem
+from stages.pipelines import SimulatedCache, SyntheticProblem
 
 
 def feed(opt: Optimizer, problem: SyntheticProblem, n: int, cache: SimulatedCache) -> None:

@@ -261,7 +261,8 @@ def _direct_trial(pipe: Any, params: dict[str, Any]) -> tuple[float, dict[str, f
 def bench_overhead(sizes: Sizes, root: str) -> list[str]:
     from prefect import flow
 
-    from stages import Store, run_pipeline, synthetic_pipeline
+    from stages import Store, run_pipeline
+    from stages.pipelines import synthetic_pipeline
 
     pipe = synthetic_pipeline()
     names = pipe.stage_names
@@ -459,7 +460,8 @@ def _timed(fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> tuple[float,
 def bench_exists(sizes: Sizes, stores: list[tuple[str, Any]]) -> list[str]:
     import random
 
-    from stages import StoreCacheView, synthetic_pipeline
+    from stages import StoreCacheView
+    from stages.pipelines import synthetic_pipeline
 
     pipe = synthetic_pipeline()
     space = pipe.space_dict()

@@ -1,6 +1,6 @@
 """Wall time of a study with ``parallel=2`` (two process workers) against ``parallel=1``,
 on the synthetic pipeline whose stages sleep their simulated cost
-(``stages.slept:slept_synthetic_pipeline``).
+(``stages.pipelines.slept:slept_synthetic_pipeline``).
 
 Starts its own ``prefect server`` (127.0.0.1, temporary home) and two process workers on a
 fresh pool, then runs the same study (same seed, budget and fresh local cache) once per
@@ -94,7 +94,7 @@ def main() -> None:
                 sys.executable,
                 "-m",
                 "flows.tune",
-                "pipeline.target=stages.slept:slept_synthetic_pipeline",
+                "pipeline.target=stages.pipelines.slept:slept_synthetic_pipeline",
                 f"+pipeline.kwargs.scale={args.scale}",
                 f"budget={args.budget}",
                 f"n_init={args.n_init}",

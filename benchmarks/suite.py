@@ -7,8 +7,8 @@
 
 Arguments are Hydra overrides of ``benchmarks/conf/config.yaml`` (group ``problem/``).
 
-* Synthetic problems (``stages.synthetic.VARIANTS``) run in process through
-  :func:`stages.simulate.simulate` (the optimizer's own ask/tell loop, exact simulated
+* Synthetic problems (``stages.pipelines.synthetic.VARIANTS``) run in process through
+  :func:`stages.pipelines.simulate.simulate` (the optimizer's own ask/tell loop, exact simulated
   cache), in at most ``workers`` processes with torch on one thread each. The warm-up is
   shared per seed by construction: ``Optimizer`` draws its ``n_init`` warm-up points from a
   Sobol sequence of the seed alone, so every method evaluates the same ones (the report
@@ -199,8 +199,7 @@ def run_synthetic(job: Mapping[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     from eeipu import SearchSpace
-    from stages.simulate import simulate
-    from stages.synthetic import synthetic_variant
+    from stages.pipelines import simulate, synthetic_variant
 
     problem = synthetic_variant(job["variant"], seed=job["seed"])
     space = SearchSpace.from_dict(problem.space_dict())
@@ -315,8 +314,7 @@ def _pipeline_runs(
 ) -> Iterator[dict[str, Any]]:
     """Run the missing (method, seed) studies of a real pipeline through the flows."""
     import flows.tune  # noqa: F401  (sets Prefect's environment defaults)
-    from flows import StudyConfig
-    from flows._journal import StudyJournal
+    from flows import StudyConfig, StudyJournal
     from flows.study import prepare
     from flows.tune import run
     from stages import Store

@@ -18,8 +18,7 @@ import statistics
 import time
 
 from eeipu import Optimizer, SearchSpace
-from stages.simulate import SimulatedCache
-from stages.synthetic import SyntheticProblem
+from stages.pipelines import SimulatedCache, SyntheticProblem
 
 CHECKPOINTS = (50.0, 100.0, 200.0)
 

@@ -216,6 +216,38 @@ class Optimizer:
         self._n_asked += 1
         return trial.copy()
 
+    def enqueue(
+        self,
+        params: Mapping[str, Mapping[str, Any]],
+        *,
+        origin: str = "enqueued",
+        acq_value: float | None = None,
+        memoized: Iterable[str] | None = None,
+        cache: CacheView | None = None,
+    ) -> Trial:
+        """Ask a given configuration: it becomes the next pending trial, as if :meth:`ask`
+        had proposed it (it takes the next number and counts towards ``n_init``).
+
+        Used to re-run trials that were in flight when a study stopped, with what
+        :meth:`ask` said of them then (``origin``, ``acq_value``, ``memoized``), or to
+        evaluate a configuration of one's own. ``memoized`` defaults to the stages
+        ``cache`` (default: the told trials) holds for ``params``.
+        """
+        self.space.validate(params)
+        view = self._history_view if cache is None else cache
+        params = {s: dict(params[s]) for s in self.space.stages}
+        trial = Trial(
+            number=self._n_asked,
+            params=params,
+            memoized=self._memoized(view, params) if memoized is None else tuple(memoized),
+            origin=origin,
+            acq_value=acq_value,
+        )
+        self._pending[trial.number] = trial
+        self._asked_keys.add(canonical_json(trial.params))
+        self._n_asked += 1
+        return trial.copy()
+
     def _params(self, x: Tensor, prefix: Prefix | None) -> dict[str, dict[str, Any]]:
         params = self.space.decode(x)
         if prefix is not None:

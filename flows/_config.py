@@ -1,314 +1,366 @@
 """The study configuration, validated once at the boundary into typed objects.
 
 Hydra composes YAML into a DictConfig; :func:`StudyConfig.from_mapping` turns it (or a plain
-dict) into frozen dataclasses, raising :class:`ConfigError` with a one-line message that
-names the offending key and the rule. Inner code never sees a DictConfig.
+dict) into frozen pydantic models shaped like the YAML (``cfg.optimizer.method`` is
+``optimizer.method``), raising :class:`ConfigError` with a one-line message that names the
+offending key and the rule. Inner code never sees a DictConfig. ``cfg.model_dump(mode="json")``
+is the JSON-ready view (flow parameters, journals); it leaves out ``storage.options``, which
+may hold credentials.
+
+Example:
+    >>> cfg = StudyConfig.from_mapping({
+    ...     "study": "demo", "budget": 50, "storage": {"url": ".eeipu/cache"},
+    ...     "optimizer": {"method": "ei"},
+    ...     "pipeline": {"name": "synthetic", "target": "stages.pipelines.synthetic_pipeline"},
+    ... })
+    >>> cfg.optimizer.method, cfg.budget, cfg.output_dir, cfg.executor
+    ('ei', 50.0, 'outputs/demo', 'auto')
 """
 
 from __future__ import annotations
 
-import importlib
+import logging
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal, get_args
+
+from hydra.utils import get_method
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from eeipu import METHODS, EEIPUError, SearchSpace
 
-__all__ = ["ConfigError", "PipelineConfig", "StorageConfig", "StudyConfig"]
+__all__ = ["ConfigError", "OptimizerConfig", "PipelineConfig", "StorageConfig", "StudyConfig"]
 
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
+Executor = Literal["auto", "local", "work_pool"]
 
 
 class ConfigError(EEIPUError, ValueError):
     """A configuration value breaks a rule."""
 
 
-def _require(cfg: Mapping[str, Any], key: str, where: str) -> Any:
-    if key not in cfg or cfg[key] is None:
-        raise ConfigError(f"`{where}{key}` is required but missing")
-    return cfg[key]
+# ---------------------------------------------------------------------- rules
+# A rule's message is what follows the key: "must be ..., but got ..."; the key comes from
+# pydantic's error location (see `_one_line`). Messages travel in the context, not in the
+# template, so braces in them ("{train: [gpu]}") are not read as placeholders.
+def _broken(message: str) -> PydanticCustomError:
+    return PydanticCustomError("eeipu_config", "{message}", {"message": message})
 
 
-def _number(value: Any, key: str, *, positive: bool = False, integer: bool = False) -> Any:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if ok and integer:
-        ok = float(value).is_integer()
-    if ok:
-        ok = math.isfinite(value) and (value > 0 if positive else True)
-    if not ok:
-        rule = "a positive " if positive else "a "
-        rule += "integer" if integer else "number"
-        raise ConfigError(f"`{key}` must be {rule}, but got {value!r}")
-    return int(value) if integer else float(value)
+def _rule(ok: Callable[[Any], bool], rule: str) -> BeforeValidator:
+    """Accept a value as given when ``ok(value)``; else "must be <rule>, but got <value>"."""
+
+    def check(value: Any) -> Any:
+        if not ok(value):
+            raise _broken(f"must be {rule}, but got {value!r}")
+        return value
+
+    return BeforeValidator(check)
 
 
-@dataclass(frozen=True)
-class PipelineConfig:
+def _one_of(choices: tuple[Any, ...]) -> BeforeValidator:
+    return _rule(lambda v: v in choices, f"one of {list(choices)}")
+
+
+def _number(
+    *, integer: bool = False, positive: bool = False, non_negative: bool = False
+) -> BeforeValidator:
+    """A real int or float (never a bool or a string); ``integer`` also takes 3.0 as 3.
+    ``None`` passes through: only optional fields admit it."""
+    kind = ("a positive " if positive else "an " if integer else "a ") + (
+        "integer" if integer else "number"
+    )
+
+    def check(value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            ok = (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and (not integer or float(value).is_integer())
+                and (value > 0 or not positive)
+            )
+        except OverflowError:
+            ok = False
+        if not ok:
+            raise _broken(f"must be {kind}, but got {value!r}")
+        if non_negative and value < 0:
+            raise _broken(f"must be >= 0, but got {value!r}")
+        return int(value) if integer else float(value)
+
+    return BeforeValidator(check)
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """A mapping; null (or empty) means ``{}``."""
+    if not value:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _broken(f"must be a mapping, but got {value!r}")
+    return dict(value)
+
+
+def _positive_size(value: Any, handler: Callable[[Any], Any]) -> Any:
+    """pydantic's ByteSize (``5000``, ``"500MB"``, ``"2 GiB"``), but positive and no bool."""
+    if value is None:
+        return None
+    try:
+        size = None if isinstance(value, bool) else handler(value)
+    except ValidationError:
+        size = None
+    if not size:
+        raise _broken(
+            "must be a positive size in bytes (5000000) or with a unit (500MB, 2GiB), "
+            f"but got {value!r}"
+        )
+    return size
+
+
+_Text = Annotated[str, BeforeValidator(str)]
+_Mapping = Annotated[dict[str, Any], BeforeValidator(_mapping)]
+_Count = Annotated[int, _number(integer=True, non_negative=True)]
+_Positive = Annotated[int, _number(integer=True, positive=True)]
+_Seconds = Annotated[float, _number(non_negative=True)]
+_Flag = Annotated[bool, _rule(lambda v: isinstance(v, bool), "true or false")]
+#: A positive number of bytes: an int, or a string with a unit (pydantic's ByteSize).
+Bytes = Annotated[ByteSize, WrapValidator(_positive_size)]
+
+
+class _Section(BaseModel):
+    """A frozen section of the YAML; unknown keys are ignored, and a null where a value is
+    required counts as missing (Hydra writes ``null`` for an unset key)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_missing(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        fields = cls.model_fields
+        return {
+            k: v
+            for k, v in data.items()
+            if not (v is None and k in fields and fields[k].is_required())
+        }
+
+
+# ---------------------------------------------------------------------- sections
+class PipelineConfig(_Section):
     """Which pipeline to build and how: ``target`` is ``module:function`` (or dotted)
     returning a ``stages.Pipeline``, called with ``kwargs``; ``space`` (optional) replaces
     the stages' declared search-space sections."""
 
-    name: str
-    target: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    name: _Text
+    target: _Text
+    kwargs: _Mapping = {}
     space: dict[str, dict[str, dict[str, Any]]] | None = None
     metric: str | None = None
-    direction: str = "maximize"
-    stage_tags: dict[str, list[str]] = field(default_factory=dict)
+    direction: Annotated[
+        Literal["maximize", "minimize"],
+        _rule(lambda v: v in ("maximize", "minimize"), "'maximize' or 'minimize'"),
+    ] = "maximize"
+    stage_tags: dict[str, list[str]] = {}
 
-    def factory(self) -> Any:
-        module_name, _, attr = self.target.replace(":", ".").rpartition(".")
+    @field_validator("space", mode="before")
+    @classmethod
+    def _space(cls, space: Any) -> Any:
+        if space is None:
+            return None
+        if not isinstance(space, Mapping):
+            raise _broken(f"must map stage -> parameters, got {space!r}")
         try:
-            module = importlib.import_module(module_name)
-            return getattr(module, attr)
-        except (ImportError, AttributeError, ValueError) as exc:
+            SearchSpace.from_dict(space)
+        except EEIPUError as exc:
+            raise _broken(f": {exc}") from exc
+        return {s: {p: dict(spec) for p, spec in sec.items()} for s, sec in space.items()}
+
+    @field_validator("stage_tags", mode="before")
+    @classmethod
+    def _stage_tags(cls, tags: Any) -> Any:
+        tags = tags or {}
+        if not isinstance(tags, Mapping) or not all(
+            isinstance(v, list | tuple) and all(isinstance(t, str) for t in v)
+            for v in tags.values()
+        ):
+            raise _broken(
+                f"must map stage -> list of tags, e.g. {{train: [gpu]}}, but got {tags!r}"
+            )
+        return {str(k): list(v) for k, v in tags.items()}
+
+    def factory(self) -> Callable[..., Any]:
+        """The function ``target`` names (Hydra's ``get_method``)."""
+        # Hydra logs a failed lookup (several lines) before raising it; we say it in one.
+        hydra_log = logging.getLogger("hydra.utils")
+        hydra_log.addFilter(_drop)
+        try:
+            return get_method(self.target.replace(":", "."))
+        except (ImportError, ValueError) as exc:
+            reason = " ".join(str(exc.__cause__ or exc).split())
             raise ConfigError(
                 f"`pipeline.target` must name an importable function, but {self.target!r} "
-                f"could not be loaded ({exc})"
+                f"could not be loaded ({reason})"
             ) from exc
+        finally:
+            hydra_log.removeFilter(_drop)
 
 
-@dataclass(frozen=True)
-class StorageConfig:
-    """Where the cache and the study journals live: a local folder or an fsspec URL."""
+def _drop(record: logging.LogRecord) -> bool:
+    return False
+
+
+class OptimizerConfig(_Section):
+    """The method (a name in ``eeipu.METHODS``), its options, and the prefix-pool size."""
+
+    method: str
+    max_prefixes: _Count = 8
+    options: _Mapping = {}
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, method: Any) -> Any:
+        names = sorted(METHODS)
+        if method not in names:
+            raise _broken(f"must be one of {names}, but got {method!r}")
+        return method
+
+
+class StorageConfig(_Section):
+    """Where the cache and the study journals live: a local folder or an fsspec URL.
+
+    ``options`` (fsspec storage options, maybe credentials) is never serialized or shown."""
 
     url: str
-    options: dict[str, Any] = field(default_factory=dict)
-    max_bytes: int | None = None
-    retry_seconds: float = 30.0
+    options: Annotated[_Mapping, Field(exclude=True, repr=False)] = {}
+    max_bytes: Bytes | None = None
+    retry_seconds: _Seconds = 30.0
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url(cls, url: Any) -> Any:
+        if not isinstance(url, str) or not url.strip():
+            raise _broken(f"must be a folder or URL, but got {url!r}")
+        if url.startswith("s3://") and not _S3_URL.match(url):
+            raise _broken(
+                f"must look like s3://bucket/prefix (a valid bucket name), but got {url!r}"
+            )
+        return url
 
     @property
     def protocol(self) -> str:
         return self.url.split("://", 1)[0] if "://" in self.url else "file"
 
 
-@dataclass(frozen=True)
-class StudyConfig:
-    """A whole study: pipeline, optimizer, storage, budget and outputs."""
+# ---------------------------------------------------------------------- the study
+class StudyConfig(_Section):
+    """A whole study: pipeline, optimizer, storage, budget and outputs, as in
+    ``flows/conf/config.yaml``. Build it with :meth:`from_mapping`."""
 
-    study: str
+    study: Annotated[
+        _Text,
+        _rule(
+            lambda v: bool(_STUDY_NAME.match(str(v))),
+            "1-100 letters, digits, '_', '.' or '-' (starting with a letter or digit)",
+        ),
+    ]
     pipeline: PipelineConfig
-    method: str
-    method_options: dict[str, Any]
+    optimizer: OptimizerConfig
     storage: StorageConfig
-    budget: float
-    seed: int = 0
-    n_init: int = 10
-    max_prefixes: int = 8
-    retries: int = 0
-    retry_delay_seconds: float = 0.0
-    continue_on_failure: bool = True
-    max_failures_in_a_row: int = 5
-    output_dir: str = "outputs"
-    progress: bool = True
-    max_trials: int | None = None
+    budget: Annotated[float, _number(positive=True)]
+    seed: _Count = 0
+    n_init: _Positive = 10
+    retries: _Count = 0
+    retry_delay_seconds: _Seconds = 0.0
+    continue_on_failure: _Flag = True
+    max_failures_in_a_row: _Positive = 5
+    output_dir: _Text = ""  # "" (or null) -> outputs/<study>
+    progress: _Flag = True
+    max_trials: Annotated[int | None, _number(integer=True, positive=True)] = None
     warm_start: tuple[str, ...] = ()
-    extra_budget: float | None = None
-    parallel: int = 1
-    work_pool: str = "eeipu"
+    extra_budget: Annotated[float | None, _number(positive=True)] = None
+    parallel: _Positive = 1
+    work_pool: Annotated[  # before-validators run last-listed first: null -> "eeipu"
+        str,
+        _rule(lambda v: isinstance(v, str) and bool(_STUDY_NAME.match(v)), "a work pool name"),
+        BeforeValidator(lambda v: v or "eeipu"),
+    ] = "eeipu"
+    executor: Annotated[Executor, _one_of(get_args(Executor))] = "auto"
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> StudyConfig:
-        """Validate a composed config (plain mapping; resolve a DictConfig first)."""
+        """Validate a composed config (plain mapping; resolve a DictConfig first).
+
+        Raises:
+            ConfigError: One line naming the first offending key and its rule.
+        """
         if not isinstance(cfg, Mapping):
             raise ConfigError(f"the configuration must be a mapping, but got {type(cfg).__name__}")
-        study = str(_require(cfg, "study", ""))
-        if not _STUDY_NAME.match(study):
-            raise ConfigError(
-                "`study` must be 1-100 letters, digits, '_', '.' or '-' (starting with a letter "
-                f"or digit), but got {study!r}"
-            )
-        pipe = _require(cfg, "pipeline", "")
-        if not isinstance(pipe, Mapping):
-            raise ConfigError(f"`pipeline` must be a mapping, but got {pipe!r}")
-        direction = pipe.get("direction", "maximize")
-        if direction not in ("maximize", "minimize"):
-            raise ConfigError(
-                f"`pipeline.direction` must be 'maximize' or 'minimize', but got {direction!r}"
-            )
-        space = pipe.get("space")
-        if space is not None:
-            if not isinstance(space, Mapping):
-                raise ConfigError(f"`pipeline.space` must map stage -> parameters, got {space!r}")
-            try:
-                SearchSpace.from_dict(space)
-            except EEIPUError as exc:
-                raise ConfigError(f"`pipeline.space`: {exc}") from exc
-            space = {s: {p: dict(spec) for p, spec in sec.items()} for s, sec in space.items()}
-        kwargs = pipe.get("kwargs") or {}
-        if not isinstance(kwargs, Mapping):
-            raise ConfigError(f"`pipeline.kwargs` must be a mapping, but got {kwargs!r}")
-        stage_tags = pipe.get("stage_tags") or {}
-        if not isinstance(stage_tags, Mapping) or not all(
-            isinstance(v, list | tuple) and all(isinstance(t, str) for t in v)
-            for v in stage_tags.values()
-        ):
-            raise ConfigError(
-                f"`pipeline.stage_tags` must map stage -> list of tags, e.g. {{train: [gpu]}}, but got {stage_tags!r}"
-            )
-        pipeline = PipelineConfig(
-            name=str(_require(pipe, "name", "pipeline.")),
-            stage_tags={str(k): [str(t) for t in v] for k, v in stage_tags.items()},
-            target=str(_require(pipe, "target", "pipeline.")),
-            kwargs=dict(kwargs),
-            space=space,
-            metric=pipe.get("metric"),
-            direction=direction,
-        )
-        opt = _require(cfg, "optimizer", "")
-        if not isinstance(opt, Mapping):
-            raise ConfigError(f"`optimizer` must be a mapping, but got {opt!r}")
-        method = _require(opt, "method", "optimizer.")
-        if method not in METHODS:
-            raise ConfigError(
-                f"`optimizer.method` must be one of {sorted(METHODS)}, but got {method!r}"
-            )
-        options = opt.get("options") or {}
-        if not isinstance(options, Mapping):
-            raise ConfigError(f"`optimizer.options` must be a mapping, but got {options!r}")
-        store = _require(cfg, "storage", "")
-        if not isinstance(store, Mapping):
-            raise ConfigError(f"`storage` must be a mapping, but got {store!r}")
-        url = _require(store, "url", "storage.")
-        if not isinstance(url, str) or not url.strip():
-            raise ConfigError(f"`storage.url` must be a folder or URL, but got {url!r}")
-        max_bytes = store.get("max_bytes")
-        if max_bytes is not None:
-            from flows._eviction import parse_bytes
+        try:
+            return cls.model_validate(cfg)
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc)) from exc
 
-            try:
-                max_bytes = parse_bytes(max_bytes)
-            except ValueError:
-                raise ConfigError(
-                    "`storage.max_bytes` must be a positive size in bytes (5000000) or with a "
-                    f"unit (500MB, 2GiB), but got {max_bytes!r}"
-                ) from None
-        retry_seconds = _number(store.get("retry_seconds", 30.0), "storage.retry_seconds")
-        if retry_seconds < 0:
-            raise ConfigError(f"`storage.retry_seconds` must be >= 0, but got {retry_seconds}")
-        storage = StorageConfig(
-            url=url,
-            options=dict(store.get("options") or {}),
-            max_bytes=max_bytes,
-            retry_seconds=retry_seconds,
-        )
-        if storage.protocol == "s3" and not re.match(
-            r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", url
-        ):
-            raise ConfigError(
-                f"`storage.url` must look like s3://bucket/prefix (a valid bucket name), but got {url!r}"
+    @field_validator("warm_start", mode="before")
+    @classmethod
+    def _warm_start(cls, value: Any) -> Any:
+        """Names of earlier studies on the same storage (a list, maybe empty)."""
+        if value is None:
+            return ()
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise _broken(
+                f"must be a list of study names, e.g. warm_start=[old-study], but got {value!r}"
             )
-        retries = _number(cfg.get("retries", 0), "retries", integer=True)
-        if retries < 0:
-            raise ConfigError(f"`retries` must be >= 0, but got {retries}")
-        seed = _number(cfg.get("seed", 0), "seed", integer=True)
-        if seed < 0:
-            raise ConfigError(f"`seed` must be >= 0, but got {seed}")
-        max_prefixes = _number(opt.get("max_prefixes", 8), "optimizer.max_prefixes", integer=True)
-        if max_prefixes < 0:
-            raise ConfigError(f"`optimizer.max_prefixes` must be >= 0, but got {max_prefixes}")
-        delay = _number(cfg.get("retry_delay_seconds", 0.0), "retry_delay_seconds")
-        if delay < 0:
-            raise ConfigError(f"`retry_delay_seconds` must be >= 0, but got {delay}")
-        max_trials = cfg.get("max_trials")
-        if max_trials is not None:
-            max_trials = _number(max_trials, "max_trials", positive=True, integer=True)
-        warm_start = _warm_start(cfg.get("warm_start"), study)
-        extra_budget = cfg.get("extra_budget")
-        if extra_budget is not None:
-            extra_budget = _number(extra_budget, "extra_budget", positive=True)
-        parallel = _number(cfg.get("parallel", 1), "parallel", positive=True, integer=True)
-        work_pool = cfg.get("work_pool") or "eeipu"
-        if not isinstance(work_pool, str) or not _STUDY_NAME.match(work_pool):
-            raise ConfigError(f"`work_pool` must be a work pool name, but got {work_pool!r}")
-        max_failures = _number(
-            cfg.get("max_failures_in_a_row", 5),
-            "max_failures_in_a_row",
-            positive=True,
-            integer=True,
-        )
-        for flag in ("continue_on_failure", "progress"):
-            if not isinstance(cfg.get(flag, False), bool):
-                raise ConfigError(f"`{flag}` must be true or false, but got {cfg.get(flag)!r}")
-        return cls(
-            study=study,
-            pipeline=pipeline,
-            method=method,
-            method_options=dict(options),
-            storage=storage,
-            budget=_number(_require(cfg, "budget", ""), "budget", positive=True),
-            seed=seed,
-            n_init=_number(cfg.get("n_init", 10), "n_init", positive=True, integer=True),
-            max_prefixes=max_prefixes,
-            retries=retries,
-            retry_delay_seconds=delay,
-            continue_on_failure=cfg.get("continue_on_failure", True),
-            max_failures_in_a_row=max_failures,
-            output_dir=str(cfg.get("output_dir") or f"outputs/{study}"),
-            progress=cfg.get("progress", True),
-            max_trials=max_trials,
-            warm_start=warm_start,
-            extra_budget=extra_budget,
-            parallel=parallel,
-            work_pool=work_pool,
-        )
+        names = tuple(str(v) for v in value)
+        for name in names:
+            if not _STUDY_NAME.match(name):
+                raise _broken(f"must hold study names, but got {name!r}")
+        if len(set(names)) != len(names):
+            raise _broken(f"names a study twice: {list(names)}")
+        return names
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view (storage options are left out: they may hold credentials)."""
-        return {
-            "study": self.study,
-            "pipeline": {
-                "name": self.pipeline.name,
-                "target": self.pipeline.target,
-                "kwargs": self.pipeline.kwargs,
-                "space": self.pipeline.space,
-                "metric": self.pipeline.metric,
-                "direction": self.pipeline.direction,
-                "stage_tags": self.pipeline.stage_tags,
-            },
-            "optimizer": {
-                "method": self.method,
-                "options": self.method_options,
-                "max_prefixes": self.max_prefixes,
-            },
-            "storage": {
-                "url": self.storage.url,
-                "max_bytes": self.storage.max_bytes,
-                "retry_seconds": self.storage.retry_seconds,
-            },
-            "budget": self.budget,
-            "seed": self.seed,
-            "n_init": self.n_init,
-            "retries": self.retries,
-            "retry_delay_seconds": self.retry_delay_seconds,
-            "continue_on_failure": self.continue_on_failure,
-            "max_failures_in_a_row": self.max_failures_in_a_row,
-            "output_dir": self.output_dir,
-            "progress": self.progress,
-            "max_trials": self.max_trials,
-            "warm_start": list(self.warm_start),
-            "extra_budget": self.extra_budget,
-            "parallel": self.parallel,
-            "work_pool": self.work_pool,
-        }
+    @model_validator(mode="before")
+    @classmethod
+    def _default_output_dir(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and not data.get("output_dir"):
+            data = {**data, "output_dir": f"outputs/{data.get('study')}"}
+        return data
+
+    @model_validator(mode="after")
+    def _not_warm_from_itself(self) -> StudyConfig:
+        if self.study in self.warm_start:
+            raise _broken(f"`warm_start` must not name the study itself ({self.study!r})")
+        return self
 
 
-def _warm_start(value: Any, study: str) -> tuple[str, ...]:
-    """``warm_start``: names of earlier studies on the same storage (a list, maybe empty)."""
-    if value is None:
-        return ()
-    if isinstance(value, str) or not isinstance(value, list | tuple):
-        raise ConfigError(
-            f"`warm_start` must be a list of study names, e.g. warm_start=[old-study], but got {value!r}"
+def _one_line(exc: ValidationError) -> str:
+    """pydantic's first error as "`key` <rule>" (our rules), or in our words (its own)."""
+    error = exc.errors(include_url=False)[0]
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "eeipu_config":
+        message = error["ctx"]["message"]
+    elif error["type"] == "missing":
+        message = "is required but missing"
+    elif error["type"] in ("model_type", "dict_type"):
+        message = f"must be a mapping, but got {error['input']!r}"
+    else:  # pydantic's words: "Input should be a valid string"
+        message = (
+            f"{error['msg'].replace('Input should be', 'must be')}, but got {error['input']!r}"
         )
-    names = tuple(str(v) for v in value)
-    for name in names:
-        if not _STUDY_NAME.match(name):
-            raise ConfigError(f"`warm_start` must hold study names, but got {name!r}")
-    if study in names:
-        raise ConfigError(f"`warm_start` must not name the study itself ({study!r})")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"`warm_start` names a study twice: {list(names)}")
-    return names
+    if not key:  # a rule on the whole study: the message names its keys
+        return message
+    return f"`{key}`{'' if message.startswith(':') else ' '}{message}"

@@ -18,40 +18,12 @@ offered as cached; a trial that needs it simply recomputes it.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stages import Pipeline
 
-__all__ = ["parse_bytes", "reuse_value"]
-
-_UNITS = {
-    "": 1,
-    "B": 1,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "TB": 10**12,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-    "TIB": 2**40,
-}
-
-
-def parse_bytes(value: Any) -> int:
-    """``5000``, ``"500MB"``, ``"2 GiB"`` -> bytes. Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if isinstance(value, int | float):
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(value)
-        return int(value)
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
-    if not match or match.group(2).upper() not in _UNITS or float(match.group(1)) <= 0:
-        raise ValueError(value)
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+__all__ = ["reuse_value"]
 
 
 def reuse_value(

@@ -4,7 +4,7 @@ Layout under the store root::
 
     studies/<study>/study.json              what the study is (space, method, seed, ...)
     studies/<study>/trials/<number>.json    one record per told trial, written atomically
-    studies/<study>/running.json            the trial in flight (number, params, start time)
+    studies/<study>/running.json            the trials in flight (crash marker, see mark_running)
 
 A record is written once and never changed (append-only by construction), each write is
 atomic (temp file + rename locally, one PUT on S3), and the journal is read back with one
@@ -58,7 +58,7 @@ class StudyJournal:
         header = {
             "study": self.study,
             "space": space.to_dict(),
-            "method": config.method,
+            "method": config.optimizer.method,
             "seed": config.seed,
             "n_init": config.n_init,
             "direction": config.pipeline.direction,
@@ -114,18 +114,45 @@ class StudyJournal:
             optimizer.load_state_dict(records[-1]["optimizer_state"])
         return records
 
-    def mark_running(self, number: int, params: Mapping[str, Any], started_at: float) -> None:
-        """Note the trial about to run; if the process dies, the resumed study re-runs it
-        and adopts the stages it stored (see ``stages.run_pipeline(adopt_after=...)``)."""
-        record = {"number": number, "params": params, "started_at": started_at}
+    def mark_running(
+        self, trials: list[Mapping[str, Any]], optimizer_state: Mapping[str, Any] | None
+    ) -> None:
+        """Note the trials in flight (written whenever one starts): each is
+        ``{"trial_id", "trial": Trial.to_dict(), "started_at", "ask_seconds", "ref"}`` (``ref``:
+        the executor's handle, e.g. a flow run id), and
+        ``optimizer_state`` is the optimizer's state after the last ask. If the process
+        dies, the resumed study re-asks these trials (``Optimizer.enqueue``), re-runs them
+        and adopts the stages they stored (see ``stages.run_pipeline(adopt_after=...)``).
+        Entries whose ``trial_id`` is already in the journal were told: :meth:`running`
+        leaves them out."""
+        record = {"trials": list(trials), "optimizer_state": optimizer_state}
         self.store.write_file(f"{self.folder}/running.json", _dumps(record))
 
-    def running(self) -> dict[str, Any] | None:
-        """The trial that was in flight when the study last stopped (None if none)."""
+    def running(self, records: list[Mapping[str, Any]]) -> dict[str, Any]:
+        """What was in flight when the study last stopped and is not in ``records``:
+        ``{"trials": [...], "optimizer_state": ...}`` (no trials if none)."""
         try:
-            return json.loads(self.store.read_file(f"{self.folder}/running.json"))
+            marker = json.loads(self.store.read_file(f"{self.folder}/running.json"))
         except FileNotFoundError:
-            return None
+            return {"trials": [], "optimizer_state": None}
+        if "trials" not in marker:
+            # Written by an earlier version: the one trial in flight, numbered like its record.
+            if marker["number"] < len(records):
+                return {"trials": [], "optimizer_state": None}
+            marker = {
+                "trials": [
+                    {
+                        "trial_id": None,
+                        "trial": {"params": marker["params"], "origin": "resumed"},
+                        "started_at": marker["started_at"],
+                        "ask_seconds": 0.0,
+                    }
+                ],
+                "optimizer_state": None,
+            }
+        told = {r.get("trial_id") for r in records}
+        trials = [t for t in marker["trials"] if t["trial_id"] is None or t["trial_id"] not in told]
+        return {"trials": trials, "optimizer_state": marker.get("optimizer_state")}
 
 
 def _dumps(obj: Any) -> bytes:

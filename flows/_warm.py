@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any
 
 from eeipu import Optimizer, SearchSpace
@@ -38,7 +37,7 @@ def resolve_budget(cfg: StudyConfig, store: Store) -> StudyConfig:
         return cfg
     header = StudyJournal(store, cfg.study).header()
     budget = cfg.budget if header is None else float(header["budget"]) + cfg.extra_budget
-    return replace(cfg, budget=budget, extra_budget=None)
+    return cfg.model_copy(update={"budget": budget, "extra_budget": None})
 
 
 def open_study(

@@ -33,8 +33,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from flows._config import PipelineConfig
-from flows._eviction import parse_bytes, reuse_value
+from pydantic import TypeAdapter, ValidationError
+
+from flows._config import Bytes, PipelineConfig
+from flows._eviction import reuse_value
 from flows._journal import StudyJournal
 from flows._outputs import trial_rows, write_outputs
 from stages import Pipeline, Stage, Store, StoreError, merkle_key
@@ -358,8 +360,10 @@ def _warmup_cost(records: Sequence[dict[str, Any]], n_init: int) -> float | None
 # ---------------------------------------------------------------------- eeipu cache
 def _cache(args: argparse.Namespace) -> int:
     try:
-        max_bytes = None if args.max_bytes is None else parse_bytes(args.max_bytes)
-    except ValueError:
+        max_bytes = (
+            None if args.max_bytes is None else TypeAdapter(Bytes).validate_python(args.max_bytes)
+        )
+    except ValidationError:
         raise _BadInput(
             "--max-bytes must be a positive size (bytes, or 500MB, 2GiB), "
             f"but got {args.max_bytes!r}"

@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import warnings
@@ -47,7 +46,8 @@ def deployment(cfg_dict: dict[str, Any]) -> Any:
     from prefect.deployments.runner import EntrypointType
 
     from flows._config import ConfigError, StudyConfig
-    from flows.study import _cached_pipeline, _store, tune_flow
+    from flows.runtime import pipeline_for, store_for
+    from flows.study import tune_flow
 
     cfg_dict = dict(cfg_dict)
     cron, name, limit = (cfg_dict.pop(k, None) for k in _SERVE_KEYS)
@@ -64,12 +64,12 @@ def deployment(cfg_dict: dict[str, Any]) -> Any:
         raise ConfigError(f"`concurrency_limit` must be a positive integer, but got {limit!r}")
     # Fail now on a bad pipeline or unreachable storage, not at 3 a.m.; the journal is not
     # opened here, so the first scheduled run starts a new study with `budget`.
-    _cached_pipeline(json.dumps(cfg.to_dict(), sort_keys=True))
-    _store(cfg).check()
+    pipeline_for(cfg)
+    store_for(cfg).check()
     return tune_flow.to_deployment(
         name=name or cfg.study,
         cron=str(cron),
-        parameters={"config": cfg.to_dict()},
+        parameters={"config": cfg.model_dump(mode="json")},
         concurrency_limit=limit,
         tags=[f"study:{cfg.study}"],
         description=f"eeipu study {cfg.study}: +{cfg.extra_budget:g} budget per run",

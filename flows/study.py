@@ -1,26 +1,42 @@
-"""The controller flow (one study) and the trial subflow (one configuration).
+"""The study: one controller flow and one loop, whatever runs the trials.
 
-    tune_flow(config)            controller: warm-up, then ask -> trial-<n> -> tell until
-                                 the budget is spent; journal, outputs and artifacts
-    trial_flow(config, n, params) one configuration's stages, each a cached Prefect task
+    tune_flow(config)    the controller flow: warm-up, then ask -> run -> tell until the
+                         budget is spent; journal, outputs and artifacts
+    run_study(cfg)       the loop it runs (:class:`StudyLoop`)
 
-Both take JSON-only parameters (so the Prefect UI shows them and a deployment can run them);
-credentials never travel in them: the store reads them from the environment or from
-``storage.options`` given to this process.
+The loop owns asking, telling, the journal, the crash marker, eviction, the failure streak,
+storage outages, progress and artifacts. An executor (:mod:`flows.executors`) runs the
+trials: one at a time in this process, N at a time on its threads, or N at a time on a
+Prefect work pool; the loop keeps up to ``executor.slots`` trials in flight.
+
+With trials in flight, ``Optimizer.ask`` sees them as pending: their outcomes are
+fantasized (kriging believer), so EI does not propose them or their neighbours again, and
+their proper prefixes join the prefix pool as about to be cached. No stage key is computed
+twice at the same time: before it submits a trial, the loop compares the trial's stage keys
+that are not yet in the store with those of the trials in flight, and holds the trial back
+until the trials it shares keys with have finished, so it loads those stages instead of
+recomputing them. (Only this study's trials are known: two studies on one storage may
+still overlap.)
+
+The journal numbers records in the order trials finish (``asked_as`` keeps the ask number
+of the run that asked it), so a resumed study replays them in telling order. Before a
+trial starts, the crash marker lists every trial in flight; a resumed study re-asks those
+that were not told (``Optimizer.enqueue``), re-runs them and adopts the stages they stored.
+
+Flows take a typed :class:`flows.StudyConfig` (Prefect validates it); credentials never
+travel in it: ``storage.options`` is left out of its serialized form, and the store reads
+them from the environment or from the options given to this process.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
-import math
-import sys
 import time
-from dataclasses import dataclass, replace
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
-from prefect import flow, get_run_logger, tags
+from prefect import flow
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -29,7 +45,7 @@ from prefect.artifacts import (
 )
 
 from eeipu import Optimizer, SearchSpace, TrialState
-from flows._config import ConfigError, StudyConfig
+from flows._config import StudyConfig
 from flows._eviction import reuse_value
 from flows._journal import StudyJournal
 from flows._outputs import (
@@ -41,28 +57,24 @@ from flows._outputs import (
     write_outputs,
 )
 from flows._warm import open_study, resolve_budget
-from stages import (
-    Pipeline,
-    StageError,
-    Store,
-    StoreCacheView,
-    StoreUnavailable,
-    run_pipeline,
-)
+from flows.executors import TrialExecutor, TrialJob, TrialOutcome, executor_for
+from flows.runtime import pipeline_for, run_logger, say, store_for
+from stages import Pipeline, Store, StoreCacheView, StoreUnavailable
 
 __all__ = [
     "StudyFailed",
+    "StudyLoop",
     "StudyResult",
-    "build_pipeline",
     "more_to_run",
     "prepare",
     "report_finished",
     "run_study",
-    "trial_flow",
     "tune_flow",
 ]
 
 logger = logging.getLogger("eeipu")
+
+_HINT = "fix the stage and re-run the same command to resume"
 
 
 class StudyFailed(RuntimeError):
@@ -80,139 +92,25 @@ class StudyResult:
     journal_url: str
 
 
-# ---------------------------------------------------------------------- building blocks
-def build_pipeline(config: StudyConfig) -> Pipeline:
-    """Call the configured factory; apply the YAML search space over the stages' own."""
-    factory = config.pipeline.factory()
-    try:
-        pipeline = factory(**config.pipeline.kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"`pipeline.kwargs` do not fit {config.pipeline.target}: {exc}") from exc
-    if not isinstance(pipeline, Pipeline):
-        raise ConfigError(
-            f"`pipeline.target` {config.pipeline.target} must return a stages.Pipeline, "
-            f"but returned {type(pipeline).__name__}"
-        )
-    space = config.pipeline.space
-    if space is not None:
-        unknown = sorted(set(space) - set(pipeline.stage_names))
-        if unknown:
-            raise ConfigError(
-                f"`pipeline.space` names unknown stage(s) {unknown}; stages are {pipeline.stage_names}"
-            )
-        stages = [replace(s, space=space.get(s.name, s.space)) for s in pipeline.stages]
-        pipeline = Pipeline(
-            stages,
-            metric=config.pipeline.metric or pipeline.metric,
-            load_cost=pipeline.load_cost,
-        )
-    elif config.pipeline.metric:
-        pipeline = Pipeline(
-            pipeline.stages, metric=config.pipeline.metric, load_cost=pipeline.load_cost
-        )
-    tagged = config.pipeline.stage_tags
-    if tagged:
-        unknown = sorted(set(tagged) - set(pipeline.stage_names))
-        if unknown:
-            raise ConfigError(
-                f"`pipeline.stage_tags` names unknown stage(s) {unknown}; stages are {pipeline.stage_names}"
-            )
-        stages = [replace(s, tags=(*s.tags, *tagged.get(s.name, ()))) for s in pipeline.stages]
-        pipeline = Pipeline(stages, metric=pipeline.metric, load_cost=pipeline.load_cost)
-    return pipeline
-
-
-_stores: dict[str, Store] = {}
-
-
-def _store(config: StudyConfig) -> Store:
-    # One Store per URL and process: the trial subflow gets the controller's store
-    # (with any storage.options) without credentials passing through flow parameters.
-    if config.storage.url not in _stores:
-        _stores[config.storage.url] = Store(
-            config.storage.url,
-            config.storage.options,
-            retry_seconds=config.storage.retry_seconds,
-        )
-    return _stores[config.storage.url]
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_pipeline(config_json: str) -> Pipeline:
-    return build_pipeline(StudyConfig.from_mapping(json.loads(config_json)))
-
-
-def _config_from(config: dict[str, Any]) -> StudyConfig:
-    return StudyConfig.from_mapping(config)
-
-
-# ---------------------------------------------------------------------- the flows
-@flow(name="eeipu-trial", log_prints=False, validate_parameters=False, persist_result=False)
-def trial_flow(
-    config: dict[str, Any],
-    number: int,
-    params: dict[str, Any],
-    adopt_after: float | None = None,
-) -> dict[str, Any]:
-    """Run one configuration: each stage a Prefect task, cached by its Merkle key.
-
-    ``adopt_after`` is set when this trial re-runs after a crash interrupted it: what its
-    first attempt stored is loaded and charged as computed (see ``run_pipeline``).
-    """
-    cfg = _config_from(config)
-    pipeline = _cached_pipeline(json.dumps(config, sort_keys=True))
-    result = run_pipeline(
-        pipeline,
-        params,
-        _store(cfg),
-        retries=cfg.retries,
-        retry_delay_seconds=cfg.retry_delay_seconds,
-        adopt_after=adopt_after,
-    )
-    return {
-        "objective": result.objective,
-        "costs": result.costs,
-        "cached": sorted(result.cached_stages),
-        "adopted": sorted(result.adopted),
-        "seconds": result.seconds,
-        "keys": result.keys,
-    }
-
-
-@flow(name="eeipu-study", log_prints=False, validate_parameters=False, persist_result=False)
-def tune_flow(config: dict[str, Any]) -> StudyResult:
-    """Run (or resume) a study until its budget is spent; see the module docstring."""
-    cfg = _config_from(config)
-    # A scheduled run (extra_budget set) continues the study with more budget.
-    cfg = resolve_budget(cfg, _store(cfg))
-    if cfg.parallel > 1:
-        from flows._parallel import run_parallel_study  # it imports this module
-
-        return run_parallel_study(cfg)
-    return run_study(cfg)
-
-
 def prepare(cfg: StudyConfig) -> tuple[Pipeline, Store, Optimizer, StudyJournal]:
     """Build and check everything a study needs, then open (or check) its journal.
 
     Called before the controller flow starts, so bad input fails fast with one line and
     leaves no flow run, journal or cache folder behind.
     """
-    # Cached per process: the CLI prepares once to fail fast, the flow again, and every trial
-    # subflow looks the pipeline up; factories may be slow (data loading, warm-up).
-    pipeline = _cached_pipeline(json.dumps(cfg.to_dict(), sort_keys=True))
+    pipeline = pipeline_for(cfg)
     space = SearchSpace.from_dict(pipeline.space_dict())
     opt = Optimizer(
         space,
-        method=cfg.method,
+        method=cfg.optimizer.method,
         budget=cfg.budget,
         n_init=cfg.n_init,
         seed=cfg.seed,
         direction=cfg.pipeline.direction,
-        max_prefixes=cfg.max_prefixes,
-        method_options=cfg.method_options,
+        max_prefixes=cfg.optimizer.max_prefixes,
+        method_options=cfg.optimizer.options,
     )
-    store = _store(cfg)
+    store = store_for(cfg)
     store.check()
     journal = StudyJournal(store, cfg.study)
     open_study(journal, cfg, space, opt)  # journal.open + warm-start priors
@@ -234,110 +132,272 @@ def report_finished(
     made the study's artifacts.
     """
     reason = f"budget {cfg.budget:g} spent" if opt.done else f"max_trials={cfg.max_trials} reached"
-    _say(
-        _logger(),
+    say(
         cfg,
         f"study {cfg.study!r}: nothing left to run ({reason}); raise `budget` or `max_trials`, "
         "or set `extra_budget`, to continue it",
+        logger,
     )
     workers = cfg.parallel if cfg.parallel > 1 else None
     return finish_study(cfg, opt, records, journal, None, workers=workers, artifacts=False)
 
 
-def run_study(cfg: StudyConfig) -> StudyResult:
-    run_logger = _logger()
+@flow(name="eeipu-study", log_prints=False, persist_result=False)
+def tune_flow(config: StudyConfig) -> StudyResult:
+    """Run (or resume) a study until its budget is spent; see the module docstring."""
+    # A scheduled run (extra_budget set) continues the study with more budget.
+    return run_study(resolve_budget(config, store_for(config)))
+
+
+def run_study(cfg: StudyConfig, executor: TrialExecutor | None = None) -> StudyResult:
+    """Run (or resume) the study ``cfg`` with ``executor`` (default: ``executor_for(cfg)``)."""
     pipeline, store, opt, journal = prepare(cfg)
     records = journal.replay(opt)
-    config_json = cfg.to_dict()
-    _say(
-        run_logger,
-        cfg,
-        f"study {cfg.study!r}: pipeline {cfg.pipeline.name} ({' -> '.join(pipeline.stage_names)}), "
-        f"method {cfg.method}, budget {cfg.budget:g}, seed {cfg.seed}; cache {store.url}"
-        + (f"; resuming after {len(records)} trials, spent {opt.spent:.4g}" if records else ""),
-    )
-    progress_id = create_progress_artifact(
-        progress=min(100.0, 100.0 * opt.spent / cfg.budget),
-        key=artifact_key(cfg.study, "progress"),
-        description=f"Budget spent by study {cfg.study}",
-    )
-    failure: str | None = None
-    interrupted = journal.running()
-    failed_in_a_row = 0
-    hint = "fix the stage and re-run the same command to resume"
-    journaled = len(records)
+    loop = StudyLoop(cfg, pipeline, store, opt, journal, records, executor or executor_for(cfg))
     try:
-        while more_to_run(cfg, opt, len(records)):
-            t0 = time.time()
-            trial = opt.ask(cache=StoreCacheView(pipeline, store))
-            state = opt.state_dict()
-            asked = time.time()
-            adopt_after = None
-            if interrupted is not None and interrupted["number"] == trial.number:
-                # The process died while this trial ran: re-run it from what it stored.
-                adopt_after = float(interrupted["started_at"])
-                _say(run_logger, cfg, f"trial {trial.number} was interrupted; re-running it")
-            interrupted = None
-            journal.mark_running(trial.number, trial.params, adopt_after or t0)
-            try:
-                with tags(f"study:{cfg.study}"):
-                    out = trial_flow.with_options(flow_run_name=f"trial-{trial.number}")(
-                        config_json, trial.number, trial.params, adopt_after
-                    )
-                objective, costs, cached = out["objective"], out["costs"], out["cached"]
-                seconds, error = out["seconds"], None
-                if not math.isfinite(objective):
-                    objective, error = None, f"objective is {objective!r}"
-            except StageError as exc:
-                objective, costs, cached, seconds = None, dict(exc.costs), [], dict(exc.seconds)
-                error = str(exc)
-            told = opt.tell(trial, objective=objective, costs=costs, cached=cached)
-            record = {
-                **told.to_dict(),
-                "error": error,
-                "seconds": seconds,
-                "started_at": t0,
-                "ask_seconds": round(asked - t0, 6),
-                "finished_at": time.time(),
-                "optimizer_state": state,
-            }
-            records.append(record)
-            if cfg.storage.max_bytes is not None:
-                evicted = store.evict(
-                    cfg.storage.max_bytes,
-                    reuse_value(pipeline, records, cfg.pipeline.direction),
-                )
-                record["evicted"] = len(evicted)
-                if evicted:
-                    run_logger.info(
-                        "evicted %d cache entries to stay under storage.max_bytes=%d",
-                        len(evicted),
-                        cfg.storage.max_bytes,
-                    )
-            journal.append(record)
-            journaled = len(records)
-            best = best_so_far(records, cfg.pipeline.direction)[-1]
-            _say(run_logger, cfg, progress_line(record, best, opt.spent, cfg.budget))
-            update_progress_artifact(
-                progress_id, progress=min(100.0, 100.0 * opt.spent / cfg.budget)
+        loop.run()
+    finally:
+        loop.executor.close()
+    return finish_study(
+        cfg,
+        opt,
+        records,
+        journal,
+        loop.failure,
+        journaled=loop.journaled,
+        hint=loop.hint,
+        workers=loop.executor.slots if loop.executor.slots > 1 else None,
+    )
+
+
+class StudyLoop:
+    """Ask, run (through the executor), tell and journal until the study is done.
+
+    After :meth:`run`, ``failure`` says why the study stopped early (None: it did not),
+    ``hint`` what to do, and ``journaled`` how many records the journal holds.
+    """
+
+    def __init__(
+        self,
+        cfg: StudyConfig,
+        pipeline: Pipeline,
+        store: Store,
+        opt: Optimizer,
+        journal: StudyJournal,
+        records: list[dict[str, Any]],
+        executor: TrialExecutor,
+    ) -> None:
+        self.cfg, self.pipeline, self.store, self.opt = cfg, pipeline, store, opt
+        self.journal, self.records, self.executor = journal, records, executor
+        self.log = run_logger()
+        self.failure: str | None = None
+        self.hint = _HINT
+        self.journaled = len(records)
+        self.failed_in_a_row = 0
+        self.in_flight: dict[str, TrialJob] = {}  # trial_id -> job
+        self.uncached: dict[str, set[str]] = {}  # trial_id -> its keys not yet stored
+        self.held: list[TrialJob] = []  # waiting for trials in flight that share keys
+        self.state: dict[str, Any] = {}  # trial_id -> the optimizer's state after its ask
+        self.progress_id: Any = None
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> None:
+        cfg = self.cfg
+        say(
+            cfg,
+            f"study {cfg.study!r}: pipeline {cfg.pipeline.name} "
+            f"({' -> '.join(self.pipeline.stage_names)}), method {cfg.optimizer.method}, "
+            f"budget {cfg.budget:g}, seed {cfg.seed}; cache {self.store.url}"
+            + (f"; {self.executor.describe()}" if self.executor.slots > 1 else "")
+            + (
+                f"; resuming after {len(self.records)} trials, spent {self.opt.spent:.4g}"
+                if self.records
+                else ""
+            ),
+            self.log,
+        )
+        self.progress_id = create_progress_artifact(
+            progress=self._progress(),
+            key=artifact_key(cfg.study, "progress"),
+            description=f"Budget spent by study {cfg.study}",
+        )
+        try:
+            self._resume_interrupted()
+            while True:
+                self._release_held()
+                while self._room():
+                    self._ask_and_submit()
+                if not self.in_flight:
+                    break
+                job, outcome = self.executor.next_outcome()
+                self._tell(job, outcome)
+                if self.failure is not None:
+                    self.held.clear()  # nothing new starts; trials in flight finish
+        except StoreUnavailable as exc:
+            # Not the trial's fault: stop (nothing told is lost) and resume later.
+            self.failure, self.hint = str(exc), "the study resumes from there"
+
+    def _room(self) -> bool:
+        n = len(self.records) + len(self.in_flight) + len(self.held)
+        return (
+            self.failure is None
+            and more_to_run(self.cfg, self.opt, n)
+            and len(self.in_flight) + len(self.held) < self.executor.slots
+        )
+
+    def _progress(self) -> float:
+        return min(100.0, 100.0 * self.opt.spent / self.cfg.budget)
+
+    # ------------------------------------------------------------------ asking
+    def _resume_interrupted(self) -> None:
+        """Re-ask and re-run the trials a crash left in flight (see the crash marker)."""
+        marker = self.journal.running(self.records)
+        for entry in marker["trials"]:
+            asked = entry["trial"]
+            trial = self.opt.enqueue(
+                asked["params"],
+                origin=asked.get("origin", "resumed"),
+                acq_value=asked.get("acq_value"),
+                memoized=asked.get("memoized"),
+                cache=StoreCacheView(self.pipeline, self.store),
             )
-            if told.state is TrialState.FAILED:
-                failed_in_a_row += 1
-                if not cfg.continue_on_failure:
-                    failure = f"trial {told.number} failed: {error}"
-                    break
-                if failed_in_a_row >= cfg.max_failures_in_a_row:
-                    failure = (
-                        f"{failed_in_a_row} trials failed in a row (max_failures_in_a_row), the "
-                        f"last one {told.number}: {error}"
+            say(self.cfg, f"trial {trial.number} was interrupted; re-running it", self.log)
+            job = TrialJob(
+                trial,
+                entry["trial_id"] or uuid.uuid4().hex,
+                started_at=time.time(),
+                ask_seconds=float(entry.get("ask_seconds", 0.0)),
+                adopt_after=float(entry["started_at"]),
+                ref=entry.get("ref"),
+            )
+            self.state[job.trial_id] = marker["optimizer_state"]
+            self._submit(job)
+        if marker["trials"] and marker["optimizer_state"]:
+            # The method's state after the last ask before the crash: the next proposal is
+            # the one an uninterrupted run would have made.
+            self.opt.load_state_dict(marker["optimizer_state"])
+
+    def _ask_and_submit(self) -> None:
+        t0 = time.time()
+        # A fresh view per ask: it lists the store once, when it is made.
+        trial = self.opt.ask(cache=StoreCacheView(self.pipeline, self.store))
+        job = TrialJob(trial, uuid.uuid4().hex, started_at=t0, ask_seconds=time.time() - t0)
+        self.state[job.trial_id] = self.opt.state_dict()
+        self._submit(job)
+
+    def _submit(self, job: TrialJob) -> None:
+        """Start ``job`` now, or hold it back until a slot is free and no trial in flight
+        computes a stage key it needs."""
+        self.held.append(job)
+        self._release_held()
+
+    def _release_held(self) -> None:
+        for job in list(self.held):
+            if len(self.in_flight) >= self.executor.slots:
+                return
+            keys: set[str] = set()
+            if self.executor.slots > 1:
+                keys = {
+                    k
+                    for k in self.pipeline.keys(job.trial.params).values()
+                    if not self.store.exists(k)
+                }
+            blockers = [
+                j.trial.number for i, j in self.in_flight.items() if keys & self.uncached[i]
+            ]
+            if blockers:
+                if not job.waited_for:
+                    self.log.info(
+                        "trial %d waits for trial(s) %s: they compute stage keys it needs",
+                        job.trial.number,
+                        blockers,
                     )
-                    break
-            else:
-                failed_in_a_row = 0
-    except StoreUnavailable as exc:
-        # Not the trial's fault: stop (nothing told is lost) and resume later.
-        failure, hint = str(exc), "the study resumes from there"
-    return finish_study(cfg, opt, records, journal, failure, journaled=journaled, hint=hint)
+                job.waited_for = sorted({*job.waited_for, *blockers})
+                continue
+            self.held.remove(job)
+            self.uncached[job.trial_id] = keys
+            self._start(job)
+
+    def _start(self, job: TrialJob) -> None:
+        self.in_flight[job.trial_id] = job
+        self.executor.submit(job)
+        self.journal.mark_running(
+            [
+                {
+                    "trial_id": j.trial_id,
+                    "trial": j.trial.to_dict(),
+                    "started_at": j.adopt_after or j.started_at,
+                    "ask_seconds": j.ask_seconds,
+                    "ref": j.ref,
+                }
+                for j in self.in_flight.values()
+            ],
+            self.opt.state_dict(),
+        )
+
+    # ------------------------------------------------------------------ telling
+    def _tell(self, job: TrialJob, outcome: TrialOutcome) -> None:
+        cfg, opt = self.cfg, self.opt
+        del self.in_flight[job.trial_id]
+        self.uncached.pop(job.trial_id, None)
+        costs = outcome.costs
+        if outcome.objective is None:
+            costs = {s: c for s, c in costs.items() if s in opt.space.stages}
+        told = opt.tell(job.trial, objective=outcome.objective, costs=costs, cached=outcome.cached)
+        record = {
+            **told.to_dict(),
+            "number": len(self.records),
+            "asked_as": told.number,
+            "trial_id": job.trial_id,
+            "error": outcome.error,
+            "seconds": outcome.seconds,
+            "keys": outcome.keys,
+            **outcome.facts,
+            "waited_for": job.waited_for,
+            "started_at": job.started_at,
+            "ask_seconds": round(job.ask_seconds, 6),
+            "finished_at": time.time(),
+            "optimizer_state": self.state.pop(job.trial_id),
+        }
+        self.records.append(record)
+        if cfg.storage.max_bytes is not None:
+            self._evict(record)
+        self.journal.append(record)
+        self.journaled = len(self.records)
+        best = best_so_far(self.records, cfg.pipeline.direction)[-1]
+        say(cfg, progress_line(record, best, opt.spent, cfg.budget), self.log)
+        update_progress_artifact(self.progress_id, progress=self._progress())
+        if told.state is TrialState.FAILED:
+            self.failed_in_a_row += 1
+            if not cfg.continue_on_failure:
+                self.failure = self.failure or f"trial {told.number} failed: {outcome.error}"
+            elif self.failed_in_a_row >= cfg.max_failures_in_a_row:
+                self.failure = self.failure or (
+                    f"{self.failed_in_a_row} trials failed in a row (max_failures_in_a_row), "
+                    f"the last one {told.number}: {outcome.error}"
+                )
+        else:
+            self.failed_in_a_row = 0
+
+    def _evict(self, record: dict[str, Any]) -> None:
+        # Entries of trials in flight or held back stay: they are about to be loaded.
+        protect = {
+            key
+            for job in (*self.in_flight.values(), *self.held)
+            for key in self.pipeline.keys(job.trial.params).values()
+        }
+        evicted = self.store.evict(
+            self.cfg.storage.max_bytes,
+            reuse_value(self.pipeline, self.records, self.cfg.pipeline.direction),
+            protect,
+        )
+        record["evicted"] = len(evicted)
+        if evicted:
+            self.log.info(
+                "evicted %d cache entries to stay under storage.max_bytes=%d",
+                len(evicted),
+                self.cfg.storage.max_bytes,
+            )
 
 
 def finish_study(
@@ -379,8 +439,7 @@ def finish_study(
             + ("" if cfg.continue_on_failure else ", or set continue_on_failure=true")
             + ")"
         )
-    _say(
-        _logger(),
+    say(
         cfg,
         f"done: {len(records)} trials"
         + (f" on {workers} workers" if workers else "")
@@ -397,16 +456,3 @@ def finish_study(
         outputs={k: str(v) for k, v in paths.items()},
         journal_url=journal.url,
     )
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except Exception:
-        return logger
-
-
-def _say(run_logger: Any, cfg: StudyConfig, line: str) -> None:
-    if cfg.progress:
-        print(line, file=sys.stderr, flush=True)
-    run_logger.debug(line) if cfg.progress else run_logger.info(line)

@@ -36,13 +36,14 @@ def run(cfg_dict: dict) -> object:
 
     from flows._config import StudyConfig
     from flows._warm import resolve_budget
-    from flows.study import _store, more_to_run, prepare, report_finished, tune_flow
+    from flows.runtime import store_for
+    from flows.study import more_to_run, prepare, report_finished, tune_flow
 
     cfg = StudyConfig.from_mapping(cfg_dict)
-    cfg = resolve_budget(cfg, _store(cfg))  # extra_budget: continue with more budget
+    cfg = resolve_budget(cfg, store_for(cfg))  # extra_budget: continue with more budget
     # Fail fast on bad input, before any flow run exists. This also registers the Store:
     # storage.options may hold credentials, which go into this process's Store and never
-    # into flow parameters (cfg.to_dict() leaves them out).
+    # into flow parameters (their serialized form leaves them out).
     _, _, opt, journal = prepare(cfg)
     records = journal.replay(opt)
     if not more_to_run(cfg, opt, len(records)):
@@ -51,7 +52,7 @@ def run(cfg_dict: dict) -> object:
         return report_finished(cfg, opt, records, journal)
     # The heartbeat thread makes every flow run wait ~1 s at exit: one per trial subflow.
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        return tune_flow.with_options(flow_run_name=cfg.study)(cfg.to_dict())
+        return tune_flow.with_options(flow_run_name=cfg.study)(cfg)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -1,4 +1,6 @@
-"""The pipeline layer: stages, pipelines, the memoizing store and example pipelines.
+"""The pipeline layer: stages, pipelines, the memoizing store and their Prefect runtime.
+
+Example pipelines and test problems live in :mod:`stages.pipelines`, users of this API.
 
 Example:
     >>> from stages import Pipeline, Store, run_pipeline, stage  # doctest: +SKIP
@@ -10,7 +12,6 @@ Example:
 
 from stages._cache_view import StoreCacheView
 from stages._errors import PipelineError, StageError, StoreError, StoreUnavailable
-from stages._examples import synthetic_pipeline
 from stages._pipeline import Pipeline, Reported, Stage, merkle_key, stage
 from stages._prefect import MerkleCachePolicy, StageOutput, StoreFileSystem, stage_task
 from stages._run import TrialResult, run_pipeline
@@ -35,5 +36,4 @@ __all__ = [
     "run_pipeline",
     "stage",
     "stage_task",
-    "synthetic_pipeline",
 ]

@@ -28,12 +28,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
+from eeipu import canonical_json
 from stages._errors import PipelineError
-
-try:  # the public name, once eeipu exports it
-    from eeipu import canonical_json
-except ImportError:  # pragma: no cover - until eeipu/__init__.py exports it
-    from eeipu._cache import canonical_json
 
 __all__ = ["Params", "Pipeline", "Reported", "Stage", "merkle_key", "stage"]
 

@@ -108,15 +108,15 @@ class StoreFileSystem(WritableFileSystem):
     def read_path(self, path: str, _sync: bool | None = None) -> bytes:  # type: ignore[override]
         key = self._key(path)
         if self.role == "meta":
-            return self.store._read_meta_bytes(key)
+            return self.store.read_meta_bytes(key)
         return self.store.read(key)
 
     def write_path(self, path: str, content: bytes, _sync: bool | None = None) -> str:  # type: ignore[override]
         key = self._key(path)
         if self.role == "data":
-            facts = self.store._write_payload(key, content)
+            facts = self.store.write_payload(key, content)
             return self.store.data_path(key, facts["payload"])
-        self.store._write_meta(key, json.loads(content), {})
+        self.store.write_meta(key, json.loads(content))
         return self.store.meta_path(key)
 
     async def aread_path(self, path: str) -> bytes:
@@ -144,13 +144,32 @@ class MerkleCachePolicy(CachePolicy):
         return merkle_key(self.stage_name, self.version, inputs["params"], inputs["input_keys"])
 
 
-class _Unavailable(RuntimeError):
-    """A stage planned as a cache hit had to run, but its inputs were not loaded."""
+class PlannedHitMissing(RuntimeError):
+    """A stage planned as a cache hit had to run, but its inputs were not loaded.
+
+    Internal to ``stages``: raised by a :func:`stage_task` run without inputs, caught by
+    ``run_pipeline``, which then runs the trial again in full.
+    """
 
 
 # Keys whose stage function was entered in this process: a task that failed without entering
 # it failed while *loading* its cached result (e.g. a pickle from another code version).
 _entered: set[str] = set()
+
+
+def forget_entered(key: str) -> None:
+    """Forget that a stage function of ``key`` was entered (call before running its task).
+
+    Internal to ``stages``, with :func:`was_entered`.
+    """
+    _entered.discard(key)
+
+
+def was_entered(key: str) -> bool:
+    """Whether a :func:`stage_task` entered its stage function for ``key`` in this process
+    since :func:`forget_entered`; a task that failed without entering it failed while
+    loading its cached result. Internal to ``stages``."""
+    return key in _entered
 
 
 _save_lock = threading.Lock()
@@ -163,7 +182,7 @@ def _saved_data_block(store: Store) -> StoreFileSystem:
     # Kept on the store itself, per API URL: another server has its own block documents.
     api = str(PREFECT_API_URL.value())
     with _save_lock:
-        saved: dict[str, StoreFileSystem] = store.__dict__.setdefault("_prefect_blocks", {})
+        saved: dict[str, StoreFileSystem] = store.prefect_blocks
         if api not in saved:
             block = StoreFileSystem.for_store(store, "data")
             # Only the URL and role are saved; credentials stay in the fsspec filesystem.
@@ -194,7 +213,7 @@ def stage_task(
     ) -> StageOutput:
         key = merkle_key(stage.name, stage.version, params, input_keys)
         if inputs is None:
-            raise _Unavailable(f"stage {stage.name!r} (key {key}) expected a cache hit")
+            raise PlannedHitMissing(f"stage {stage.name!r} (key {key}) expected a cache hit")
         _entered.add(key)
         start = time.perf_counter()
         value = stage.func(**inputs, **params)
@@ -204,7 +223,7 @@ def stage_task(
         if reported:
             value = value.value
         # Facts for the sidecar that Prefect's commit writes right after this returns.
-        store._note(
+        store.note(
             key,
             stage=stage.name,
             version=stage.version,
@@ -245,7 +264,7 @@ def stage_task(
 def _retry_unless_unavailable(task: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result()
-    except (_Unavailable, StoreError):
+    except (PlannedHitMissing, StoreError):
         # A missing or corrupt cache entry does not heal by retrying; run_pipeline handles it.
         return False
     except Exception:

@@ -12,7 +12,13 @@ from prefect.utilities.annotations import quote
 
 from stages._errors import StageError, StoreError, StoreUnavailable
 from stages._pipeline import Params, Pipeline
-from stages._prefect import StageOutput, _entered, _Unavailable, stage_task
+from stages._prefect import (
+    PlannedHitMissing,
+    StageOutput,
+    forget_entered,
+    stage_task,
+    was_entered,
+)
 from stages._store import Store
 
 __all__ = ["TrialResult", "run_pipeline"]
@@ -170,7 +176,7 @@ def _run(
         )
         start = time.perf_counter()
         for attempt in range(2):
-            _entered.discard(key)
+            forget_entered(key)
             state = task(
                 params=own[s.name],
                 input_keys=[keys[u.name] for u in pipeline.upstream(s.name)],
@@ -181,7 +187,7 @@ def _run(
                 exc = state.result(raise_on_failure=False)
                 if isinstance(exc, StoreUnavailable):
                     raise exc  # the storage is down: not the stage's fault, not corruption
-                load_failed = isinstance(exc, StoreError) or key not in _entered
+                load_failed = isinstance(exc, StoreError) or not was_entered(key)
                 if load_failed and store.exists(key):
                     # A stored entry that fails its checksum (bit flips, truncation) or does
                     # not load (another version's pickle) is never returned: report it, drop
@@ -201,7 +207,7 @@ def _run(
         seconds[s.name] = wall
         if not state.is_completed():
             exc = state.result(raise_on_failure=False)
-            if isinstance(exc, _Unavailable):
+            if isinstance(exc, PlannedHitMissing):
                 raise _Replan from exc
             if isinstance(exc, StoreUnavailable):
                 raise exc

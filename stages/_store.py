@@ -169,9 +169,14 @@ class Store:
         self.fs, root = _filesystem(self.url, protocol, options)
         self.root = root.rstrip("/")
         self._atomic_rename = isinstance(self.fs, LocalFileSystem)
-        # Digests and run facts waiting for the sidecar write (see stages._prefect).
+        # Digests and run facts waiting for the sidecar write (see write_meta).
         self._pending: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        #: Prefect result-storage blocks saved for this store, by Prefect API URL. Internal
+        #: to ``stages`` (its Prefect integration fills it); it lives and dies with the store,
+        #: which a module-level cache keyed by store could not do, as each block holds its
+        #: store.
+        self.prefect_blocks: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
@@ -211,6 +216,14 @@ class Store:
                 keys.add(base[: -len(".json")])
         return keys
 
+    def read_meta_bytes(self, key: str) -> bytes:
+        """The sidecar of ``key`` as stored (Prefect reads it as a result record's metadata).
+
+        Raises:
+            FileNotFoundError: When the key is not in the store.
+        """
+        return self._retry(self.fs.cat_file, self.meta_path(key))
+
     def read_meta(self, key: str) -> dict[str, Any]:
         """The sidecar of ``key``.
 
@@ -218,7 +231,7 @@ class Store:
             KeyError: When the key is not in the store.
         """
         try:
-            return json.loads(self._read_meta_bytes(key))
+            return json.loads(self.read_meta_bytes(key))
         except FileNotFoundError:
             raise KeyError(f"key {key!r} is not in {self!r}") from None
 
@@ -261,9 +274,67 @@ class Store:
         Returns:
             The sidecar written.
         """
-        facts = self._write_payload(key, payload)
+        facts = self.write_payload(key, payload)
         facts.update(meta or {})
-        return self._write_meta(key, {}, facts)
+        return self.write_meta(key, facts=facts)
+
+    def write_payload(self, key: str, payload: bytes) -> dict[str, Any]:
+        """Write a payload file, named by its content, without committing the entry.
+
+        The entry exists only once :meth:`write_meta` writes its sidecar, which records this
+        payload. :meth:`write` does both; the two steps are apart for Prefect, whose result
+        store writes a result's payload and its metadata in separate calls.
+
+        Returns:
+            ``{"sha256", "size", "payload"}``: the payload's digest, bytes and file name.
+        """
+        digest = hashlib.sha256(payload).hexdigest()
+        name = f"{_check_key(key)}.{digest[:16]}"
+        self._put(self.data_path(key, name), payload)
+        facts = {"sha256": digest, "size": len(payload), "payload": name}
+        with self._lock:
+            self._pending.setdefault(key, {}).update(facts)
+        return dict(facts)
+
+    def note(self, key: str, **facts: Any) -> None:
+        """Remember facts (cost, timing) for the sidecar that the next :meth:`write_meta` of
+        ``key`` writes in this process."""
+        with self._lock:
+            self._pending.setdefault(key, {}).update(facts)
+
+    def write_meta(
+        self,
+        key: str,
+        record: Mapping[str, Any] | None = None,
+        facts: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Commit ``key``: atomically write its sidecar, the commit marker.
+
+        Args:
+            key: The entry's key.
+            record: Top-level sidecar fields (Prefect's result-record metadata).
+            facts: For the sidecar's ``eeipu`` section, over what :meth:`write_payload` and
+                :meth:`note` recorded for ``key`` in this process.
+
+        Returns:
+            The sidecar written or, when another thread committed ``key`` first and this
+            process wrote no payload for it, the committed one.
+        """
+        with self._lock:
+            pending = self._pending.pop(key, {})
+        extra = {**pending, **(facts or {})}
+        if "sha256" not in extra:
+            if self.exists(key):
+                # Another thread of this process committed this key (with these facts)
+                # first: its entry is whole; keep it.
+                return self.read_meta(key)
+            # The payload was written through another Store object: hash what is stored.
+            payload = self._retry(self.fs.cat_file, self.data_path(key))
+            extra.update(sha256=hashlib.sha256(payload).hexdigest(), size=len(payload))
+        extra.setdefault("written_at", time.time())
+        sidecar = {**(record or {}), "eeipu": {"key": key, **extra}}
+        self._put(self.meta_path(key), json.dumps(sidecar, sort_keys=True).encode("utf-8"))
+        return sidecar
 
     def delete(self, key: str) -> None:
         """Remove an entry (sidecar first, so it stops existing before its payload goes)."""
@@ -426,43 +497,3 @@ class Store:
             os.replace(tmp, path)  # atomic on POSIX within one filesystem
         else:
             self._retry(self.fs.pipe_file, path, content)  # one PUT: atomic on object stores
-
-    def _read_meta_bytes(self, key: str) -> bytes:
-        return self._retry(self.fs.cat_file, self.meta_path(key))
-
-    def _write_payload(self, key: str, payload: bytes) -> dict[str, Any]:
-        digest = hashlib.sha256(payload).hexdigest()
-        name = f"{_check_key(key)}.{digest[:16]}"
-        self._put(self.data_path(key, name), payload)
-        facts = {"sha256": digest, "size": len(payload), "payload": name}
-        with self._lock:
-            self._pending.setdefault(key, {}).update(facts)
-        return dict(facts)
-
-    def _write_meta(
-        self, key: str, base: Mapping[str, Any], facts: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        with self._lock:
-            pending = self._pending.pop(key, {})
-        extra = {**pending, **facts}
-        if "sha256" not in extra:
-            if self.exists(key):
-                # Another thread of this process committed this key (with these facts)
-                # first: its entry is whole; keep it.
-                return self.read_meta(key)
-            # The payload was written through another Store object: hash what is stored.
-            payload = self._retry(self.fs.cat_file, self.data_path(key))
-            extra.update(sha256=hashlib.sha256(payload).hexdigest(), size=len(payload))
-        extra.setdefault("written_at", time.time())
-        sidecar = {**base, "eeipu": {"key": key, **extra}}
-        self._put(self.meta_path(key), json.dumps(sidecar, sort_keys=True).encode("utf-8"))
-        return sidecar
-
-    def _note(self, key: str, **facts: Any) -> None:
-        """Remember facts (cost, timing) for the sidecar that the next commit writes."""
-        with self._lock:
-            self._pending.setdefault(key, {}).update(facts)
-
-    def _forget(self, key: str) -> None:
-        with self._lock:
-            self._pending.pop(key, None)

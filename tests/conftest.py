@@ -6,6 +6,7 @@ test module imports prefect.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -31,7 +32,9 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 # stream, and when Hydra's logging.config.dictConfig (tests/flows) later closes the old
 # handlers, absl's close() closes that stream too unless it is the current sys.stderr: pytest
 # then dies with "lost sys.stderr". Importing it here binds it to the session's own stream.
-import absl.logging  # noqa: E402, F401
+# (absl comes with rouge-score in the `examples` extra, which tests/pipelines needs.)
+with contextlib.suppress(ImportError):
+    import absl.logging  # noqa: F401
 
 
 def _free_port() -> int:

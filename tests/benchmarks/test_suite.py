@@ -24,7 +24,7 @@ from benchmarks._metrics import (  # noqa: E402
     run_metrics,
 )
 from benchmarks._report import Report  # noqa: E402
-from stages.synthetic import VARIANTS, SyntheticProblem, synthetic_variant  # noqa: E402
+from stages.pipelines import VARIANTS, SyntheticProblem, synthetic_variant  # noqa: E402
 
 
 def _run(costs, objectives, n_init=2, direction="maximize", cached=None):

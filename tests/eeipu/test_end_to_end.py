@@ -10,8 +10,7 @@ from __future__ import annotations
 import pytest
 
 from eeipu import Optimizer, SearchSpace
-from stages.simulate import simulate
-from stages.synthetic import SyntheticProblem
+from stages.pipelines import SyntheticProblem, simulate
 
 SETTING = {
     "dims": (2, 3, 2),

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eeipu import Optimizer, SearchSpace, TellError
-from stages.simulate import simulate
-from stages.synthetic import SyntheticProblem
+from stages.pipelines import SyntheticProblem, simulate
 
 FAST = {
     "num_restarts": 2,
@@ -69,3 +68,24 @@ def test_no_pending_no_priors_is_the_sequential_optimizer():
     # Same seed, same tells: identical proposals (the parallel code paths stay idle).
     x, y = _told(seed=3), _told(seed=3)
     assert x.ask().params == y.ask().params
+
+
+def test_enqueue_asks_a_given_configuration_as_the_next_trial():
+    problem = SyntheticProblem()
+    opt = Optimizer(_space(problem), budget=40.0, n_init=2, seed=0, method_options=FAST)
+    first = opt.ask()
+    opt.tell(first, objective=1.0, costs={s: 1.0 for s in opt.space.stages})
+    # What a crashed study had asked, with what the optimizer said of it then.
+    again = opt.enqueue(first.params, origin="eeipu", acq_value=-0.5, memoized=["prep"])
+    assert (again.number, again.origin, again.acq_value) == (1, "eeipu", -0.5)
+    assert again.memoized == ("prep",) and again.params == first.params
+    assert [t.number for t in opt.pending] == [1]
+    # By default `memoized` is what the told trials cached: all of `first`'s stages.
+    own = opt.enqueue(first.params)
+    assert own.origin == "enqueued" and own.memoized == ("prep", "train", "finetune")
+    # It counts towards the warm-up (n_init=2): the next ask is a Bayesian proposal.
+    opt.tell(again, objective=2.0, costs={s: 1.0 for s in opt.space.stages})
+    opt.tell(own, objective=0.5, costs={s: 1.0 for s in opt.space.stages})
+    assert opt.ask().origin == "eeipu"
+    with pytest.raises(Exception, match="train"):
+        opt.enqueue({"prep": first.params["prep"]})

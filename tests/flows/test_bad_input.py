@@ -44,7 +44,10 @@ CASES = [
     (["pipeline=nope"], "Could not find 'pipeline/nope'"),
     (["pipeline.target=stages.nothing_here"], "error: `pipeline.target` must name an importable"),
     (["+pipeline.kwargs.fail_stage=zz"], "`fail_stage` must be one of"),
-    (["+pipeline.kwargs.bogus=1"], "error: `pipeline.kwargs` do not fit stages.synthetic_pipeline"),
+    (
+        ["+pipeline.kwargs.bogus=1"],
+        "error: `pipeline.kwargs` do not fit stages.pipelines.synthetic_pipeline",
+    ),
     # --- optimizer
     (["optimizer=nope"], "Could not find 'optimizer/nope'"),
     (["+optimizer.options.num_restarts=0"], "`num_restarts` must be a positive integer, but got 0"),

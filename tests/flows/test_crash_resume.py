@@ -8,6 +8,7 @@ same trials with the same parameters, objectives and costs.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -17,12 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-from tests.flows.test_tune import FAST, ROOT
+from tests.helpers import FAST, ROOT
 
 
-def _args(tmp: Path, name: str) -> list[str]:
+def _args(tmp: Path, name: str, extra: list[str]) -> list[str]:
     cache = tmp / name / "cache"
     return [
+        *extra,
         *FAST,
         "budget=70",
         "n_init=4",
@@ -35,10 +37,12 @@ def _args(tmp: Path, name: str) -> list[str]:
     ]
 
 
-def _start(tmp: Path, name: str, env: dict, attempt: int) -> subprocess.Popen:
+def _start(
+    tmp: Path, name: str, env: dict, attempt: int, extra: list[str] = ()
+) -> subprocess.Popen:
     out = open(tmp / name / f"attempt-{attempt}.log", "w")  # noqa: SIM115 (closed by the OS)
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.tune", *_args(tmp, name)],
+        [sys.executable, "-m", "flows.tune", *_args(tmp, name, list(extra))],
         stdout=out,
         stderr=subprocess.STDOUT,
         env={**os.environ, **env},
@@ -118,3 +122,44 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pa
         "was interrupted; re-running it" in p.read_text()
         for p in (tmp_path / "crash").glob("attempt-*.log")
     )
+
+
+def test_sigkill_of_a_parallel_study_loses_nothing_and_recomputes_nothing(tmp_path, api_env):
+    """Two trials in flight on the controller's threads (``executor=local``): kills land
+    with trials running; each resume re-runs the trials in flight, adopting what they
+    stored. Trials finish in any order, so the run is not compared with a reference."""
+    name = "par"
+    (tmp_path / name).mkdir()
+    env = {**api_env, "PYTHONPATH": str(ROOT)}
+    extra = ["executor=local", "parallel=2"]
+    rng = random.Random(20261129)
+    snapshots, kills = [], 0
+    for attempt, target in enumerate((2, 5, 8)):
+        proc = _start(tmp_path, name, env, attempt, extra)
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            if len(list((tmp_path / name).glob("cache/studies/*/trials/*.json"))) >= target:
+                break
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=30)
+        snapshots.append(_records(tmp_path, name))
+    assert kills == 3, "the study finished before every kill landed; slow it down"
+
+    final = _start(tmp_path, name, env, 3, extra)
+    log = tmp_path / name / "attempt-3.log"
+    assert final.wait(timeout=240) == 0, log.read_text()
+    records = _records(tmp_path, name)
+    for snap in snapshots:
+        assert _essence(records[: len(snap)]) == _essence(snap)
+    assert not [c for c in _computed(tmp_path, name) if c["stored"]]
+    assert len({r["trial_id"] for r in records}) == len(records)
+    assert sum(sum(r["costs"].values()) for r in records) >= 70
+    logs = [p.read_text() for p in (tmp_path / name).glob("attempt-*.log")]
+    assert any("was interrupted; re-running it" in text for text in logs)
+    # Two trials really ran at once.
+    spans = sorted((r["started_at"], r["finished_at"]) for r in records)
+    assert any(b[0] < a[1] for a, b in itertools.pairwise(spans))

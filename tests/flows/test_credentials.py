@@ -10,7 +10,7 @@ from pathlib import Path
 
 import boto3
 
-from tests.flows.test_tune import FAST, cli
+from tests.helpers import FAST, cli
 
 KEY_ID = "AKIAEEIPUTESTKEY1234"
 SECRET = "eeipu/Secret+Value/9f8e7d6c5b4a"

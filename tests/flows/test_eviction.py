@@ -6,18 +6,18 @@ import os
 
 import pytest
 
-from flows import ConfigError, StudyConfig
-from flows._eviction import parse_bytes
-from stages import Store, synthetic_pipeline
-from tests.flows.test_tune import composed, journal, run_study
+from flows import ConfigError, StorageConfig, StudyConfig
+from stages import Store
+from stages.pipelines import synthetic_pipeline
+from tests.helpers import EXECUTORS, composed, journal, run_study
 
 
 @pytest.mark.parametrize(
     ("text", "n"),
     [(5000, 5000), ("5000", 5000), ("500MB", 500 * 10**6), ("2 GiB", 2 * 2**30), ("1.5kb", 1500)],
 )
-def test_parse_bytes(text, n):
-    assert parse_bytes(text) == n
+def test_max_bytes_takes_bytes_or_a_unit(text, n):
+    assert StorageConfig(url="x", max_bytes=text).max_bytes == n
 
 
 @pytest.mark.parametrize("bad", [0, -5, "lots", "5 parsecs", True, "0MB"])
@@ -39,8 +39,13 @@ def test_evict_takes_lowest_value_then_oldest_and_spares_protected(tmp_path):
     assert store.evict(150, {}) == []
 
 
-def test_study_under_max_bytes_evicts_and_the_optimizer_sees_it(prefect_harness, tmp_path):
-    result = run_study(tmp_path, "study=small", "budget=60", "storage.max_bytes=1500")
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_study_under_max_bytes_evicts_and_the_optimizer_sees_it(
+    prefect_harness, tmp_path, executor
+):
+    result = run_study(
+        tmp_path, *EXECUTORS[executor], "study=small", "budget=60", "storage.max_bytes=1500"
+    )
     records = journal(tmp_path, "small")
     store = Store(tmp_path / "cache")
     assert sum(size for size, _ in store.usage().values()) <= 1500

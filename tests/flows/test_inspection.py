@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows._eviction import reuse_value
-from flows._journal import StudyJournal
+from flows import StudyJournal, reuse_value
 from flows.conf import CONFIG_DIR
 from flows.inspection import DEFAULT_STORAGE, cache_main, human_bytes, show_main, studies_main
-from stages import Store, synthetic_pipeline
-from tests.flows.test_tune import OPTIMIZER_FAST, composed
+from stages import Store
+from stages.pipelines import synthetic_pipeline
+from tests.helpers import OPTIMIZER_FAST, composed
 
 TINY = [*OPTIMIZER_FAST, "budget=30", "n_init=2", "progress=false"]
 
@@ -252,7 +252,7 @@ def test_cache_finds_the_versions_that_kwargs_set(tmp_path, capsys):
         "study": "v2",
         "method": "random",
         "direction": "maximize",
-        "pipeline": {"name": "synthetic", "target": "stages.synthetic_pipeline"},
+        "pipeline": {"name": "synthetic", "target": "stages.pipelines.synthetic_pipeline"},
         "space": pipe.space_dict(),
         "budget": 10.0,
         "n_init": 1,

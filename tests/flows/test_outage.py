@@ -14,7 +14,7 @@ import time
 import boto3
 from moto.server import ThreadedMotoServer
 
-from tests.flows.test_tune import FAST, ROOT
+from tests.helpers import FAST, ROOT
 
 BUCKET = "eeipu-outage"
 

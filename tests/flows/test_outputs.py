@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from flows._outputs import write_outputs
+from flows import write_outputs
 
 RECORDS = [
     {

@@ -7,15 +7,18 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.flows.test_tune import OPTIMIZER_FAST, ROOT, composed
+from tests.helpers import OPTIMIZER_FAST, ROOT, composed
 
 FAST = ["n_init=3", *OPTIMIZER_FAST]
 
@@ -34,6 +37,7 @@ def workers(prefect_harness: str, s3_bucket: str, tmp_path: Path) -> Iterator[tu
         "PREFECT_LOGGING_LEVEL": "WARNING",
         # Poll the pool every second (default 10 s): trials here take seconds.
         "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PYTHONPATH": str(ROOT),  # test pipelines (tests.flows.crashy)
     }
     prefect = str(Path(sys.executable).with_name("prefect"))
     procs = []
@@ -98,3 +102,112 @@ def test_two_workers_share_an_s3_cache_without_computing_a_key_twice(
     assert len(computed) == len(set(computed)), "a stage key was computed twice"
     assert any(r["cached"] for r in records), "no trial reused a cached prefix"
     assert (tmp_path / "out" / "results.csv").exists()
+
+
+def test_work_pool_study_evicts_and_stops_after_failures_in_a_row(
+    prefect_harness, s3_bucket, workers, tmp_path
+):
+    """The loop's features with trials on the work pool: ``storage.max_bytes`` eviction
+    (entries of trials in flight are protected) and ``max_failures_in_a_row``."""
+    from flows.study import StudyFailed
+    from flows.tune import run
+    from stages import Store
+
+    pool, _ = workers
+    url = f"s3://{s3_bucket}/cache"
+
+    def study(name: str, *overrides: str) -> Any:
+        cfg = composed(
+            *FAST,
+            "storage=s3",
+            f"storage.url={url}/{name}",
+            f"study={name}",
+            "parallel=2",
+            f"work_pool={pool}",
+            *overrides,
+        )
+        cfg["output_dir"] = str(tmp_path / name)
+        return run(cfg)
+
+    study("evicts", "budget=24", "storage.max_bytes=1500")
+    store = Store(f"{url}/evicts")
+    names = store.list_files("studies/evicts/trials")
+    records = [json.loads(store.read_file(f"studies/evicts/trials/{n}")) for n in names]
+    assert sum(r["evicted"] for r in records) > 0
+    assert sum(size for size, _ in store.usage().values()) <= 1500
+
+    with pytest.raises(StudyFailed) as info:
+        study(
+            "fails",
+            "budget=100",
+            "max_failures_in_a_row=2",
+            "+pipeline.kwargs.fail_stage=prep",
+            "+pipeline.kwargs.fail_above=-100",
+        )
+    assert "2 trials failed in a row (max_failures_in_a_row)" in str(info.value)
+    store = Store(f"{url}/fails")  # its own cache: no prep entry to load instead of failing
+    names = store.list_files("studies/fails/trials")
+    states = [json.loads(store.read_file(f"studies/fails/trials/{n}"))["state"] for n in names]
+    assert states and set(states) == {"failed"} and 2 <= len(states) <= 3
+
+
+def test_sigkill_of_a_work_pool_study_waits_for_its_runs_and_recomputes_nothing(
+    api_env, workers, tmp_path
+):
+    """Kill the controller with two trials running on the workers: their flow runs go on.
+    The resumed controller waits for those runs (by the flow run ids in its crash marker)
+    instead of starting the trials again; nothing told is lost, nothing stored recomputed."""
+    pool, _ = workers
+    cache = tmp_path / "cache"
+    log = tmp_path / "computed.jsonl"
+    args = [
+        sys.executable,
+        "-m",
+        "flows.tune",
+        *FAST,
+        "n_init=2",
+        "budget=30",
+        "study=killed",
+        "parallel=2",
+        f"work_pool={pool}",
+        f"storage.url={cache}",
+        "pipeline.target=tests.flows.crashy.crashy_pipeline",
+        f"+pipeline.kwargs.log={log}",
+        f"+pipeline.kwargs.cache={cache}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+    ]
+    env = {**os.environ, **api_env, "PYTHONPATH": str(ROOT)}
+    marker = cache / "studies" / "killed" / "running.json"
+    trials = cache / "studies" / "killed" / "trials"
+
+    with open(tmp_path / "attempt-0.log", "w") as out:
+        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 240
+        in_flight: list[dict] = []
+        while time.time() < deadline and proc.poll() is None:
+            if marker.exists() and len(list(trials.glob("*.json"))) >= 1:
+                running = json.loads(marker.read_text())["trials"]
+                told = {json.loads(p.read_text())["trial_id"] for p in trials.glob("*.json")}
+                in_flight = [t for t in running if t["trial_id"] not in told and t["ref"]]
+                if len(in_flight) == 2:
+                    break
+            time.sleep(0.05)
+        assert proc.poll() is None, (tmp_path / "attempt-0.log").read_text()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert len(in_flight) == 2
+    before = [json.loads(p.read_text()) for p in sorted(trials.glob("*.json"))]
+
+    resumed = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert resumed.stderr.count("waiting for its flow run") >= 1
+    records = [json.loads(p.read_text()) for p in sorted(trials.glob("*.json"))]
+    assert [r["number"] for r in records] == list(range(len(records)))
+    assert records[: len(before)] == before  # nothing told was lost or changed
+    told_runs = {r["flow_run_id"] for r in records}
+    # The runs the crash left are told from their own flow runs, not started again.
+    waited = [t for t in in_flight if f"waiting for its flow run {t['ref']}" in resumed.stderr]
+    assert waited and all(t["ref"] in told_runs for t in waited)
+    computed = [json.loads(line) for line in log.read_text().splitlines()]
+    assert not [c for c in computed if c["stored"]], "a stored stage was computed again"
+    assert len({r["trial_id"] for r in records}) == len(records)

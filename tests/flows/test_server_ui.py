@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.test_tune import OPTIMIZER_FAST, ROOT
+from tests.helpers import OPTIMIZER_FAST, ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

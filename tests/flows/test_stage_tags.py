@@ -21,7 +21,7 @@ def composed(*overrides: str) -> dict:
 def test_stage_tags_reach_the_stage_tasks_under_a_concurrency_limit(prefect_harness, tmp_path):
     from prefect import get_client
 
-    from flows.study import build_pipeline
+    from flows.runtime import build_pipeline
     from stages import Store, run_pipeline, stage_task
 
     cfg = StudyConfig.from_mapping(
@@ -48,7 +48,7 @@ def test_stage_tags_reach_the_stage_tasks_under_a_concurrency_limit(prefect_harn
 
 
 def test_stage_tags_errors():
-    from flows.study import build_pipeline
+    from flows.runtime import build_pipeline
 
     with pytest.raises(ConfigError, match=r"`pipeline.stage_tags` must map stage -> list of tags"):
         StudyConfig.from_mapping(composed("+pipeline.stage_tags={train: gpu}"))

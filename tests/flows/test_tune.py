@@ -5,72 +5,22 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from flows import ConfigError, StudyConfig
-from flows.conf import CONFIG_DIR
-
-ROOT = Path(__file__).resolve().parents[2]
-CONF = str(CONFIG_DIR)
-# Small optimizer settings: tests check the machinery, not the quality of the proposals.
-OPTIMIZER_FAST = [
-    "+optimizer.options.num_restarts=2",
-    "+optimizer.options.raw_samples=32",
-    "+optimizer.options.prefix_raw_samples=16",
-    "+optimizer.options.prefix_restarts=1",
-    "+optimizer.options.mc_samples=128",
-    "+optimizer.options.maxiter=30",
-]
-FAST = ["budget=40", "n_init=3", *OPTIMIZER_FAST]
-
-
-def composed(*overrides: str, config: str = "config") -> dict:
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config, overrides=list(overrides), return_hydra_config=False)
-    cfg = OmegaConf.to_container(cfg, resolve=False)
-    cfg["output_dir"] = None  # ${hydra:...} only resolves inside a Hydra run
-    return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)
-
-
-#: The two ways users start a study: the console command and the module.
-ENTRY_POINTS = {
-    "eeipu tune": [str(Path(sys.executable).parent / "eeipu"), "tune"],
-    "python -m flows.tune": [sys.executable, "-m", "flows.tune"],
-}
-
-
-def cli(
-    *args: str,
-    env: dict | None = None,
-    cwd: Path | None = None,
-    timeout: int = 300,
-    entry: str = "python -m flows.tune",
-):
-    return subprocess.run(
-        [*ENTRY_POINTS[entry], *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        cwd=cwd or ROOT,
-        timeout=timeout,
-    )
+from tests.helpers import ENTRY_POINTS, FAST, cli, composed, journal, run_study
 
 
 # ---------------------------------------------------------------------- configs
 def test_shipped_configs_compose_and_validate():
     for method in ("eeipu", "ei", "eips", "carbo", "ms_carbo", "ms_bo", "lambo", "random"):
         cfg = StudyConfig.from_mapping(composed(f"optimizer={method}"))
-        assert cfg.method == method
+        assert cfg.optimizer.method == method
         assert cfg.study == f"synthetic-{method}-seed0"
     cfg = StudyConfig.from_mapping(composed("budget=300", "optimizer=ei", "seed=4"))
-    assert (cfg.budget, cfg.method, cfg.seed, cfg.study) == (300.0, "ei", 4, "synthetic-ei-seed4")
+    expected = (300.0, "ei", 4, "synthetic-ei-seed4")
+    assert (cfg.budget, cfg.optimizer.method, cfg.seed, cfg.study) == expected
     s3 = StudyConfig.from_mapping(composed("storage=s3", "storage.url=s3://b-1/p"))
     assert s3.storage.url == "s3://b-1/p" and s3.storage.protocol == "s3"
     assert list(cfg.pipeline.space) == ["prep", "train", "finetune"]
@@ -101,19 +51,6 @@ def test_config_errors_name_the_key(overrides, message):
 
 
 # ---------------------------------------------------------------------- studies in process
-def run_study(tmp_path, *overrides):
-    from flows.tune import run
-
-    cfg = composed(*FAST, f"storage.url={tmp_path / 'cache'}", *overrides)
-    cfg["output_dir"] = str(tmp_path / "out" / cfg["study"])
-    return run(cfg)
-
-
-def journal(tmp_path, study):
-    folder = tmp_path / "cache" / "studies" / study / "trials"
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-
-
 def test_study_outputs_journal_and_resume(prefect_harness, tmp_path):
     result = run_study(tmp_path, "study=s1")
     records = journal(tmp_path, "s1")
@@ -294,7 +231,7 @@ def test_cli_rerun_of_a_finished_study_answers_from_the_journal(tmp_path, api_en
         ),
         (
             ["+pipeline.kwargs.fail_stage=zz"],
-            "error: `pipeline.kwargs` do not fit stages.synthetic_pipeline: `fail_stage` must be one of",
+            "error: `pipeline.kwargs` do not fit stages.pipelines.synthetic_pipeline: `fail_stage` must be one of",
         ),
     ],
 )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flows import ConfigError, StudyConfig
-from tests.flows.test_tune import OPTIMIZER_FAST, composed
+from tests.helpers import OPTIMIZER_FAST, composed
 
 FAST = ["n_init=3", *OPTIMIZER_FAST]
 

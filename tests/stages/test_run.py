@@ -17,9 +17,8 @@ from stages import (
     StoreCacheView,
     StoreFileSystem,
     run_pipeline,
-    synthetic_pipeline,
 )
-from stages.synthetic import SyntheticProblem
+from stages.pipelines import SyntheticProblem, synthetic_pipeline
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -1,15 +1,18 @@
-"""The literature's synthetic multi-stage problem, as plain functions.
+"""The literature's synthetic multi-stage problem, as plain functions and as a pipeline.
 
 Objective (maximized) = sum over stages of a *negated* standard test function of that
 stage's parameters (BoTorch's ``botorch.test_functions``). Each stage also has a smooth,
 positive, seeded cost of its own parameters, reported in simulated units (never slept),
 with the first stage the most expensive, so memoizing early stages pays off.
+:func:`synthetic_pipeline` builds the same problem from ``stages``' public API.
 
 Example:
-    >>> from stages.synthetic import SyntheticProblem
+    >>> from stages.pipelines import SyntheticProblem, synthetic_pipeline
     >>> problem = SyntheticProblem()                     # 3 stages, 2/3/2 parameters
     >>> space = problem.space_dict()                     # for eeipu.SearchSpace.from_dict
     >>> value, cost = problem.run_stage("prep", 0.0, {"x0": 1.0, "x1": 2.0})
+    >>> synthetic_pipeline(problem).stage_names
+    ['prep', 'train', 'finetune']
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import torch
 from botorch.test_functions import Ackley, Branin, Hartmann, Levy, StyblinskiTang
 from botorch.test_functions.synthetic import SyntheticTestFunction
 
-__all__ = ["VARIANTS", "SyntheticProblem", "synthetic_variant"]
+from stages import Pipeline, Reported, Stage
+
+__all__ = ["VARIANTS", "SyntheticProblem", "synthetic_pipeline", "synthetic_variant"]
 
 _DEFAULT_NAMES = ("prep", "train", "finetune")
 
@@ -194,3 +199,74 @@ def synthetic_variant(name: str, seed: int = 0) -> SyntheticProblem:
     if name not in VARIANTS:
         raise ValueError(f"unknown synthetic variant {name!r}; known: {sorted(VARIANTS)}")
     return SyntheticProblem(seed=seed, **VARIANTS[name])
+
+
+def synthetic_pipeline(
+    problem: SyntheticProblem | None = None,
+    *,
+    dims: Sequence[int] | None = None,
+    seed: int = 0,
+    version: str = "1",
+    fail_stage: str | None = None,
+    fail_above: float | None = None,
+    load_cost: float = 0.01,
+) -> Pipeline:
+    """The synthetic problem as a chain of stages.
+
+    Each stage reads the previous stage's running objective sum (the first reads nothing),
+    adds its own negated test function and reports the problem's simulated cost through
+    :class:`stages.Reported`. The sink's output is the objective.
+
+    Args:
+        problem: The problem (default ``SyntheticProblem()``: prep -> train -> finetune).
+        dims: Parameters per stage, when no ``problem`` is given (default 2/3/2).
+        seed: Seed of the problem's cost functions, when no ``problem`` is given.
+        version: Version of every stage (part of the cache keys).
+        fail_stage: Fault injection (tests, demos): this stage raises ``RuntimeError``
+            whenever its first parameter ``x0`` exceeds ``fail_above``.
+        fail_above: The threshold for ``fail_stage``.
+        load_cost: Simulated cost of a cache hit (as in :func:`stages.pipelines.simulate`).
+
+    Example:
+        >>> pipe = synthetic_pipeline()
+        >>> pipe.stage_names
+        ['prep', 'train', 'finetune']
+    """
+    if problem is None:
+        problem = SyntheticProblem(dims=tuple(dims or (2, 3, 2)), seed=seed)
+    if fail_stage is not None and fail_stage not in problem.names:
+        raise ValueError(
+            f"`fail_stage` must be one of {list(problem.names)}, but got {fail_stage!r}"
+        )
+    stages = []
+    previous: str | None = None
+    for name, section in problem.space_dict().items():
+        stages.append(
+            Stage(
+                func=_stage_function(
+                    problem, name, previous, fail_above if name == fail_stage else None
+                ),
+                name=name,
+                inputs=(previous,) if previous else (),
+                version=version,
+                space=section,
+            )
+        )
+        previous = name
+    return Pipeline(stages, load_cost=load_cost)
+
+
+def _stage_function(
+    problem: SyntheticProblem, name: str, previous: str | None, fail_above: float | None
+) -> Any:
+    # Inputs arrive by name, so each stage gets a function whose keyword is the upstream
+    # stage's output name; hyperparameters arrive as **params.
+    def run(**kwargs: Any) -> Reported[float]:
+        upstream = float(kwargs.pop(previous)) if previous else 0.0
+        if fail_above is not None and kwargs["x0"] > fail_above:
+            raise RuntimeError(f"injected failure: x0={kwargs['x0']} > {fail_above}")
+        value, cost = problem.run_stage(name, upstream, kwargs)
+        return Reported(value, cost=cost)
+
+    run.__name__ = run.__qualname__ = f"synthetic_{name}"
+    return run

@@ -2,8 +2,8 @@
 
 For measuring wall-clock effects (parallel trials on several workers, cache hits): a stage
 that runs sleeps ``scale`` seconds per unit of its simulated cost; a cache hit only loads.
-Objective, costs and cache keys are those of :func:`stages.synthetic_pipeline` (the stage
-versions get a ``-slept`` suffix, so the two never share cache entries).
+Objective, costs and cache keys are those of :func:`stages.pipelines.synthetic_pipeline`
+(the stage versions get a ``-slept`` suffix, so the two never share cache entries).
 
 Example:
     >>> pipe = slept_synthetic_pipeline(scale=0.1)
@@ -17,14 +17,14 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from stages._examples import synthetic_pipeline
-from stages._pipeline import Pipeline, Reported
+from stages import Pipeline, Reported
+from stages.pipelines.synthetic import synthetic_pipeline
 
 __all__ = ["slept_synthetic_pipeline"]
 
 
 def slept_synthetic_pipeline(scale: float = 0.1, **kwargs: Any) -> Pipeline:
-    """:func:`stages.synthetic_pipeline` (``kwargs``) whose stages sleep ``scale`` x cost s.
+    """:func:`synthetic_pipeline` (``kwargs``), each stage sleeping ``scale`` s per cost unit.
 
     Raises:
         ValueError: ``scale`` is negative.

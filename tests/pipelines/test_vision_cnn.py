@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from flows import ConfigError, StudyConfig
-from stages.vision_cnn import SPACE, vision_cnn_pipeline
-from tests.flows.test_tune import FAST, composed
+from stages.pipelines.vision_cnn import SPACE, vision_cnn_pipeline
+from tests.helpers import FAST, composed
 
 # Cheap corners of the space (a smoke trial well under a second).
 A = {
@@ -110,9 +110,9 @@ def test_stages_are_deterministic_and_the_checkpoint_loads():
 
 # ---------------------------------------------------------------------- the trial subflow
 def test_trial_subflow_reuses_the_shared_prefix(prefect_harness, tmp_path):
-    from flows.study import trial_flow
+    from flows.trial import trial_flow
 
-    config = StudyConfig.from_mapping(_config(tmp_path)).to_dict()
+    config = StudyConfig.from_mapping(_config(tmp_path)).model_dump(mode="json")
     a = trial_flow(config, 0, A)
     assert a["cached"] == []
     assert 0.0 <= a["objective"] <= 1.0

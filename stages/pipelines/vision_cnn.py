@@ -65,8 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages._pipeline import Pipeline, Stage
-from stages._threads import torch_threads as _threads
+from stages import Pipeline, Stage
+from stages.pipelines._threads import torch_threads as _threads
 
 __all__ = ["vision_cnn_pipeline"]
 

@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from stages._pipeline import Pipeline, Stage
+from stages import Pipeline, Stage
 
 __all__ = ["SPACE", "ml_stacking_pipeline"]
 

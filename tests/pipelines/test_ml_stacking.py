@@ -9,8 +9,8 @@ import math
 import pytest
 
 from flows import ConfigError, StudyConfig
-from stages.ml_stacking import SPACE, ml_stacking_pipeline
-from tests.flows.test_tune import FAST, composed
+from stages.pipelines.ml_stacking import SPACE, ml_stacking_pipeline
+from tests.helpers import FAST, composed
 
 A = {
     "preprocess": {"scaler": "standard", "n_components": 12},
@@ -95,7 +95,7 @@ def test_bad_input_fails_before_anything_runs(tmp_path, override, message):
 
 
 def test_yaml_space_is_the_stages_space(tmp_path):
-    from flows.study import build_pipeline
+    from flows.runtime import build_pipeline
 
     pipe = build_pipeline(StudyConfig.from_mapping(_config(tmp_path)))
     assert pipe.space_dict() == SPACE
@@ -114,9 +114,9 @@ def test_size_and_seed_are_part_of_the_cache_keys():
 
 # ---------------------------------------------------------------------- the trial subflow
 def test_trials_reuse_the_shared_prefix(prefect_harness, tmp_path):
-    from flows.study import trial_flow
+    from flows.trial import trial_flow
 
-    config = StudyConfig.from_mapping(_config(tmp_path)).to_dict()
+    config = StudyConfig.from_mapping(_config(tmp_path)).model_dump(mode="json")
     a = trial_flow(config, 0, A)
     assert a["cached"] == []
     assert 0.5 < a["objective"] <= 1.0

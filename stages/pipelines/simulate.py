@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from eeipu import HistoryCacheView, Optimizer, Trial, cached_prefix
-from stages.synthetic import SyntheticProblem
+from stages.pipelines.synthetic import SyntheticProblem
 
 __all__ = ["SimulatedCache", "simulate"]
 

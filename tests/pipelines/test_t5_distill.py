@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from flows import ConfigError, StudyConfig
-from stages.t5_distill import T5_DISTILL_SPACE, t5_distill_pipeline
-from tests.flows.test_tune import FAST, composed
+from stages.pipelines.t5_distill import T5_DISTILL_SPACE, t5_distill_pipeline
+from tests.helpers import FAST, composed
 
 STAGES = ["data", "teacher", "student1", "student2", "student3"]
 STUDENT = {"lr": 3e-3, "temperature": 2.0, "weight_decay": 1e-3}
@@ -87,11 +87,11 @@ def test_same_seed_same_data_and_teacher():
 
 # ---------------------------------------------------------------------- the trial subflow
 def test_trial_subflow_caches_the_shared_prefix(prefect_harness, tmp_path):
-    from flows.study import trial_flow
+    from flows.trial import trial_flow
 
     config = StudyConfig.from_mapping(
         composed("pipeline=t5_distill", "size=smoke", f"storage.url={tmp_path / 'cache'}")
-    ).to_dict()
+    ).model_dump(mode="json")
     a = trial_flow(config, 0, PARAMS_A)
     assert a["cached"] == []
     assert 0.0 <= a["objective"] <= 1.0

@@ -1,4 +1,4 @@
-"""Scoped torch thread count for stage functions."""
+"""Scoped torch thread count for the example pipelines' stages (vision_cnn, t5_distill)."""
 
 from __future__ import annotations
 

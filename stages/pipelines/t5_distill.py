@@ -37,10 +37,10 @@ CPU), so they live in the cache store. Sizes:
 
 Objective: validation ROUGE-Lsum of the final student, in [0, 1] (maximize).
 
-Stage timings (docs/pipelines/t5_distill.md): ``python -m stages.t5_distill --size full``.
+Stage timings (docs/pipelines/t5_distill.md): ``python -m stages.pipelines.t5_distill --size full``.
 
 Example:
-    >>> from stages.t5_distill import t5_distill_pipeline
+    >>> from stages.pipelines.t5_distill import t5_distill_pipeline
     >>> pipe = t5_distill_pipeline(size="smoke")
     >>> pipe.stage_names
     ['data', 'teacher', 'student1', 'student2', 'student3']
@@ -61,8 +61,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from stages._pipeline import Pipeline, Stage
-from stages._threads import torch_threads as _torch_threads
+from stages import Pipeline, Stage
+from stages.pipelines._threads import torch_threads as _torch_threads
 
 __all__ = ["T5_DISTILL_SPACE", "t5_distill_pipeline"]
 
@@ -631,8 +631,7 @@ def _benchmark(size: str, repeats: int, device: str = "cpu") -> None:
 
     from prefect.testing.utilities import prefect_test_harness
 
-    from stages._run import run_pipeline
-    from stages._store import Store
+    from stages import Store, run_pipeline
 
     pipe = t5_distill_pipeline(size=size, device=device)
     warm = t5_distill_pipeline(size="smoke", device=device)

@@ -1,0 +1,381 @@
+"""Executors: how the study loop's trials run. One small interface, three ways.
+
+    executor.slots                 how many trials it runs at once
+    executor.submit(job)           start a trial (never blocks for long)
+    executor.next_outcome()        wait for the next trial to finish: (job, outcome)
+    executor.close()               release threads, clients
+
+``executor_for(cfg)`` picks one from ``executor`` and ``parallel``:
+
+* :class:`InlineExecutor` (``parallel: 1``): one trial at a time, a subflow of the
+  controller run in its own thread of control when the loop waits for it.
+* :class:`LocalExecutor` (``executor: local``, ``parallel: N``): N trials at a time on
+  threads of the controller process, each a subflow of the controller. Stage functions
+  release the GIL in torch/numpy/sklearn, so N cores or GPUs work at once; with CUDA each
+  thread's current device is GPU ``slot % device_count`` (stages that ask for ``"cuda"``
+  land there).
+* :class:`WorkPoolExecutor` (``executor: work_pool``, ``parallel: N``; the default for
+  N > 1): N trials at a time on a Prefect work pool through the deployment
+  ``eeipu-trial/<work_pool>`` of :func:`remote_trial_flow`. Prefect workers polling the pool
+  run them (``prefect worker start --pool eeipu --type process`` on one machine; a
+  Kubernetes, ECS or Docker pool in production: the workers need the project installed and
+  the same ``storage.url``). Each trial writes its outcome next to the study's journal
+  (``studies/<study>/outcomes/<flow run id>.json``), where the controller reads it, so no
+  Prefect result storage is involved. A run that ends without an outcome (its worker or
+  infrastructure died) is submitted once more.
+
+The loop owns everything else (asking, telling, the journal, the crash marker, eviction,
+failures, progress), so every feature works the same with every executor. A new executor
+implements the four members above; a stage failure is an outcome with ``error`` set, any
+other exception from ``next_outcome`` stops the study (e.g. ``StoreUnavailable``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import json
+import math
+import os
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from prefect import flow, tags
+
+from eeipu import Trial
+from flows._config import StudyConfig
+from flows.runtime import run_logger, say, store_for
+from flows.trial import trial_flow
+from stages import StageError, Store
+
+__all__ = [
+    "InlineExecutor",
+    "LocalExecutor",
+    "TrialExecutor",
+    "TrialJob",
+    "TrialOutcome",
+    "WorkPoolExecutor",
+    "executor_for",
+    "register_trial_deployment",
+    "remote_trial_flow",
+]
+
+
+@dataclass
+class TrialJob:
+    """A trial the loop hands to an executor.
+
+    ``adopt_after`` is set when the trial re-runs after a crash interrupted it (see
+    ``stages.run_pipeline``); ``trial_id`` is unique per asked trial (journal and marker).
+    ``ref`` is the executor's handle on the running trial (the work pool's flow run id),
+    set by ``submit`` and kept in the crash marker: given one, an executor whose trials
+    outlive the controller may wait for that run instead of starting the trial again.
+    """
+
+    trial: Trial
+    trial_id: str
+    started_at: float
+    ask_seconds: float
+    adopt_after: float | None = None
+    waited_for: list[int] = field(default_factory=list)
+    ref: str | None = None
+
+
+@dataclass
+class TrialOutcome:
+    """What a trial produced; ``error`` is set when a stage failed (costs: what it spent).
+
+    ``facts`` are the executor's own record fields (the worker, the flow run id).
+    """
+
+    objective: float | None
+    costs: dict[str, float]
+    cached: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, out: dict[str, Any], **facts: Any) -> TrialOutcome:
+        """From :func:`flows.trial.trial_flow`'s return value (or a published outcome)."""
+        error = out.get("error")
+        objective = None if error else out.get("objective")
+        if objective is not None and not math.isfinite(objective):
+            objective, error = None, f"objective is {objective!r}"
+        return cls(
+            objective=objective,
+            costs=dict(out.get("costs") or {}),
+            cached=list(out.get("cached") or []) if objective is not None else [],
+            seconds=dict(out.get("seconds") or {}),
+            keys=dict(out.get("keys") or {}),
+            error=error,
+            facts=facts,
+        )
+
+    @classmethod
+    def failed(cls, exc: StageError, **facts: Any) -> TrialOutcome:
+        return cls(None, dict(exc.costs), seconds=dict(exc.seconds), error=str(exc), facts=facts)
+
+
+class TrialExecutor(Protocol):
+    """Runs the loop's trials (see the module docstring)."""
+
+    slots: int
+
+    def submit(self, job: TrialJob) -> None: ...
+
+    def next_outcome(self) -> tuple[TrialJob, TrialOutcome]: ...
+
+    def close(self) -> None: ...
+
+    def describe(self) -> str: ...
+
+
+def executor_for(cfg: StudyConfig) -> TrialExecutor:
+    """The executor ``cfg.executor`` and ``cfg.parallel`` ask for."""
+    kind = cfg.executor
+    if kind == "auto":
+        kind = "inline" if cfg.parallel == 1 else "work_pool"
+    if kind == "work_pool":
+        return WorkPoolExecutor(cfg)
+    if kind == "local" and cfg.parallel > 1:
+        return LocalExecutor(cfg)
+    return InlineExecutor(cfg)
+
+
+def _run_here(cfg: StudyConfig, job: TrialJob) -> TrialOutcome:
+    """One trial as a subflow of the current flow run (the controller)."""
+    try:
+        with tags(f"study:{cfg.study}"):
+            out = trial_flow.with_options(flow_run_name=f"trial-{job.trial.number}")(
+                cfg, job.trial.number, job.trial.params, job.adopt_after
+            )
+    except StageError as exc:
+        return TrialOutcome.failed(exc)
+    return TrialOutcome.of(out)
+
+
+class InlineExecutor:
+    """One trial at a time, in the controller: ``next_outcome`` runs the submitted trial."""
+
+    slots = 1
+
+    def __init__(self, cfg: StudyConfig) -> None:
+        self.cfg = cfg
+        self._queue: deque[TrialJob] = deque()
+
+    def describe(self) -> str:
+        return "one trial at a time"
+
+    def submit(self, job: TrialJob) -> None:
+        self._queue.append(job)
+
+    def next_outcome(self) -> tuple[TrialJob, TrialOutcome]:
+        job = self._queue.popleft()
+        return job, _run_here(self.cfg, job)
+
+    def close(self) -> None:
+        self._queue.clear()
+
+
+class LocalExecutor:
+    """``parallel`` trials at a time on threads of the controller process."""
+
+    def __init__(self, cfg: StudyConfig) -> None:
+        self.cfg = cfg
+        self.slots = cfg.parallel
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.slots, thread_name_prefix="eeipu-trial"
+        )
+        self._running: dict[concurrent.futures.Future, tuple[TrialJob, int]] = {}
+        self._free = list(range(self.slots))
+
+    def describe(self) -> str:
+        return f"{self.slots} trials at a time on threads of this process"
+
+    def submit(self, job: TrialJob) -> None:
+        slot = self._free.pop(0)
+        # The thread runs in a copy of this context: Prefect finds the controller's flow
+        # run there, so the trial is its subflow (as asyncio.to_thread would do).
+        context = contextvars.copy_context()
+        future = self._pool.submit(context.run, self._run, job, slot)
+        self._running[future] = (job, slot)
+
+    def _run(self, job: TrialJob, slot: int) -> TrialOutcome:
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.set_device(slot % torch.cuda.device_count())
+        return _run_here(self.cfg, job)
+
+    def next_outcome(self) -> tuple[TrialJob, TrialOutcome]:
+        done, _ = concurrent.futures.wait(
+            self._running, return_when=concurrent.futures.FIRST_COMPLETED
+        )
+        # The earliest submitted among those done: a stable order when several finish.
+        future = min(done, key=lambda f: self._running[f][0].trial.number)
+        job, slot = self._running.pop(future)
+        self._free.append(slot)
+        return job, future.result()
+
+    def close(self) -> None:
+        # Trials still running (the study stopped) finish; nothing new starts.
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------------- Prefect work pool
+_FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+_POLL_SECONDS = 0.5
+_ATTEMPTS = 2  # a run that ends without an outcome (worker or infrastructure died) is retried
+
+
+@flow(name="eeipu-trial", log_prints=False, persist_result=False)
+def remote_trial_flow(
+    config: StudyConfig,
+    number: int,
+    params: dict[str, Any],
+    adopt_after: float | None = None,
+) -> dict:
+    """One trial on a worker: :func:`flows.trial.trial_flow`'s body, then its outcome
+    written to the shared storage for the controller."""
+    from prefect.runtime import flow_run
+
+    run_id = str(flow_run.id)
+    outcome: dict[str, Any] = {
+        "number": number,
+        "flow_run_id": run_id,
+        # The worker process (a process worker starts each run as its child).
+        "worker": f"{socket.gethostname()}:{os.getppid()}",
+    }
+    try:
+        out = trial_flow.fn(config, number, params, adopt_after)
+    except StageError as exc:
+        outcome.update(error=str(exc), costs=dict(exc.costs), seconds=dict(exc.seconds))
+        _publish(store_for(config), config.study, run_id, outcome)
+        raise
+    outcome.update(out, error=None)
+    _publish(store_for(config), config.study, run_id, outcome)
+    return outcome
+
+
+def _outcome_path(study: str, run_id: str) -> str:
+    return f"studies/{study}/outcomes/{run_id}.json"
+
+
+def _publish(store: Store, study: str, run_id: str, outcome: dict[str, Any]) -> None:
+    data = json.dumps(outcome, sort_keys=True, default=float).encode("utf-8")
+    store.write_file(_outcome_path(study, run_id), data)
+
+
+def register_trial_deployment(pool: str) -> str:
+    """Create the process work pool ``pool`` if missing and (re)register the trial
+    deployment on it; returns its name for ``run_deployment``."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.deployments.runner import EntrypointType
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    deployment = remote_trial_flow.to_deployment(
+        name=pool,
+        work_pool_name=pool,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        description="One eeipu trial (all stages of one configuration); run by the controller",
+    )
+    deployment.apply()
+    return f"eeipu-trial/{pool}"
+
+
+class WorkPoolExecutor:
+    """``parallel`` trials at a time on the Prefect work pool ``work_pool``."""
+
+    def __init__(self, cfg: StudyConfig) -> None:
+        from prefect import get_client
+
+        self.cfg = cfg
+        self.slots = cfg.parallel
+        self.store = store_for(cfg)
+        self._deployment = register_trial_deployment(cfg.work_pool)
+        self._client = get_client(sync_client=True).__enter__()
+        self._running: dict[str, tuple[TrialJob, int]] = {}  # run id -> (job, attempt)
+        self._done: deque[tuple[TrialJob, TrialOutcome]] = deque()
+
+    def describe(self) -> str:
+        return f"{self.slots} trials at a time on work pool {self.cfg.work_pool!r}"
+
+    def submit(self, job: TrialJob, attempt: int = 1) -> None:
+        from prefect.deployments import run_deployment
+
+        if job.ref is not None and attempt == 1 and self._reattach(job):
+            return
+        with tags(f"study:{self.cfg.study}"):
+            run = run_deployment(
+                self._deployment,
+                parameters={
+                    "config": self.cfg.model_dump(mode="json"),
+                    "number": job.trial.number,
+                    "params": job.trial.params,
+                    "adopt_after": job.adopt_after,
+                },
+                flow_run_name=f"trial-{job.trial.number}",
+                timeout=0,
+            )
+        job.ref = str(run.id)
+        self._running[job.ref] = (job, attempt)
+
+    def _reattach(self, job: TrialJob) -> bool:
+        """Wait for the run a crashed controller started (it ran on): True, unless that
+        run is gone."""
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            self._client.read_flow_run(job.ref)
+        except ObjectNotFound:
+            return False
+        say(
+            self.cfg,
+            f"trial {job.trial.number}: waiting for its flow run {job.ref}, still on the pool",
+        )
+        self._running[job.ref] = (job, 1)
+        return True
+
+    def next_outcome(self) -> tuple[TrialJob, TrialOutcome]:
+        while not self._done:
+            time.sleep(_POLL_SECONDS)
+            for run_id in list(self._running):
+                state = self._client.read_flow_run(run_id).state
+                if state is not None and state.type.value in _FINAL:
+                    self._finished(run_id, state)
+        return self._done.popleft()
+
+    def _finished(self, run_id: str, state: Any) -> None:
+        job, attempt = self._running.pop(run_id)
+        path = _outcome_path(self.cfg.study, run_id)
+        try:
+            out = json.loads(self.store.read_file(path))
+        except FileNotFoundError:
+            if attempt < _ATTEMPTS:
+                run_logger().warning(
+                    "trial %d: flow run %s ended %s without an outcome (%s); retrying it",
+                    job.trial.number,
+                    run_id,
+                    state.name,
+                    state.message,
+                )
+                self.submit(job, attempt + 1)
+                return
+            out = {
+                "error": f"flow run {run_id} ended {state.name} without an outcome: {state.message}"
+            }
+        self._done.append((job, TrialOutcome.of(out, worker=out.get("worker"), flow_run_id=run_id)))
+
+    def close(self) -> None:
+        self._client.__exit__(None, None, None)
