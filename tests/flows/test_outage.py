@@ -12,11 +12,10 @@ import sys
 import time
 
 import boto3
+import pytest
 from moto.server import ThreadedMotoServer
 
-from tests.helpers import FAST, ROOT
-
-BUCKET = "eeipu-outage"
+from tests.helpers import EXECUTORS, FAST, ROOT
 
 
 def _port() -> int:
@@ -25,13 +24,15 @@ def _port() -> int:
         return sock.getsockname()[1]
 
 
-def _records(s3) -> list[dict]:
-    listing = s3.list_objects_v2(Bucket=BUCKET, Prefix="p/studies/out/trials/")
+def _records(s3, bucket: str) -> list[dict]:
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix="p/studies/out/trials/")
     keys = sorted(o["Key"] for o in listing.get("Contents", []))
-    return [json.loads(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read()) for k in keys]
+    return [json.loads(s3.get_object(Bucket=bucket, Key=k)["Body"].read()) for k in keys]
 
 
-def test_s3_outage_retries_then_stops_clearly_and_resume_completes(tmp_path, api_env):
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_s3_outage_retries_then_stops_clearly_and_resume_completes(tmp_path, api_env, executor):
+    bucket = f"eeipu-outage-{executor}"
     port = _port()
     endpoint = f"http://127.0.0.1:{port}"
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -52,17 +53,18 @@ def test_s3_outage_retries_then_stops_clearly_and_resume_completes(tmp_path, api
         aws_access_key_id="outage-key-id",
         aws_secret_access_key="outage-secret",
     )
-    s3.create_bucket(Bucket=BUCKET)
+    s3.create_bucket(Bucket=bucket)
     args = [
         sys.executable,
         "-m",
         "flows.tune",
         *FAST,
+        *EXECUTORS[executor],
         "budget=60",
         "n_init=4",
         "study=out",
         "storage=s3",
-        f"storage.url=s3://{BUCKET}/p",
+        f"storage.url=s3://{bucket}/p",
         "storage.retry_seconds=3",
         "pipeline.target=tests.flows.crashy.crashy_pipeline",
         f"+pipeline.kwargs.log={tmp_path / 'computed.jsonl'}",
@@ -74,9 +76,9 @@ def test_s3_outage_retries_then_stops_clearly_and_resume_completes(tmp_path, api
             args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         deadline = time.time() + 180
-        while time.time() < deadline and proc.poll() is None and len(_records(s3)) < 3:
+        while time.time() < deadline and proc.poll() is None and len(_records(s3, bucket)) < 3:
             time.sleep(0.1)
-        before = _records(s3)
+        before = _records(s3, bucket)
         assert len(before) >= 3, proc.stderr.read() if proc.poll() is not None else "slow"
         server.stop()  # the outage: moto keeps its data in this process
         t0 = time.time()
@@ -86,7 +88,7 @@ def test_s3_outage_retries_then_stops_clearly_and_resume_completes(tmp_path, api
         assert proc.returncode == 2, stderr
         errors = [line for line in stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1, stderr
-        assert f"storage s3://{BUCKET}/p (endpoint {endpoint}) is unavailable" in errors[0]
+        assert f"storage s3://{bucket}/p (endpoint {endpoint}) is unavailable" in errors[0]
         assert "attempts over" in errors[0] and "resume" in errors[0]
         assert "retrying in" in stdout + stderr  # backoff, reported as it happens
         assert "outage-secret" not in stdout + stderr
@@ -96,7 +98,7 @@ def test_s3_outage_retries_then_stops_clearly_and_resume_completes(tmp_path, api
         server.start()  # the storage is back
         again = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stderr
-        after = _records(s3)
+        after = _records(s3, bucket)
         assert [r["number"] for r in after] == list(range(len(after)))
         assert after[: len(before)] == before  # nothing told before the outage was lost
         assert sum(sum(r["costs"].values()) for r in after) >= 60.0
