@@ -37,7 +37,7 @@ CORE_TESTS := tests/eeipu tests/stages
 OLDEST_TESTS := $(CORE_TESTS) tests/flows/test_bad_input.py
 
 .PHONY: run test test-main test-oldest $(addprefix test-,$(EXTRA_PYTHONS)) lint install \
-	clean browser server worker
+	clean browser postgres server worker task-worker
 
 # Debian's Chromium and ChromeDriver for the browser test (tests/flows/test_server_ui.py).
 CHROMIUM := /usr/bin/chromium
@@ -87,7 +87,7 @@ EXTRA_TESTS := $(addprefix test-,$(EXTRA_PYTHONS)) test-oldest
 test: test-main
 	$(MAKE) --no-print-directory -j3 --output-sync=target $(EXTRA_TESTS)
 
-test-main: lint browser
+test-main: lint browser postgres
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # test-NAME: the test paths $(2) in .venv-NAME, after a line naming the versions installed.
@@ -105,13 +105,31 @@ browser:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
 	fi
 
-# A local Prefect server and UI on http://127.0.0.1:4200 (set PREFECT_API_URL to use it).
-server: $(STAMP)
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/prefect server start --host 127.0.0.1 --port 4200
+# Debian's PostgreSQL for `make server DB=postgres` and the tests with two workers
+# (tests/flows/test_parallel.py), which both run it with tools/pg-prefect.
+postgres:
+	@tools/pg-prefect --bindir >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql; }
+
+# A local Prefect server and UI on http://127.0.0.1:4200 (set PREFECT_API_URL to use it). Its
+# database: SQLite in PREFECT_HOME (default ~/.prefect), or with DB=postgres a PostgreSQL
+# cluster of its own in PG_DATA on 127.0.0.1:PG_PORT, for several workers (README "Scale out").
+DB ?= sqlite
+PG_DATA ?= .prefect-pg
+PG_PORT ?= 5433
+server: $(STAMP) $(if $(filter postgres,$(DB)),postgres)
+	$(if $(filter-out sqlite postgres,$(DB)),$(error DB must be sqlite or postgres, but got '$(DB)'))
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(if $(filter postgres,$(DB)),tools/pg-prefect $(PG_DATA) $(PG_PORT)) \
+		$(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 # A process worker for parallel studies (run it in as many terminals/machines as you like).
 worker: $(STAMP)
 	$(BIN)/prefect worker start --pool $(or $(POOL),eeipu) --type process --limit 1
+
+# A warm worker for executor=task_workers: one long-lived process runs trial after trial.
+task-worker: $(STAMP)
+	$(BIN)/eeipu worker --limit $(or $(LIMIT),1)
 
 clean:
 	rm -rf $(VENV) .venv-3.* .venv-oldest outputs multirun .eeipu

@@ -11,6 +11,13 @@ set so far (n runs in increasing order, so it is the peak up to that n).
 
     .venv/bin/python benchmarks/bench_ask.py                # n = 20, 100
     .venv/bin/python benchmarks/bench_ask.py --n 10 50 100 200 500 --asks 3
+
+With ``--pending N [N ...]`` it times instead ``ask()`` on one fixed history (n told trials
+and the method state of a warm ask) with no trial pending and with N trials pending
+(enqueued random configurations, as in a parallel study): each ask starts from a fresh copy
+of that history, so every ask does the same work; medians over ``--asks`` asks.
+
+    .venv/bin/python benchmarks/bench_ask.py --pending 1 3 --asks 5
 """
 
 from __future__ import annotations
@@ -20,12 +27,13 @@ import os
 import resource
 import statistics
 import time
+from typing import Any
 
 import torch
 from botorch.acquisition.analytic import LogExpectedImprovement
 from botorch.optim import optimize_acqf
 
-from eeipu import Optimizer, SearchSpace, fit_gp
+from eeipu import Optimizer, SearchSpace, Trial, fit_gp
 from stages.pipelines import SimulatedCache, SyntheticProblem
 
 
@@ -55,14 +63,91 @@ def plain_logei_step(opt: Optimizer) -> tuple[float, float]:
     return elapsed
 
 
+def history(
+    space: SearchSpace, problem: SyntheticProblem, n: int
+) -> tuple[list[Trial], SimulatedCache]:
+    """``n`` random trials of ``problem`` (a cheap history) and the cache they filled."""
+    opt = Optimizer(space, method="random", budget=1e12, n_init=n, seed=0)
+    cache = SimulatedCache(problem.names)
+    feed(opt, problem, n, cache)
+    return opt.trials, cache
+
+
+def replayed(space: SearchSpace, told: list[Trial]) -> Optimizer:
+    """An EEIPU optimizer told ``told`` (as its warm-up): its next ask is model-based."""
+    opt = Optimizer(space, method="eeipu", budget=1e12, n_init=len(told), seed=0)
+    for t in told:
+        opt.add_trial(t.params, t.objective, t.costs, cached=t.cached)
+    return opt
+
+
+def timed_ask(
+    space: SearchSpace,
+    told: list[Trial],
+    state: dict[str, Any],
+    pending: list[dict[str, dict[str, Any]]],
+    cache: SimulatedCache,
+) -> tuple[float, float]:
+    """Wall and CPU seconds of one ``ask()`` after replaying ``told`` (and the method
+    ``state``) into a fresh optimizer and enqueueing ``pending``."""
+    opt = replayed(space, told)
+    opt.load_state_dict(state)
+    for params in pending:
+        opt.enqueue(params, cache=cache)
+    start, cpu = time.perf_counter(), time.process_time()
+    opt.ask(cache=cache)
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def pending_table(
+    space: SearchSpace, problem: SyntheticProblem, ns: list[int], pending: list[int], asks: int
+) -> None:
+    """Median ``ask()`` wall / CPU seconds with 0 and with N trials pending, same history."""
+    print(
+        "| n obs | pending | ask, 0 pending: wall / CPU (s) | ask, N pending: wall / CPU (s) "
+        "| ratio wall | ratio CPU |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n in ns:
+        told, cache = history(space, problem, n)
+        warm = replayed(space, told)
+        warm.ask(cache=cache)  # one ask fits the GPs: its state warm-starts the timed ones
+        state = warm.state_dict()
+        rng = torch.Generator().manual_seed(1)
+        configs = [
+            space.decode(torch.rand(space.dim, generator=rng, dtype=torch.double))
+            for _ in range(max(pending))
+        ]
+
+        for p in pending:
+            # Interleave the two cases so that load changes on the machine hit both alike.
+            runs = [
+                tuple(timed_ask(space, told, state, configs[:k], cache) for k in (0, p))
+                for _ in range(asks)
+            ]
+            base = [statistics.median(r[0][i] for r in runs) for i in (0, 1)]
+            with_p = [statistics.median(r[1][i] for r in runs) for i in (0, 1)]
+            print(
+                f"| {n} | {p} | {base[0]:.2f} / {base[1]:.2f} | {with_p[0]:.2f} / {with_p[1]:.2f} "
+                f"| {with_p[0] / base[0]:.2f} | {with_p[1] / base[1]:.2f} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, nargs="+", default=[20, 100])
     parser.add_argument("--asks", type=int, default=4)
+    parser.add_argument(
+        "--pending", type=int, nargs="+", help="time ask() with N trials pending vs none"
+    )
     args = parser.parse_args()
     problem = SyntheticProblem()
     space = SearchSpace.from_dict(problem.space_dict())
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()}")
+    if args.pending:
+        pending_table(space, problem, args.n, args.pending, args.asks)
+        return
     print(
         "| n obs | eeipu ask, cold (s) | eeipu ask, warm median: wall / CPU (s) "
         "| plain LogEI step: wall / CPU (s) | ratio wall | ratio CPU | peak RSS (MiB) |"
@@ -70,12 +155,8 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.n:
         # Random warm-up up to n (cheap), then time EEIPU asks on that history.
-        opt = Optimizer(space, method="random", budget=1e12, n_init=n, seed=0)
-        cache = SimulatedCache(problem.names)
-        feed(opt, problem, n, cache)
-        timed = Optimizer(space, method="eeipu", budget=1e12, n_init=n, seed=0)
-        for t in opt.trials:
-            timed.add_trial(t.params, t.objective, t.costs, cached=t.cached)
+        told, cache = history(space, problem, n)
+        timed = replayed(space, told)
         times, cpus = [], []
         for _ in range(args.asks):
             start, cpu = time.perf_counter(), time.process_time()

@@ -1,12 +1,17 @@
-"""Wall time of a study with ``parallel=2`` (two process workers) against ``parallel=1``,
-on the synthetic pipeline whose stages sleep their simulated cost
-(``stages.pipelines.slept:slept_synthetic_pipeline``).
+"""Wall time of a study with ``parallel=2`` (two workers) against ``parallel=1``, on the
+synthetic pipeline whose stages sleep their simulated cost
+(``stages.pipelines.slept:slept_synthetic_pipeline``), for each ``--executor``: ``work_pool``
+(two process workers: a new process per trial) or ``task_workers`` (two warm
+``eeipu worker`` processes).
 
-Starts its own ``prefect server`` (127.0.0.1, temporary home) and two process workers on a
-fresh pool, then runs the same study (same seed, budget and fresh local cache) once per
-``parallel`` value through the real CLI and prints trials, spent budget and wall time.
+Starts its own ``prefect server`` (127.0.0.1, temporary home) and the workers, then runs the
+same study (same seed, budget and fresh local cache) once per executor and ``parallel``
+value through the real CLI and prints trials, spent budget, wall time, workers used and
+the median per-trial orchestration overhead: a trial's wall time (submission to told)
+less its ask and its stages' seconds.
 
     .venv/bin/python benchmarks/parallel_wall.py --scale 1.0 --budget 60
+    .venv/bin/python benchmarks/parallel_wall.py --executor work_pool task_workers
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +44,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=60.0)
     parser.add_argument("--n-init", type=int, default=4)
     parser.add_argument("--parallel", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--executor", nargs="+", choices=["work_pool", "task_workers"], default=["work_pool"]
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="eeipu-bench-"))
     port = _free_port()
@@ -66,55 +75,25 @@ def main() -> None:
             except OSError:
                 time.sleep(0.5)
         env["PREFECT_API_URL"] = api
-        for _ in range(2):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        PREFECT,
-                        "worker",
-                        "start",
-                        "--pool",
-                        "bench",
-                        "--type",
-                        "process",
-                        "--limit",
-                        "1",
-                    ],
-                    env=env,
-                    cwd=ROOT,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+        worker = {
+            "work_pool": [PREFECT, "worker", "start", "--pool", "bench", "--type", "process"],
+            "task_workers": [sys.executable, "-m", "flows.worker"],
+        }
+        for kind in args.executor:
+            for _ in range(2):
+                procs.append(
+                    subprocess.Popen(
+                        [*worker[kind], "--limit", "1"],
+                        env=env,
+                        cwd=ROOT,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
                 )
-            )
         print(f"scale {args.scale} s/unit, budget {args.budget:g}, n_init {args.n_init}")
-        print("parallel  trials  spent  wall_s  workers")
-        for n in args.parallel:
-            cache = home / f"cache-{n}"
-            cmd = [
-                sys.executable,
-                "-m",
-                "flows.tune",
-                "pipeline.target=stages.pipelines.slept:slept_synthetic_pipeline",
-                f"+pipeline.kwargs.scale={args.scale}",
-                f"budget={args.budget}",
-                f"n_init={args.n_init}",
-                f"parallel={n}",
-                "work_pool=bench",
-                f"study=wall-p{n}",
-                f"storage.url={cache}",
-                "progress=false",
-            ]
-            t0 = time.time()
-            proc = subprocess.run(cmd, env=env, cwd=home, capture_output=True, text=True)
-            wall = time.time() - t0
-            if proc.returncode != 0:
-                print(proc.stderr[-3000:])
-                raise SystemExit(f"parallel={n} failed")
-            folder = cache / "studies" / f"wall-p{n}" / "trials"
-            recs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-            spent = sum(sum(r["costs"].values()) for r in recs)
-            workers = len({r.get("worker") for r in recs if r.get("worker")})
-            print(f"{n:8d}  {len(recs):6d}  {spent:5.1f}  {wall:6.1f}  {workers}", flush=True)
+        print("executor      parallel  trials  spent  wall_s  workers  overhead_s (median, max)")
+        for kind, n in [(kind, n) for kind in args.executor for n in args.parallel]:
+            _study(args, env, home, kind, n)
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -122,6 +101,45 @@ def main() -> None:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def _study(args: argparse.Namespace, env: dict[str, str], home: Path, kind: str, n: int) -> None:
+    """Run one study through the CLI and print its line of the table."""
+    cache = home / f"cache-{kind}-{n}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.tune",
+        "pipeline.target=stages.pipelines.slept:slept_synthetic_pipeline",
+        f"+pipeline.kwargs.scale={args.scale}",
+        f"budget={args.budget}",
+        f"n_init={args.n_init}",
+        f"parallel={n}",
+        f"executor={kind}",  # named: parallel=1 runs on the workers too
+        "work_pool=bench",
+        f"study=wall-p{n}",
+        f"storage.url={cache}",
+        "progress=false",
+    ]
+    t0 = time.time()
+    proc = subprocess.run(cmd, env=env, cwd=home, capture_output=True, text=True)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:])
+        raise SystemExit(f"{kind} parallel={n} failed")
+    folder = cache / "studies" / f"wall-p{n}" / "trials"
+    recs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    spent = sum(sum(r["costs"].values()) for r in recs)
+    workers = len({r.get("worker") for r in recs if r.get("worker")})
+    overhead = [
+        r["finished_at"] - r["started_at"] - r["ask_seconds"] - sum(r["seconds"].values())
+        for r in recs
+    ]
+    print(
+        f"{kind:12s}  {n:8d}  {len(recs):6d}  {spent:5.1f}  {wall:6.1f}  {workers:7d}  "
+        f"{statistics.median(overhead):5.2f}, {max(overhead):5.2f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

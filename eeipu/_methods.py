@@ -36,12 +36,13 @@ from botorch.acquisition import AcquisitionFunction
 from botorch.exceptions.warnings import OptimizationWarning
 from botorch.generation import gen as botorch_gen
 from botorch.generation.gen import gen_candidates_scipy
+from botorch.models import SingleTaskGP
 from torch import Tensor
 from torch.quasirandom import SobolEngine
 
 from eeipu._acquisition import LogEIPerCost
 from eeipu._errors import OptimizerError
-from eeipu._models import CostModel, fit_gp, gp_hyperparameters
+from eeipu._models import CostModel, conditioned_gp, fit_gp, gp_hyperparameters
 from eeipu._space import SearchSpace
 
 __all__ = [
@@ -81,7 +82,7 @@ class Observations:
 
     Attributes:
         space: The search space.
-        X: ``n x d`` encoded inputs of told trials.
+        X: ``n x d`` encoded inputs of told trials (then of pending ones, see ``n_pending``).
         Y: ``n x 1`` objective, to be *maximized*; failed trials are imputed with the worst
             observed value so the model learns to avoid their region.
         costs: ``n x S`` measured stage costs (NaN where a stage did not run).
@@ -95,6 +96,8 @@ class Observations:
             any. Used by cascade models (``ms_bo``).
         optimizer_seed: The optimizer's seed, constant over the study: for methods that
             replay per-round random choices from the observations (``lambo``).
+        n_pending: The last ``n_pending`` rows are trials still running (asked, not told):
+            their ``Y`` is believed (:meth:`Method.fantasize`), their costs are NaN.
     """
 
     space: SearchSpace
@@ -108,6 +111,7 @@ class Observations:
     rng: torch.Generator = field(repr=False)
     stage_outputs: Tensor | None = None
     optimizer_seed: int = 0
+    n_pending: int = 0
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,18 @@ class Method(ABC):
     def propose(self, obs: Observations) -> Proposal:
         """Return the next point to evaluate."""
 
+    def fantasize(self, X: Tensor, Y: Tensor, X_pending: Tensor) -> Tensor:
+        """Kriging believer: stand-in outcomes (``p x 1``) for trials still running at
+        ``X_pending`` (``p x d``), the posterior mean of an objective GP on the told ``X``
+        (``n x d``) and ``Y`` (``n x 1``). The optimizer appends them to the observations, so
+        that the acquisition does not propose those points, or their neighbours, again.
+
+        This default fits that GP; methods that carry fitted hyperparameters from one ask to
+        the next condition a GP with them instead (:class:`WarmStartState`).
+        """
+        model = fit_gp(X, Y)
+        return _posterior_mean(model, X_pending).to(Y)
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state that carries from one ask to the next (e.g. the fitted GP
         hyperparameters a warm-started fit starts from). A resumed study restores it, so
@@ -155,15 +171,38 @@ def check_positive_ints(**options: Any) -> None:
 class WarmStartState:
     """Carry-over state of a method that warm-starts its GP fits: ``self._init`` holds the
     previous ask's hyperparameters, saved and restored as strict JSON (see
-    :meth:`Method.state_dict`)."""
+    :meth:`Method.state_dict`); those of the objective GP (key ``"objective"``) also serve
+    the kriging believer of pending trials (:meth:`fantasize`)."""
 
     _init: dict[str, Any]
+    warm_start: bool
 
     def state_dict(self) -> dict[str, Any]:
         return {"init": _tensors_to_json(self._init)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._init = _tensors_from_json(state.get("init", {}))
+
+    def fantasize(self, X: Tensor, Y: Tensor, X_pending: Tensor) -> Tensor:
+        """Kriging believer (see :meth:`Method.fantasize`) from a GP with the hyperparameters
+        of the last objective GP this method fitted, conditioned on ``X``, ``Y`` without
+        fitting: one Cholesky, where a fit made an ask with trials pending cost several
+        times one without (``benchmarks/bench_ask.py --pending``).
+
+        Fits a GP as the default does when there are no such hyperparameters yet (the first
+        model-based ask) or when ``warm_start`` is off (asks then depend on the history only).
+        """
+        init = self._init.get("objective") if self.warm_start else None
+        model = None if init is None else conditioned_gp(X, Y, init)
+        if model is None:
+            return super().fantasize(X, Y, X_pending)  # Method's (the mixin comes first)
+        return _posterior_mean(model, X_pending).to(Y)
+
+
+def _posterior_mean(model: SingleTaskGP, X: Tensor) -> Tensor:
+    """``p x d`` -> ``p x 1`` posterior mean of ``model``, without gradients."""
+    with torch.no_grad():
+        return model.posterior(X).mean.detach().reshape(-1, 1)
 
 
 METHODS: dict[str, Callable[..., Method]] = {}
@@ -278,8 +317,18 @@ class CostAwareEI(WarmStartState, Method):
 
     # ------------------------------------------------------------------ models
     def _fit_objective(self, obs: Observations):
-        model = fit_gp(obs.X, obs.Y, self._init.get("objective") if self.warm_start else None)
+        """The objective GP, its hyperparameters fitted on the told rows only; pending rows
+        (their fantasies) are conditioned on afterwards, a rank-p update of the fitted GP:
+        fantasies would drag a fit away from the warm start (several times the L-BFGS
+        steps) and teach the hyperparameters nothing."""
+        n = obs.X.shape[0] - obs.n_pending
+        init = self._init.get("objective") if self.warm_start else None
+        model = fit_gp(obs.X[:n], obs.Y[:n], init)
         self._init["objective"] = gp_hyperparameters(model)
+        if obs.n_pending:
+            with torch.no_grad():
+                model.posterior(obs.X[n:])  # fills the caches that conditioning updates
+            model = model.condition_on_observations(obs.X[n:], obs.Y[n:])
         return model
 
     def cost_model(self, obs: Observations) -> CostModel | None:

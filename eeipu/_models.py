@@ -25,7 +25,7 @@ from gpytorch.likelihoods import GaussianLikelihood
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from torch import Tensor
 
-__all__ = ["CostModel", "fit_gp", "gp_hyperparameters"]
+__all__ = ["CostModel", "conditioned_gp", "fit_gp", "gp_hyperparameters"]
 
 
 def fit_gp(X: Tensor, Y: Tensor, init: dict[str, Tensor] | None = None) -> SingleTaskGP:
@@ -41,9 +41,7 @@ def fit_gp(X: Tensor, Y: Tensor, init: dict[str, Tensor] | None = None) -> Singl
     """
     model = SingleTaskGP(X, Y, outcome_transform=Standardize(m=1))
     if init is not None:
-        current = model.state_dict()
-        if all(k in current and current[k].shape == v.shape for k, v in init.items()):
-            model.load_state_dict(init, strict=False)
+        _load_hyperparameters(model, init)
     mll = ExactMarginalLogLikelihood(model.likelihood, model)
     with warnings.catch_warnings():
         # Fitting on few points often stops early; the fitted model is still usable.
@@ -53,6 +51,28 @@ def fit_gp(X: Tensor, Y: Tensor, init: dict[str, Tensor] | None = None) -> Singl
         fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"ftol": 1e-6}})
     model.eval()
     return model
+
+
+def conditioned_gp(X: Tensor, Y: Tensor, hyperparameters: dict[str, Tensor]) -> SingleTaskGP | None:
+    """A SingleTaskGP with given hyperparameters (see :func:`gp_hyperparameters`) conditioned
+    on ``n x d`` inputs and ``n x 1`` outcomes (standardized), not fitted: its posterior costs
+    one Cholesky of the ``n x n`` kernel matrix instead of an L-BFGS fit of the marginal
+    likelihood. None when the hyperparameters do not fit the model (another input dimension).
+    """
+    model = SingleTaskGP(X, Y, outcome_transform=Standardize(m=1))
+    if not _load_hyperparameters(model, hyperparameters):
+        return None
+    model.eval()
+    return model
+
+
+def _load_hyperparameters(model: SingleTaskGP, hyperparameters: dict[str, Tensor]) -> bool:
+    """Load ``hyperparameters`` into ``model`` if every one matches its shape there."""
+    current = model.state_dict()
+    if not all(k in current and current[k].shape == v.shape for k, v in hyperparameters.items()):
+        return False
+    model.load_state_dict(hyperparameters, strict=False)
+    return True
 
 
 def gp_hyperparameters(model: SingleTaskGP) -> dict[str, Tensor]:

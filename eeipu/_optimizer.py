@@ -15,7 +15,7 @@ from eeipu._acquisition import cooling_eta
 from eeipu._cache import CacheView, HistoryCacheView, cached_prefix, canonical_json
 from eeipu._errors import OptimizerError, TellError
 from eeipu._methods import Method, Observations, Prefix, Proposal, make_method
-from eeipu._models import fit_gp
+from eeipu._models import CostModel
 from eeipu._space import SearchSpace
 from eeipu._trial import Trial, TrialState
 
@@ -183,23 +183,26 @@ class Optimizer:
         if number < self.n_init:
             x, prefix, origin, acq_value = self._warmup[number], None, "warmup", None
         else:
-            obs = self._observations(view, number)
-            if obs.X.shape[0] < 2 or not bool((obs.Y[0] != obs.Y).any()):
-                # Too little (or degenerate) data for a GP: keep exploring at random.
-                x = torch.rand(self.space.dim, generator=obs.rng, dtype=torch.double)
-                prefix, origin, acq_value = None, "random", None
-            else:
-                threads = torch.get_num_threads()
-                try:
-                    if self.num_threads is not None:
-                        torch.set_num_threads(self.num_threads)
+            threads = torch.get_num_threads()
+            try:
+                if self.num_threads is not None:
+                    torch.set_num_threads(self.num_threads)
+                obs = self._observations(view, number)  # fantasizes pending trials: a GP
+                if obs.X.shape[0] < 2 or not bool((obs.Y[0] != obs.Y).any()):
+                    proposal = None
+                else:
                     with torch.random.fork_rng():
                         # Fitting restarts draw from torch's global RNG; fork it so a seeded
                         # ask is reproducible without touching the caller's random state.
                         torch.manual_seed(obs.seed)
                         proposal = self.method.propose(obs)
-                finally:
-                    torch.set_num_threads(threads)
+            finally:
+                torch.set_num_threads(threads)
+            if proposal is None:
+                # Too little (or degenerate) data for a GP: keep exploring at random.
+                x = torch.rand(self.space.dim, generator=obs.rng, dtype=torch.double)
+                prefix, origin, acq_value = None, "random", None
+            else:
                 proposal = self._first_new(proposal, obs)
                 x, prefix, acq_value = proposal.x, proposal.prefix, proposal.acq_value
                 origin = self.method.name
@@ -247,6 +250,41 @@ class Optimizer:
         self._asked_keys.add(canonical_json(trial.params))
         self._n_asked += 1
         return trial.copy()
+
+    def expected_cost(self, trial: Trial) -> float | None:
+        """What ``trial`` is expected to cost, from the told trials: per stage, a GP on the
+        log compute costs of the stage (inputs: its own and upstream parameters; a constant
+        when the costs do not vary), the lognormal mean ``exp(mu + sigma^2 / 2)`` for stages
+        it computes, the mean measured load cost for the stages it expects to load
+        (``trial.memoized``; 1% of the stage's typical cost before any load was measured).
+
+        None before two trials were told with costs. Used to keep trials in flight from
+        overshooting the budget (a study stops submitting when what is spent plus what is
+        in flight is expected to reach it).
+        """
+        told = [t for t in self._told if t.costs]
+        if len(told) < 2:
+            return None
+        stages = self.space.stages
+        X = torch.stack([self.space.encode(t.params) for t in told])
+        costs = torch.tensor(
+            [[t.costs.get(s, math.nan) for s in stages] for t in told], dtype=torch.double
+        )
+        cached = torch.tensor([[s in t.cached for s in stages] for t in told])
+        cols = [slice(0, self.space.prefix_dim(k + 1)) for k in range(len(stages))]
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed)
+            model = CostModel.fit(X, costs, cached, cols, n_samples=1)
+        x = self.space.encode(trial.params).unsqueeze(0)
+        total = 0.0
+        for k, (stage, predictor) in enumerate(zip(stages, model.stages, strict=True)):
+            if stage in trial.memoized:
+                total += math.exp(float(model.log_load[k]))
+            else:
+                with torch.no_grad():
+                    mean, std = predictor.mean_std(x)
+                total += math.exp(float(mean[0]) + float(std[0]) ** 2 / 2)
+        return total
 
     def _params(self, x: Tensor, prefix: Prefix | None) -> dict[str, dict[str, Any]]:
         params = self.space.decode(x)
@@ -312,7 +350,9 @@ class Optimizer:
             # them (kriging believer), so EI does not propose them, or their neighbours,
             # again; their costs stay unknown (NaN rows train no cost model).
             X_p = torch.stack([self.space.encode(t.params) for t in pending])
-            Y_p = _believed(X, Y, X_p, seed)
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)  # a fit, if the method makes one, is seeded too
+                Y_p = self.method.fantasize(X, Y, X_p)
             fantasies = Y_p.squeeze(-1).tolist()
             X, Y = torch.cat([X, X_p]), torch.cat([Y, Y_p])
             costs = torch.cat([costs, torch.full((len(pending), S), math.nan).to(costs)])
@@ -337,6 +377,7 @@ class Optimizer:
             if any(t.stage_outputs for t in told)
             else None,
             optimizer_seed=self.seed,
+            n_pending=len(fantasies),
         )
 
     def _prefix_pool(
@@ -545,16 +586,6 @@ class Optimizer:
         ):
             self._warmup_spent = self._spent
         return done.copy()
-
-
-def _believed(X: Tensor, Y: Tensor, X_pending: Tensor, seed: int) -> Tensor:
-    """Kriging believer: the objective GP's posterior mean at ``X_pending`` (``p x d``)
-    -> ``p x 1``, a fantasy that stands in for the outcomes of trials still running."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = fit_gp(X, Y)
-        with torch.no_grad():
-            return model.posterior(X_pending).mean.detach().reshape(-1, 1).to(Y)
 
 
 def _check_stage_outputs(

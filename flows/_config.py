@@ -45,7 +45,7 @@ __all__ = ["ConfigError", "OptimizerConfig", "PipelineConfig", "StorageConfig", 
 
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
-Executor = Literal["auto", "local", "work_pool"]
+Executor = Literal["auto", "local", "work_pool", "task_workers"]
 
 
 class ConfigError(EEIPUError, ValueError):

@@ -6,6 +6,8 @@ command     what it does
 tune        run or resume a study: Hydra overrides, ``-m`` for multirun, ``--config-dir``
             for your own configs (= ``python -m flows.tune``)
 serve       serve the study flow on a cron schedule (= ``python -m flows.serve``)
+worker      a warm worker running the trials of ``executor=task_workers`` studies
+            (= ``python -m flows.worker``)
 studies     list the studies on a storage: trials, spent/budget, best, last update
 show        one study's trials, its best configuration and its best-vs-cost plot
 cache       the stage cache's size per stage, and what ``--max-bytes`` would evict
@@ -49,6 +51,12 @@ def _hydra(module: str) -> Callable[[list[str]], int]:
     return run
 
 
+def _worker(argv: list[str]) -> int:
+    from flows import worker
+
+    return worker.main(argv)
+
+
 def _inspect(name: str) -> Callable[[list[str]], int]:
     def run(argv: list[str]) -> int:
         from flows import inspection
@@ -62,6 +70,7 @@ def _inspect(name: str) -> Callable[[list[str]], int]:
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "tune": ("run or resume a study (Hydra overrides; -m for multirun)", _hydra("flows.tune")),
     "serve": ("serve the study flow on a cron schedule", _hydra("flows.serve")),
+    "worker": ("a warm worker for executor=task_workers studies", _worker),
     "studies": ("list the studies on a storage", _inspect("studies")),
     "show": ("a study's trials, best configuration and plot", _inspect("show")),
     "cache": ("cache size per stage; what --max-bytes would evict", _inspect("cache")),

@@ -1,4 +1,4 @@
-"""Executors: how the study loop's trials run. One small interface, three ways.
+"""Executors: how the study loop's trials run. One small interface, four ways.
 
     executor.slots                 how many trials it runs at once
     executor.submit(job)           start a trial (never blocks for long)
@@ -23,6 +23,12 @@
   (``studies/<study>/outcomes/<flow run id>.json``), where the controller reads it, so no
   Prefect result storage is involved. A run that ends without an outcome (its worker or
   infrastructure died) is submitted once more.
+* :class:`TaskWorkerExecutor` (``executor: task_workers``, ``parallel: N``): N trials at a
+  time as background task runs (:data:`warm_trial_task`, submitted with ``apply_async``)
+  that warm Prefect task workers run (``eeipu worker``, ``prefect.task_worker.serve``):
+  long-lived processes that import torch and the pipeline once, so a trial costs no
+  process start. Outcomes come back as with the work pool; the parameters travel through
+  Prefect's task scheduling storage (local on one machine; see the class for several).
 
 The loop owns everything else (asking, telling, the journal, the crash marker, eviction,
 failures, progress), so every feature works the same with every executor. A new executor
@@ -44,10 +50,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from prefect import flow, tags
+from prefect import flow, tags, task
 
 from eeipu import Trial
-from flows._config import StudyConfig
+from flows._config import ConfigError, StudyConfig
 from flows.runtime import run_logger, say, store_for
 from flows.trial import trial_flow
 from stages import StageError, Store
@@ -55,6 +61,7 @@ from stages import StageError, Store
 __all__ = [
     "InlineExecutor",
     "LocalExecutor",
+    "TaskWorkerExecutor",
     "TrialExecutor",
     "TrialJob",
     "TrialOutcome",
@@ -62,6 +69,7 @@ __all__ = [
     "executor_for",
     "register_trial_deployment",
     "remote_trial_flow",
+    "warm_trial_task",
 ]
 
 
@@ -143,6 +151,8 @@ def executor_for(cfg: StudyConfig) -> TrialExecutor:
         kind = "inline" if cfg.parallel == 1 else "work_pool"
     if kind == "work_pool":
         return WorkPoolExecutor(cfg)
+    if kind == "task_workers":
+        return TaskWorkerExecutor(cfg)
     if kind == "local" and cfg.parallel > 1:
         return LocalExecutor(cfg)
     return InlineExecutor(cfg)
@@ -231,6 +241,7 @@ class LocalExecutor:
 _FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 _POLL_SECONDS = 0.5
 _ATTEMPTS = 2  # a run that ends without an outcome (worker or infrastructure died) is retried
+_TASK_POLL_SECONDS = 0.2  # task runs: a cheap read each; the trial's wall time waits on it
 
 
 @flow(name="eeipu-trial", log_prints=False, persist_result=False)
@@ -251,8 +262,17 @@ def remote_trial_flow(
         # The worker process (a process worker starts each run as its child).
         "worker": f"{socket.gethostname()}:{os.getppid()}",
     }
+    return _run_and_publish(
+        config, run_id, outcome, lambda: trial_flow.fn(config, number, params, adopt_after)
+    )
+
+
+def _run_and_publish(
+    config: StudyConfig, run_id: str, outcome: dict[str, Any], run: Any
+) -> dict[str, Any]:
+    """``run()`` the trial and publish ``outcome`` with what it returned (or its failure)."""
     try:
-        out = trial_flow.fn(config, number, params, adopt_after)
+        out = run()
     except StageError as exc:
         outcome.update(error=str(exc), costs=dict(exc.costs), seconds=dict(exc.seconds))
         _publish(store_for(config), config.study, run_id, outcome)
@@ -294,8 +314,17 @@ def register_trial_deployment(pool: str) -> str:
     return f"eeipu-trial/{pool}"
 
 
-class WorkPoolExecutor:
-    """``parallel`` trials at a time on the Prefect work pool ``work_pool``."""
+class _RemoteExecutor:
+    """Trials that run elsewhere (the work pool, task workers) as Prefect runs, tracked by
+    run id; each publishes its outcome to the study's storage, read when the run ends.
+
+    A subclass says how to start a trial (``_start``, returning the run id), how to read
+    a run (``_read_run``), and names its runs (``run_kind``: "flow run", "task run").
+    """
+
+    run_kind = "run"
+    where = "still running"  # said when a resumed controller waits for a run
+    poll_seconds = _POLL_SECONDS
 
     def __init__(self, cfg: StudyConfig) -> None:
         from prefect import get_client
@@ -303,32 +332,20 @@ class WorkPoolExecutor:
         self.cfg = cfg
         self.slots = cfg.parallel
         self.store = store_for(cfg)
-        self._deployment = register_trial_deployment(cfg.work_pool)
         self._client = get_client(sync_client=True).__enter__()
         self._running: dict[str, tuple[TrialJob, int]] = {}  # run id -> (job, attempt)
         self._done: deque[tuple[TrialJob, TrialOutcome]] = deque()
 
-    def describe(self) -> str:
-        return f"{self.slots} trials at a time on work pool {self.cfg.work_pool!r}"
+    def _start(self, job: TrialJob) -> str:
+        raise NotImplementedError
+
+    def _read_run(self, run_id: str) -> Any:
+        raise NotImplementedError
 
     def submit(self, job: TrialJob, attempt: int = 1) -> None:
-        from prefect.deployments import run_deployment
-
         if job.ref is not None and attempt == 1 and self._reattach(job):
             return
-        with tags(f"study:{self.cfg.study}"):
-            run = run_deployment(
-                self._deployment,
-                parameters={
-                    "config": self.cfg.model_dump(mode="json"),
-                    "number": job.trial.number,
-                    "params": job.trial.params,
-                    "adopt_after": job.adopt_after,
-                },
-                flow_run_name=f"trial-{job.trial.number}",
-                timeout=0,
-            )
-        job.ref = str(run.id)
+        job.ref = self._start(job)
         self._running[job.ref] = (job, attempt)
 
     def _reattach(self, job: TrialJob) -> bool:
@@ -337,21 +354,21 @@ class WorkPoolExecutor:
         from prefect.exceptions import ObjectNotFound
 
         try:
-            self._client.read_flow_run(job.ref)
+            self._read_run(job.ref)
         except ObjectNotFound:
             return False
         say(
             self.cfg,
-            f"trial {job.trial.number}: waiting for its flow run {job.ref}, still on the pool",
+            f"trial {job.trial.number}: waiting for its {self.run_kind} {job.ref}, {self.where}",
         )
         self._running[job.ref] = (job, 1)
         return True
 
     def next_outcome(self) -> tuple[TrialJob, TrialOutcome]:
         while not self._done:
-            time.sleep(_POLL_SECONDS)
+            time.sleep(self.poll_seconds)
             for run_id in list(self._running):
-                state = self._client.read_flow_run(run_id).state
+                state = self._read_run(run_id).state
                 if state is not None and state.type.value in _FINAL:
                     self._finished(run_id, state)
         return self._done.popleft()
@@ -364,8 +381,9 @@ class WorkPoolExecutor:
         except FileNotFoundError:
             if attempt < _ATTEMPTS:
                 run_logger().warning(
-                    "trial %d: flow run %s ended %s without an outcome (%s); retrying it",
+                    "trial %d: %s %s ended %s without an outcome (%s); retrying it",
                     job.trial.number,
+                    self.run_kind,
                     run_id,
                     state.name,
                     state.message,
@@ -373,9 +391,141 @@ class WorkPoolExecutor:
                 self.submit(job, attempt + 1)
                 return
             out = {
-                "error": f"flow run {run_id} ended {state.name} without an outcome: {state.message}"
+                "error": f"{self.run_kind} {run_id} ended {state.name} without an outcome: "
+                f"{state.message}"
             }
-        self._done.append((job, TrialOutcome.of(out, worker=out.get("worker"), flow_run_id=run_id)))
+        facts = {"worker": out.get("worker"), f"{self.run_kind.replace(' ', '_')}_id": run_id}
+        self._done.append((job, TrialOutcome.of(out, **facts)))
 
     def close(self) -> None:
         self._client.__exit__(None, None, None)
+
+
+class WorkPoolExecutor(_RemoteExecutor):
+    """``parallel`` trials at a time on the Prefect work pool ``work_pool``."""
+
+    run_kind = "flow run"
+    where = "still on the pool"
+
+    def __init__(self, cfg: StudyConfig) -> None:
+        self._deployment = register_trial_deployment(cfg.work_pool)
+        super().__init__(cfg)
+
+    def describe(self) -> str:
+        return f"{self.slots} trials at a time on work pool {self.cfg.work_pool!r}"
+
+    def _start(self, job: TrialJob) -> str:
+        from prefect.deployments import run_deployment
+
+        with tags(f"study:{self.cfg.study}"):
+            run = run_deployment(
+                self._deployment,
+                parameters={
+                    "config": self.cfg.model_dump(mode="json"),
+                    "number": job.trial.number,
+                    "params": job.trial.params,
+                    "adopt_after": job.adopt_after,
+                },
+                flow_run_name=f"trial-{job.trial.number}",
+                timeout=0,
+            )
+        return str(run.id)
+
+    def _read_run(self, run_id: str) -> Any:
+        return self._client.read_flow_run(run_id)
+
+
+# ---------------------------------------------------------------------- Prefect task workers
+def _never_cached(context: Any, inputs: dict[str, Any]) -> None:
+    """No cache key: a trial runs every time it is submitted (a task worker would otherwise
+    give its tasks Prefect's default policy, and a retried trial would hit the cache)."""
+    return None
+
+
+@task(
+    name="eeipu-warm-trial",
+    task_run_name="trial-{number}",
+    cache_key_fn=_never_cached,
+    log_prints=False,
+)
+def warm_trial_task(
+    config: dict[str, Any],
+    number: int,
+    params: dict[str, Any],
+    adopt_after: float | None = None,
+) -> dict[str, Any]:
+    """One trial in a warm task worker (``eeipu worker``): :func:`flows.trial.trial_flow`
+    as a subflow, its outcome written to the study's storage for the controller.
+
+    ``config`` is ``StudyConfig.model_dump(mode="json")`` (no ``storage.options``: the
+    worker's environment holds the storage credentials, as for the work pool).
+    """
+    from prefect.runtime import task_run
+
+    cfg = StudyConfig.from_mapping(config)
+    run_id = str(task_run.id)
+    outcome: dict[str, Any] = {
+        "number": number,
+        "task_run_id": run_id,
+        # The task worker runs every trial in its own long-lived process.
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+    }
+    trial = trial_flow.with_options(flow_run_name=f"trial-{number}")
+    return _run_and_publish(cfg, run_id, outcome, lambda: trial(cfg, number, params, adopt_after))
+
+
+class TaskWorkerExecutor(_RemoteExecutor):
+    """``parallel`` trials at a time as background task runs of :data:`warm_trial_task`,
+    run by warm task workers (``eeipu worker``) that import torch and the pipeline once.
+
+    The controller submits with ``apply_async``; Prefect stores the parameters in its task
+    scheduling storage (``PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK``, else the local
+    ``PREFECT_LOCAL_STORAGE_PATH``: across machines it must be a storage both reach) and
+    the server hands the run to a subscribed worker over a websocket. Outcomes come back
+    through the study's storage, as with the work pool.
+    """
+
+    run_kind = "task run"
+    where = "still with the task workers"
+    poll_seconds = _TASK_POLL_SECONDS
+
+    def __init__(self, cfg: StudyConfig) -> None:
+        from prefect.settings import get_current_settings
+
+        if get_current_settings().api.url is None:
+            raise ConfigError(
+                "`executor` task_workers needs a Prefect server that the workers reach too, "
+                "but PREFECT_API_URL is not set; start one (`make server`), export "
+                "PREFECT_API_URL=http://127.0.0.1:4200/api and start workers (`eeipu worker`)"
+            )
+        super().__init__(cfg)
+        key = warm_trial_task.task_key
+        workers = self._client.request(
+            "POST", "/task_workers/filter", json={"task_worker_filter": {"task_keys": [key]}}
+        ).json()
+        if not workers:
+            # The key hashes the task's code: a worker started from another version of
+            # eeipu serves another key, and would never receive these trials.
+            say(
+                cfg,
+                f"no warm worker serves trials of this version of eeipu yet (task {key}); "
+                "they wait until one starts: `eeipu worker` (restart workers after upgrading)",
+            )
+
+    def describe(self) -> str:
+        return f"{self.slots} trials at a time on warm task workers (`eeipu worker`)"
+
+    def _start(self, job: TrialJob) -> str:
+        with tags(f"study:{self.cfg.study}"):
+            future = warm_trial_task.apply_async(
+                kwargs={
+                    "config": self.cfg.model_dump(mode="json"),
+                    "number": job.trial.number,
+                    "params": job.trial.params,
+                    "adopt_after": job.adopt_after,
+                }
+            )
+        return str(future.task_run_id)
+
+    def _read_run(self, run_id: str) -> Any:
+        return self._client.read_task_run(run_id)

@@ -198,6 +198,7 @@ class StudyLoop:
         self.uncached: dict[str, set[str]] = {}  # trial_id -> its keys not yet stored
         self.held: list[TrialJob] = []  # waiting for trials in flight that share keys
         self.state: dict[str, Any] = {}  # trial_id -> the optimizer's state after its ask
+        self.expected: dict[str, float] = {}  # trial_id -> expected cost, while not told
         self.progress_id: Any = None
 
     # ------------------------------------------------------------------ the loop
@@ -232,17 +233,23 @@ class StudyLoop:
                 job, outcome = self.executor.next_outcome()
                 self._tell(job, outcome)
                 if self.failure is not None:
-                    self.held.clear()  # nothing new starts; trials in flight finish
+                    for held in self.held:  # nothing new starts; trials in flight finish
+                        self.expected.pop(held.trial_id, None)
+                    self.held.clear()
         except StoreUnavailable as exc:
             # Not the trial's fault: stop (nothing told is lost) and resume later.
             self.failure, self.hint = str(exc), "the study resumes from there"
 
     def _room(self) -> bool:
-        n = len(self.records) + len(self.in_flight) + len(self.held)
+        busy = len(self.in_flight) + len(self.held)
         return (
             self.failure is None
-            and more_to_run(self.cfg, self.opt, n)
-            and len(self.in_flight) + len(self.held) < self.executor.slots
+            and more_to_run(self.cfg, self.opt, len(self.records) + busy)
+            and busy < self.executor.slots
+            # With trials in flight, ask more only while what is spent plus what they are
+            # expected to cost leaves budget: the last trial started may overshoot, as in
+            # a sequential study, but not every trial in flight.
+            and (busy == 0 or self.opt.spent + sum(self.expected.values()) < self.cfg.budget)
         )
 
     def _progress(self) -> float:
@@ -288,6 +295,8 @@ class StudyLoop:
     def _submit(self, job: TrialJob) -> None:
         """Start ``job`` now, or hold it back until a slot is free and no trial in flight
         computes a stage key it needs."""
+        if self.executor.slots > 1:
+            self.expected[job.trial_id] = self.opt.expected_cost(job.trial) or 0.0
         self.held.append(job)
         self._release_held()
 
@@ -340,6 +349,7 @@ class StudyLoop:
         cfg, opt = self.cfg, self.opt
         del self.in_flight[job.trial_id]
         self.uncached.pop(job.trial_id, None)
+        expected = self.expected.pop(job.trial_id, None)
         costs = outcome.costs
         if outcome.objective is None:
             costs = {s: c for s, c in costs.items() if s in opt.space.stages}
@@ -354,6 +364,7 @@ class StudyLoop:
             "keys": outcome.keys,
             **outcome.facts,
             "waited_for": job.waited_for,
+            "expected_cost": expected,
             "started_at": job.started_at,
             "ask_seconds": round(job.ask_seconds, 6),
             "finished_at": time.time(),

@@ -1,4 +1,5 @@
-"""Shared fixtures: one Prefect test server per session and a moto S3 server.
+"""Shared fixtures: one Prefect test server per session (SQLite), one Prefect server on
+PostgreSQL for the tests with several workers, and a moto S3 server.
 
 Prefect reads its home and settings at import, so the environment is set here, before any
 test module imports prefect.
@@ -7,12 +8,20 @@ test module imports prefect.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
+import uuid
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -69,6 +78,59 @@ def api_env(prefect_harness: str) -> dict[str, str]:
         "PREFECT_HOME": os.environ["PREFECT_HOME"],
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefectServer:
+    api_url: str
+    log: Path  # the server's output, with uvicorn's access log (one line per request)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """A Prefect server on its own PostgreSQL, started as ``make server DB=postgres`` starts
+    one (``tools/pg-prefect``), on free ports of 127.0.0.1; stopped after the session."""
+    home = tmp_path_factory.mktemp("postgres-server")
+    # Not under pytest's base directory: as root the cluster belongs to the `postgres` user,
+    # which cannot enter /tmp/pytest-of-root; tools/pg-prefect creates it and hands it over.
+    data = Path(tempfile.gettempdir()) / f"eeipu-pg-{uuid.uuid4().hex[:8]}"
+    port = _free_port()
+    cmd = [
+        str(Path(__file__).resolve().parents[1] / "tools" / "pg-prefect"),
+        str(data),
+        str(_free_port()),
+        str(Path(sys.executable).with_name("prefect")),
+        *("server", "start", "--host", "127.0.0.1", "--port", str(port), "--log-level", "INFO"),
+    ]
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    env.pop("PREFECT_API_URL", None)
+    server = PrefectServer(f"http://127.0.0.1:{port}/api", home / "server.log")
+    with open(server.log, "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{server.api_url}/health", timeout=5),
+            ):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = server.log.read_text(errors="replace")[-3000:]
+                pytest.fail(f"the Prefect server on PostgreSQL did not start:\n{tail}")
+            time.sleep(0.5)
+        yield server
+    finally:
+        proc.terminate()  # tools/pg-prefect stops the server, then PostgreSQL
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -87,3 +87,14 @@ EXECUTORS = {
     "inline": [],
     "local2": ["executor=local", "parallel=2"],
 }
+
+
+def stop(proc: subprocess.Popen, log: Any = None) -> None:
+    """Terminate a subprocess started by a fixture (kill it after 30 s), close its log."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    if log is not None:
+        log.close()

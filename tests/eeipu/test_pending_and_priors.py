@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+import eeipu._methods
+import eeipu._models
+import eeipu._optimizer
 from eeipu import Optimizer, SearchSpace, TellError
 from stages.pipelines import SyntheticProblem, simulate
 
@@ -89,3 +92,33 @@ def test_enqueue_asks_a_given_configuration_as_the_next_trial():
     assert opt.ask().origin == "eeipu"
     with pytest.raises(Exception, match="train"):
         opt.enqueue({"prep": first.params["prep"]})
+
+
+def test_pending_trials_are_fantasized_without_an_extra_gp_fit(monkeypatch):
+    x, y = _told(seed=5, budget=1000.0), _told(seed=5, budget=1000.0)
+    fits = []
+    fit_gp = eeipu._models.fit_gp
+
+    def counted(*args, **kwargs):
+        fits.append(1)
+        return fit_gp(*args, **kwargs)
+
+    # Every module that fitted a GP during an ask, the optimizer's old believer included.
+    for module in (eeipu._models, eeipu._methods, eeipu._optimizer):
+        monkeypatch.setattr(module, "fit_gp", counted, raising=False)
+
+    def fits_of_an_ask(opt: Optimizer):
+        fits.clear()
+        trial = opt.ask()
+        return len(fits), trial
+
+    n0, a = fits_of_an_ask(x)  # nothing pending
+    n1, b = fits_of_an_ask(x)  # `a` pending
+    n2, _ = fits_of_an_ask(x)  # `a`, `b` pending
+    assert n0 > 0 and n1 == n0 and n2 == n0
+    assert a.params != b.params
+    # Same seed and history (and method state): the same proposals, pending or not.
+    assert y.ask().params == a.params and y.ask().params == b.params
+    # Without carried hyperparameters (warm_start off) the believer fits its own GP.
+    x.method.warm_start = False
+    assert fits_of_an_ask(x)[0] == n0 + 1

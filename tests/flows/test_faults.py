@@ -28,7 +28,12 @@ def test_flaky_stage_is_retried_and_nan_objective_is_a_failed_trial(
     )
     records = journal(tmp_path, "faults")
     # Every `train` computation failed once (a marker per key) and the retry healed it.
-    assert len(list(flaky.iterdir())) >= len(records) // 2
+    computed = {
+        r["keys"]["train"]
+        for r in records
+        if r["state"] == "complete" and "train" not in r["cached"]
+    }
+    assert computed and computed <= {p.name for p in flaky.iterdir()}
     assert not [r for r in records if r["error"] and "flaky" in r["error"]]
     # A NaN objective is a failed trial with its cost counted; the study went on.
     bad = [r for r in records if r["state"] == "failed"]

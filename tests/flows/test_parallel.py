@@ -1,12 +1,15 @@
 """Parallel trials: a process work pool with two Prefect workers, the moto S3 server as the
 shared cache, and a study with ``parallel=2`` whose controller submits trials with
-``run_deployment``."""
+``run_deployment``. The controller and the workers talk to a Prefect server on PostgreSQL, as
+users run one beyond a laptop: the SQLite-backed test server answers 503 ("database is
+locked") under two workers."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,21 +21,45 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import OPTIMIZER_FAST, ROOT, composed
+from tests.helpers import OPTIMIZER_FAST, ROOT, composed, stop
 
 FAST = ["n_init=3", *OPTIMIZER_FAST]
 
 pytestmark = pytest.mark.slow
 
 
+# What a Prefect server and its clients log when it fails a request (on SQLite: 503, "database
+# is locked"): the server's access log line, the client's retry message and error, the lock.
+SERVER_TROUBLE = re.compile(
+    r'HTTP/1\.1" 5\d\d\b|status code 5\d\d\b|Server error \'5\d\d|database is locked'
+)
+
+
 @pytest.fixture
-def workers(prefect_harness: str, s3_bucket: str, tmp_path: Path) -> Iterator[tuple[str, list]]:
-    """Two process workers on a fresh pool, talking to the session's server, with the S3
+def on_postgres(postgres_server) -> Iterator[str]:
+    """The in-process controller (``run(cfg)``) talks to the workers' server on PostgreSQL."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: postgres_server.api_url}):
+        yield postgres_server.api_url
+
+
+def assert_no_server_errors(postgres_server, *logs: Path) -> None:
+    """No 5xx answer (503 included) and no locked database in the server's log (the whole
+    session's so far) nor in ``logs`` (the workers', the controller's)."""
+    for path in (postgres_server.log, *logs):
+        found = SERVER_TROUBLE.findall(path.read_text(errors="replace"))
+        assert not found, f"{path}: {len(found)} x {sorted(set(found))}"
+
+
+@pytest.fixture
+def workers(postgres_server, s3_bucket: str, tmp_path: Path) -> Iterator[tuple[str, list]]:
+    """Two process workers on a fresh pool, talking to the server on PostgreSQL, with the S3
     credentials and endpoint of ``s3_bucket`` in their environment."""
     pool = f"pool-{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
-        "PREFECT_API_URL": prefect_harness,
+        "PREFECT_API_URL": postgres_server.api_url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         # Poll the pool every second (default 10 s): trials here take seconds.
@@ -50,19 +77,14 @@ def workers(prefect_harness: str, s3_bucket: str, tmp_path: Path) -> Iterator[tu
         yield pool, [p.pid for p, _ in procs]
     finally:
         for proc, log in procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
+            stop(proc, log)
         for i in range(2):  # shown by pytest when the test fails
             text = (tmp_path / f"worker-{i}.log").read_text(errors="replace")
             print(f"--- worker {i} log (tail)\n{text[-3000:]}")
 
 
 def test_two_workers_share_an_s3_cache_without_computing_a_key_twice(
-    prefect_harness, s3_bucket, workers, tmp_path
+    on_postgres, postgres_server, s3_bucket, workers, tmp_path
 ):
     from flows.tune import run
     from stages import Store
@@ -102,10 +124,11 @@ def test_two_workers_share_an_s3_cache_without_computing_a_key_twice(
     assert len(computed) == len(set(computed)), "a stage key was computed twice"
     assert any(r["cached"] for r in records), "no trial reused a cached prefix"
     assert (tmp_path / "out" / "results.csv").exists()
+    assert_no_server_errors(postgres_server, *tmp_path.glob("worker-*.log"))
 
 
 def test_work_pool_study_evicts_and_stops_after_failures_in_a_row(
-    prefect_harness, s3_bucket, workers, tmp_path
+    on_postgres, postgres_server, s3_bucket, workers, tmp_path
 ):
     """The loop's features with trials on the work pool: ``storage.max_bytes`` eviction
     (entries of trials in flight are protected) and ``max_failures_in_a_row``."""
@@ -149,10 +172,11 @@ def test_work_pool_study_evicts_and_stops_after_failures_in_a_row(
     names = store.list_files("studies/fails/trials")
     states = [json.loads(store.read_file(f"studies/fails/trials/{n}"))["state"] for n in names]
     assert states and set(states) == {"failed"} and 2 <= len(states) <= 3
+    assert_no_server_errors(postgres_server, *tmp_path.glob("worker-*.log"))
 
 
 def test_sigkill_of_a_work_pool_study_waits_for_its_runs_and_recomputes_nothing(
-    api_env, workers, tmp_path
+    postgres_server, workers, tmp_path
 ):
     """Kill the controller with two trials running on the workers: their flow runs go on.
     The resumed controller waits for those runs (by the flow run ids in its crash marker)
@@ -176,7 +200,7 @@ def test_sigkill_of_a_work_pool_study_waits_for_its_runs_and_recomputes_nothing(
         f"+pipeline.kwargs.cache={cache}",
         f"hydra.run.dir={tmp_path / 'out'}",
     ]
-    env = {**os.environ, **api_env, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PREFECT_API_URL": postgres_server.api_url, "PYTHONPATH": str(ROOT)}
     marker = cache / "studies" / "killed" / "running.json"
     trials = cache / "studies" / "killed" / "trials"
 
@@ -211,3 +235,6 @@ def test_sigkill_of_a_work_pool_study_waits_for_its_runs_and_recomputes_nothing(
     computed = [json.loads(line) for line in log.read_text().splitlines()]
     assert not [c for c in computed if c["stored"]], "a stored stage was computed again"
     assert len({r["trial_id"] for r in records}) == len(records)
+    (tmp_path / "resumed.log").write_text(resumed.stdout + resumed.stderr)
+    logs = [*tmp_path.glob("worker-*.log"), tmp_path / "attempt-0.log", tmp_path / "resumed.log"]
+    assert_no_server_errors(postgres_server, *logs)

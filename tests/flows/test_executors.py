@@ -1,0 +1,38 @@
+"""The in-process executors through the one study loop (the work pool's tests are in
+test_parallel.py; the fault tests run with every executor, see ``tests.helpers.EXECUTORS``)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from tests.helpers import journal, run_study
+
+
+def test_local_executor_runs_trials_at_once_and_stops_within_one_trial_of_the_budget(
+    prefect_harness, tmp_path
+):
+    result = run_study(tmp_path, "study=loc", "budget=60", "executor=local", "parallel=3")
+    records = journal(tmp_path, "loc")
+    assert [r["number"] for r in records] == list(range(len(records)))
+    assert sorted(r["asked_as"] for r in records) == list(range(len(records)))
+    assert all(r["state"] == "complete" for r in records)
+    # Trials overlapped in time: three threads of the controller ran them.
+    spans = sorted((r["started_at"], r["finished_at"]) for r in records)
+    assert any(b[0] < a[1] for a, b in itertools.pairwise(spans))
+    # Budget: a trial starts while others run only if what was spent plus what the trials
+    # in flight were expected to cost left budget, so only the last one started overshoots.
+    costs = [sum(r["costs"].values()) for r in records]
+    assert result.spent == pytest.approx(sum(costs))
+    assert result.spent >= 60.0
+    checked = 0
+    for r in records:
+        t0 = r["started_at"]
+        spent = sum(c for c, o in zip(costs, records, strict=True) if o["finished_at"] <= t0)
+        running = [o for o in records if o["started_at"] < t0 < o["finished_at"]]
+        if running:
+            checked += 1
+            assert spent + sum(o["expected_cost"] or 0.0 for o in running) < 60.0, r["number"]
+    assert checked >= len(records) // 2
+    assert sum(1 for r in records if r["expected_cost"]) >= len(records) // 2  # cost GP at work

@@ -1,0 +1,97 @@
+"""Warm workers: two ``python -m flows.worker`` processes (Prefect task workers) run the
+trials of a ``parallel=2`` study with ``executor=task_workers``, each trial a background
+task run that the controller submits with ``apply_async``."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import OPTIMIZER_FAST, ROOT, composed, stop
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def warm_workers(prefect_harness: str, tmp_path: Path) -> Iterator[list[int]]:
+    """Two warm workers talking to the session's server; yields their process ids once
+    both have subscribed."""
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_harness,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "INFO",  # "Subscribing to runs of task(s)" tells it is up
+        "PYTHONPATH": str(ROOT),
+    }
+    procs = []
+    logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
+    for log_path in logs:
+        log = open(log_path, "wb")  # noqa: SIM115 (closed below)
+        cmd = [sys.executable, "-m", "flows.worker", "--limit", "1"]
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        procs.append((proc, log))
+    try:
+        deadline = time.time() + 120
+        while not all("Subscribing to runs" in p.read_text(errors="replace") for p in logs):
+            assert time.time() < deadline, "the workers did not subscribe within 120 s"
+            assert all(proc.poll() is None for proc, _ in procs), "a worker exited"
+            time.sleep(0.2)
+        yield [p.pid for p, _ in procs]
+    finally:
+        for proc, log in procs:
+            stop(proc, log)
+        for i, log_path in enumerate(logs):  # shown by pytest when the test fails
+            print(f"--- worker {i} log (tail)\n{log_path.read_text(errors='replace')[-3000:]}")
+
+
+def test_warm_workers_run_trials_in_parallel_and_each_runs_several(
+    prefect_harness, warm_workers, tmp_path
+):
+    from flows.tune import run
+
+    cache = tmp_path / "cache"
+    cfg = composed(
+        "n_init=3",
+        *OPTIMIZER_FAST,
+        "pipeline.target=stages.pipelines.slept:slept_synthetic_pipeline",
+        "+pipeline.kwargs.scale=0.1",  # stages take real time, so trials can overlap
+        f"storage.url={cache}",
+        "study=warm",
+        "budget=40",
+        "parallel=2",
+        "executor=task_workers",
+    )
+    cfg["output_dir"] = str(tmp_path / "out")
+    result = run(cfg)
+
+    folder = cache / "studies" / "warm" / "trials"
+    records = sorted(
+        (json.loads(p.read_text()) for p in folder.glob("*.json")), key=lambda r: r["number"]
+    )
+    # The journal is complete: every trial told once, numbered in telling order.
+    assert result.n_trials == len(records) >= 6
+    assert [r["number"] for r in records] == list(range(len(records)))
+    assert sorted(r["asked_as"] for r in records) == list(range(len(records)))
+    assert all(r["state"] == "complete" for r in records), [r["error"] for r in records]
+    assert all(r["task_run_id"] for r in records)
+    # Both workers ran trials, and each in its own long-lived process: the same process ids
+    # come back trial after trial (a process worker would start one per trial).
+    ran_on = collections.Counter(int(r["worker"].rsplit(":", 1)[1]) for r in records)
+    assert set(ran_on) == set(warm_workers), (ran_on, warm_workers)
+    assert all(n >= 2 for n in ran_on.values()), ran_on
+    # Trials really overlapped in time.
+    spans = sorted((r["started_at"], r["finished_at"]) for r in records)
+    assert any(b[0] < a[1] for a, b in itertools.pairwise(spans))
+    # No stage key was computed twice: each computed (not cached) key appears once.
+    computed = [r["keys"][s] for r in records for s in r["costs"] if s not in r["cached"]]
+    assert len(computed) == len(set(computed)), "a stage key was computed twice"
+    assert (tmp_path / "out" / "results.csv").exists()
