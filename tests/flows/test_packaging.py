@@ -125,7 +125,7 @@ def test_installed_command_help_and_errors(installed, tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "error: unknown command 'tnue'; commands: tune, serve, studies, show, cache"
+        "error: unknown command 'tnue'; commands: tune, serve, worker, studies, show, cache"
     ]
     # A user's pipeline name that does not exist: Hydra's own message, non-zero exit.
     missing = subprocess.run(
