@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument(
         "--executor", nargs="+", choices=["work_pool", "task_workers"], default=["work_pool"]
     )
+    parser.add_argument("--workers", type=int, default=2, help="workers started per executor")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="eeipu-bench-"))
     port = _free_port()
@@ -80,7 +82,7 @@ def main() -> None:
             "task_workers": [sys.executable, "-m", "flows.worker"],
         }
         for kind in args.executor:
-            for _ in range(2):
+            for _ in range(args.workers):
                 procs.append(
                     subprocess.Popen(
                         [*worker[kind], "--limit", "1"],
@@ -91,9 +93,14 @@ def main() -> None:
                     )
                 )
         print(f"scale {args.scale} s/unit, budget {args.budget:g}, n_init {args.n_init}")
-        print("executor      parallel  trials  spent  wall_s  workers  overhead_s (median, max)")
-        for kind, n in [(kind, n) for kind in args.executor for n in args.parallel]:
-            _study(args, env, home, kind, n)
+        print(
+            "executor      parallel  seed  trials  spent  wall_s  wall_s/unit  best      "
+            "workers  overhead_s (median, max)"
+        )
+        for kind in args.executor:
+            for seed in args.seeds:
+                for n in args.parallel:
+                    _study(args, env, home, kind, n, seed)
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -103,9 +110,11 @@ def main() -> None:
                 proc.kill()
 
 
-def _study(args: argparse.Namespace, env: dict[str, str], home: Path, kind: str, n: int) -> None:
+def _study(
+    args: argparse.Namespace, env: dict[str, str], home: Path, kind: str, n: int, seed: int
+) -> None:
     """Run one study through the CLI and print its line of the table."""
-    cache = home / f"cache-{kind}-{n}"
+    cache = home / f"cache-{kind}-{n}-{seed}"
     cmd = [
         sys.executable,
         "-m",
@@ -115,6 +124,7 @@ def _study(args: argparse.Namespace, env: dict[str, str], home: Path, kind: str,
         f"budget={args.budget}",
         f"n_init={args.n_init}",
         f"parallel={n}",
+        f"seed={seed}",
         f"executor={kind}",  # named: parallel=1 runs on the workers too
         "work_pool=bench",
         f"study=wall-p{n}",
@@ -130,13 +140,15 @@ def _study(args: argparse.Namespace, env: dict[str, str], home: Path, kind: str,
     folder = cache / "studies" / f"wall-p{n}" / "trials"
     recs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
     spent = sum(sum(r["costs"].values()) for r in recs)
+    best = max(r["objective"] for r in recs if r["state"] == "complete")
     workers = len({r.get("worker") for r in recs if r.get("worker")})
     overhead = [
         r["finished_at"] - r["started_at"] - r["ask_seconds"] - sum(r["seconds"].values())
         for r in recs
     ]
     print(
-        f"{kind:12s}  {n:8d}  {len(recs):6d}  {spent:5.1f}  {wall:6.1f}  {workers:7d}  "
+        f"{kind:12s}  {n:8d}  {seed:4d}  {len(recs):6d}  {spent:5.1f}  {wall:6.1f}  "
+        f"{wall / spent:11.2f}  {best:8.3f}  {workers:7d}  "
         f"{statistics.median(overhead):5.2f}, {max(overhead):5.2f}",
         flush=True,
     )
