@@ -13,6 +13,8 @@ Definitions (the report states them too):
   every method starts from the same best.
 * cost to target: cumulative cost at the first trial whose objective reaches the target
   (None when it never does).
+* noisy problems: trials carry ``true_objective`` beside the observed ``objective``; every
+  "best" above is then the true value of the trial with the best observed objective.
 * relative gain of A over B (Essofi et al. 2024, "+103% candidates, +108% improvement"):
   ``100 * (mean_s A_s - mean_s B_s) / mean_s B_s``, means over the seeds both ran (the gain
   of the seed-averaged metrics; a per-seed ratio is undefined when B improved 0 on a seed).
@@ -41,9 +43,25 @@ def _sign(run: Mapping[str, Any]) -> float:
     return 1.0 if run.get("direction", "maximize") == "maximize" else -1.0
 
 
+def _reported(trials: Sequence[Mapping[str, Any]], sign: float) -> list[float | None]:
+    """After each trial, the value of the best trial so far (None before the first
+    complete one): its objective, or, on a noisy problem whose trials carry a
+    ``true_objective``, the true value of the trial with the best *observed* objective
+    (what a user who picks the best-looking trial really gets)."""
+    out: list[float | None] = []
+    best: Mapping[str, Any] | None = None
+    for t in trials:
+        if t["objective"] is not None and (
+            best is None or sign * t["objective"] > sign * best["objective"]
+        ):
+            best = t
+        out.append(None if best is None else best.get("true_objective", best["objective"]))
+    return out
+
+
 def _best(trials: Sequence[Mapping[str, Any]], sign: float) -> float | None:
-    ys = [t["objective"] for t in trials if t["objective"] is not None]
-    return max(ys, key=lambda y: sign * y) if ys else None
+    reported = _reported(trials, sign)
+    return reported[-1] if reported else None
 
 
 def run_metrics(run: Mapping[str, Any]) -> dict[str, Any]:
@@ -70,13 +88,9 @@ def run_metrics(run: Mapping[str, Any]) -> dict[str, Any]:
 def best_curve(run: Mapping[str, Any], grid: Sequence[float]) -> list[float]:
     """Best objective seen by cumulative cost ``g`` for each ``g`` in ``grid`` (NaN before
     the first complete trial)."""
-    sign = _sign(run)
-    points, spent, best = [], 0.0, None
-    for t in run["trials"]:
+    points, spent = [], 0.0
+    for t, best in zip(run["trials"], _reported(run["trials"], _sign(run)), strict=True):
         spent += t["cost"]
-        y = t["objective"]
-        if y is not None and (best is None or sign * y > sign * best):
-            best = y
         points.append((spent, best))
     out, i, current = [], 0, math.nan
     for g in grid:
@@ -90,9 +104,9 @@ def best_curve(run: Mapping[str, Any], grid: Sequence[float]) -> list[float]:
 def cost_to_target(run: Mapping[str, Any], target: float) -> float | None:
     """Cumulative cost at the first trial whose objective reaches ``target`` (None: never)."""
     sign, spent = _sign(run), 0.0
-    for t in run["trials"]:
+    for t, best in zip(run["trials"], _reported(run["trials"], sign), strict=True):
         spent += t["cost"]
-        if t["objective"] is not None and sign * t["objective"] >= sign * target:
+        if best is not None and sign * best >= sign * target:
             return spent
     return None
 

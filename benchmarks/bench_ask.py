@@ -18,6 +18,11 @@ and the method state of a warm ask) with no trial pending and with N trials pend
 of that history, so every ask does the same work; medians over ``--asks`` asks.
 
     .venv/bin/python benchmarks/bench_ask.py --pending 1 3 --asks 5
+
+``--problem`` picks another synthetic variant (``stages.pipelines.synthetic.VARIANTS``), e.g.
+the 10-stage one, where ``ask()`` fits one cost GP per stage:
+
+    .venv/bin/python benchmarks/bench_ask.py --problem synthetic10 --n 100
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from botorch.optim import optimize_acqf
 
 from eeipu import Optimizer, SearchSpace, Trial, fit_gp
 from stages.pipelines import SimulatedCache, SyntheticProblem
+from stages.pipelines.synthetic import VARIANTS, synthetic_variant
 
 
 def feed(opt: Optimizer, problem: SyntheticProblem, n: int, cache: SimulatedCache) -> None:
@@ -64,12 +70,27 @@ def plain_logei_step(opt: Optimizer) -> tuple[float, float]:
 
 
 def history(
-    space: SearchSpace, problem: SyntheticProblem, n: int
+    space: SearchSpace, problem: SyntheticProblem, n: int, reuse: float = 0.5
 ) -> tuple[list[Trial], SimulatedCache]:
-    """``n`` random trials of ``problem`` (a cheap history) and the cache they filled."""
+    """``n`` random trials of ``problem`` (a cheap history) and the cache they filled. A
+    share ``reuse`` of them keeps the leading stages (1 to S-1, at random) of an earlier
+    trial, as a memoizing study's trials do, so the prefix pool of a later ask is full."""
     opt = Optimizer(space, method="random", budget=1e12, n_init=n, seed=0)
     cache = SimulatedCache(problem.names)
-    feed(opt, problem, n, cache)
+    rng = torch.Generator().manual_seed(0)
+    stages = space.stages
+    while len(opt.trials) < n:
+        params = space.decode(torch.rand(space.dim, generator=rng, dtype=torch.double))
+        told = opt.trials
+        if told and float(torch.rand(1, generator=rng)) < reuse:
+            source = told[int(torch.randint(len(told), (1,), generator=rng))]
+            keep = int(torch.randint(1, len(stages), (1,), generator=rng))
+            params.update({s: dict(source.params[s]) for s in stages[:keep]})
+        t = opt.enqueue(params, cache=cache)
+        hits = cache.lookup(t.params)
+        obj, costs = problem.evaluate(t.params)
+        opt.tell(t, obj, {s: (0.01 if s in hits else c) for s, c in costs.items()}, cached=hits)
+        cache.add(t.params)
     return opt.trials, cache
 
 
@@ -100,7 +121,12 @@ def timed_ask(
 
 
 def pending_table(
-    space: SearchSpace, problem: SyntheticProblem, ns: list[int], pending: list[int], asks: int
+    space: SearchSpace,
+    problem: SyntheticProblem,
+    ns: list[int],
+    pending: list[int],
+    asks: int,
+    reuse: float,
 ) -> None:
     """Median ``ask()`` wall / CPU seconds with 0 and with N trials pending, same history."""
     print(
@@ -109,7 +135,7 @@ def pending_table(
     )
     print("|---:|---:|---:|---:|---:|---:|")
     for n in ns:
-        told, cache = history(space, problem, n)
+        told, cache = history(space, problem, n, reuse)
         warm = replayed(space, told)
         warm.ask(cache=cache)  # one ask fits the GPs: its state warm-starts the timed ones
         state = warm.state_dict()
@@ -141,12 +167,22 @@ def main() -> None:
     parser.add_argument(
         "--pending", type=int, nargs="+", help="time ask() with N trials pending vs none"
     )
+    parser.add_argument("--problem", choices=sorted(VARIANTS), default="synthetic3")
+    parser.add_argument(
+        "--reuse",
+        type=float,
+        default=0.5,
+        help="share of history trials that keep an earlier trial's leading stages",
+    )
     args = parser.parse_args()
-    problem = SyntheticProblem()
+    problem = synthetic_variant(args.problem)
     space = SearchSpace.from_dict(problem.space_dict())
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()}")
+    print(
+        f"{args.problem} ({len(problem.names)} stages, {space.dim} parameters), torch "
+        f"{torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()}"
+    )
     if args.pending:
-        pending_table(space, problem, args.n, args.pending, args.asks)
+        pending_table(space, problem, args.n, args.pending, args.asks, args.reuse)
         return
     print(
         "| n obs | eeipu ask, cold (s) | eeipu ask, warm median: wall / CPU (s) "
@@ -155,7 +191,7 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.n:
         # Random warm-up up to n (cheap), then time EEIPU asks on that history.
-        told, cache = history(space, problem, n)
+        told, cache = history(space, problem, n, args.reuse)
         timed = replayed(space, told)
         times, cpus = [], []
         for _ in range(args.asks):

@@ -215,6 +215,11 @@ def run_synthetic(job: Mapping[str, Any]) -> dict[str, Any]:
                 "number": told.number,
                 "origin": told.origin,
                 "objective": told.objective,
+                **(
+                    {"true_objective": problem.true_objective(told.params)}
+                    if problem.noise_sd and told.objective is not None
+                    else {}
+                ),
                 "cost": sum(told.costs.values()),
                 "n_cached": len(told.cached),
                 "seconds": round(now - last, 4),

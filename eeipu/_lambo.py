@@ -318,8 +318,8 @@ class LaMBO(WarmStartState, Method):
         raw_samples: Raw Sobol samples screened for those starts.
         maxiter: L-BFGS iterations.
         warm_start: Start each GP fit from the previous ask's hyperparameters.
-        prefix_restarts, prefix_raw_samples, mc_samples: Accepted (and unused) so one
-            options dict serves every method.
+        prefix_restarts, prefix_raw_samples, prefix_starts, mc_samples: Accepted (and
+            unused) so one options dict serves every method.
     """
 
     def __init__(
@@ -335,7 +335,8 @@ class LaMBO(WarmStartState, Method):
         warm_start: bool = True,
         prefix_restarts: int = 2,
         prefix_raw_samples: int = 64,
-        mc_samples: int = 1024,
+        mc_samples: int = 128,
+        prefix_starts: int = 16,
     ) -> None:
         check_positive_ints(
             num_restarts=num_restarts,
@@ -343,6 +344,7 @@ class LaMBO(WarmStartState, Method):
             maxiter=maxiter,
             prefix_restarts=prefix_restarts,
             prefix_raw_samples=prefix_raw_samples,
+            prefix_starts=prefix_starts,
             mc_samples=mc_samples,
         )
         if lr is not None and not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):

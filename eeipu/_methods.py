@@ -259,9 +259,14 @@ class CostAwareEI(WarmStartState, Method):
             the reference code).
         num_restarts: L-BFGS starts for the empty prefix.
         raw_samples: Raw Sobol samples screened for those starts.
-        prefix_restarts: L-BFGS starts per cached prefix.
-        prefix_raw_samples: Raw samples per cached prefix.
-        mc_samples: M, quasi-MC samples of the cost posterior.
+        prefix_restarts: At most this many L-BFGS starts per cached prefix.
+        prefix_raw_samples: Raw samples screened per cached prefix.
+        prefix_starts: L-BFGS starts shared by the cached prefixes (the best raw points
+            over the whole pool, at most ``prefix_restarts`` per prefix).
+        mc_samples: M, quasi-MC samples of the cost posterior. 128 keeps log E[1/C] within
+            0.004 nats of a 16384-sample estimate on the synthetic problems (3 and 10
+            stages, 8 or 60 observations), where candidates differ by ~1 nat; the
+            acquisition's cost grows linearly in M.
         load_eps: ε before any load cost is measured (default: 1% of the stage's cost).
         maxiter: L-BFGS iterations.
         warm_start: Start each GP fit from the previous ask's hyperparameters.
@@ -277,7 +282,8 @@ class CostAwareEI(WarmStartState, Method):
         raw_samples: int = 256,
         prefix_restarts: int = 2,
         prefix_raw_samples: int = 64,
-        mc_samples: int = 1024,
+        prefix_starts: int = 16,
+        mc_samples: int = 128,
         load_eps: float | None = None,
         maxiter: int = 200,
         warm_start: bool = True,
@@ -297,6 +303,7 @@ class CostAwareEI(WarmStartState, Method):
             raw_samples=raw_samples,
             prefix_restarts=prefix_restarts,
             prefix_raw_samples=prefix_raw_samples,
+            prefix_starts=prefix_starts,
             mc_samples=mc_samples,
             maxiter=maxiter,
         )
@@ -309,6 +316,7 @@ class CostAwareEI(WarmStartState, Method):
         self.raw_samples = raw_samples
         self.prefix_restarts = prefix_restarts
         self.prefix_raw_samples = prefix_raw_samples
+        self.prefix_starts = prefix_starts
         self.mc_samples = mc_samples
         self.load_eps = load_eps
         self.maxiter = maxiter
@@ -377,19 +385,45 @@ class CostAwareEI(WarmStartState, Method):
             pool += [p for p in obs.prefixes if obs.space.prefix_dim(p.n_stages) < d]
         acq = self.acquisition(obs)
         starts = self._starts(obs, acq, pool)
-        ranked = self._optimize_pool(acq, pool, starts, obs.space)
+        keep = [i for i, st in enumerate(starts) if len(st)]
+        pool, starts = [pool[i] for i in keep], [starts[i] for i in keep]
+        ranked = self._rounded(acq, self._optimize_pool(acq, pool, starts, obs.space), obs.space)
         ranked.sort(key=lambda p: p.acq_value, reverse=True)
         return replace(ranked[0], alternatives=tuple(ranked[1:]))
+
+    @staticmethod
+    def _rounded(
+        acq: LogEIPerCost, proposals: list[Proposal], space: SearchSpace
+    ) -> list[Proposal]:
+        """The proposals at the configurations that will really run (ints rounded,
+        categoricals binned, floats as decoded; a prefix's columns as cached), each
+        re-scored there: L-BFGS ranks relaxed points, and rounding can move a candidate
+        far from the optimum it found (an int with few values, a categorical)."""
+        if not proposals:
+            return proposals
+        X = torch.stack([space.encode(space.decode(p.x)) for p in proposals])  # B x d
+        n_cached = torch.zeros(len(proposals), dtype=torch.long)
+        for j, p in enumerate(proposals):
+            if p.prefix is not None:
+                X[j, : p.prefix.x.numel()] = p.prefix.x
+                n_cached[j] = p.prefix.n_stages
+        with torch.no_grad():
+            acq.n_cached = n_cached
+            values = acq(X.unsqueeze(-2))
+        return [replace(p, x=X[j], acq_value=float(values[j])) for j, p in enumerate(proposals)]
 
     def _starts(
         self, obs: Observations, acq: LogEIPerCost, pool: list[Prefix | None]
     ) -> list[Tensor]:
-        """L-BFGS starts for each prefix of the pool (``k_i x 1 x d`` each): the best of its
-        raw Sobol points, its fixed columns set to the cached values. The raw points of the
-        whole pool are screened in one batched acquisition call."""
+        """L-BFGS starts for each prefix of the pool (``k_i x 1 x d`` each, possibly empty):
+        the best of its raw Sobol points, its fixed columns set to the cached values. The raw
+        points of the whole pool are screened in one batched acquisition call; the empty
+        prefix keeps ``num_restarts`` starts, and the cached prefixes share ``prefix_starts``,
+        given to the best raw points over all of them, at most ``prefix_restarts`` each (so
+        a large pool is screened widely but costs L-BFGS only where the acquisition is
+        high)."""
         d = obs.space.dim
         raw_n = [self.raw_samples] + [self.prefix_raw_samples] * (len(pool) - 1)
-        keep_n = [self.num_restarts] + [self.prefix_restarts] * (len(pool) - 1)
         values, n_fixed, n_cached = _pool_tensors(pool, obs.space)
         sobol = SobolEngine(d, scramble=True, seed=obs.seed).draw(max(raw_n), dtype=torch.double)
         owner = torch.cat([torch.full((n,), i) for i, n in enumerate(raw_n)])  # R
@@ -399,12 +433,18 @@ class CostAwareEI(WarmStartState, Method):
         with torch.no_grad():
             acq.n_cached = n_cached[owner]
             raw_values = acq(raw.unsqueeze(-2))  # R
-        starts = []
-        for i, k in enumerate(keep_n):
-            idx = (owner == i).nonzero().squeeze(-1)
-            best = idx[raw_values[idx].topk(min(k, idx.numel())).indices]
-            starts.append(raw[best].unsqueeze(-2))  # k x 1 x d
-        return starts
+        picked: list[list[int]] = [[] for _ in pool]
+        idx = (owner == 0).nonzero().squeeze(-1)
+        picked[0] = idx[raw_values[idx].topk(min(self.num_restarts, idx.numel())).indices].tolist()
+        left = self.prefix_starts
+        for j in raw_values.argsort(descending=True).tolist():
+            if left == 0:
+                break
+            i = int(owner[j])
+            if i > 0 and len(picked[i]) < self.prefix_restarts:
+                picked[i].append(j)
+                left -= 1
+        return [raw[torch.tensor(p, dtype=torch.long)].unsqueeze(-2) for p in picked]
 
     def _optimize_pool(
         self,

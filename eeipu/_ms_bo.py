@@ -143,7 +143,7 @@ class CascadeBO(WarmStartState, Method):
         maxiter: L-BFGS iterations.
         warm_start: Start each GP fit from the previous ask's hyperparameters.
         prefix_restarts: Accepted (and unused) so one options dict serves every method.
-        prefix_raw_samples: Accepted (and unused), likewise.
+        prefix_raw_samples, prefix_starts: Accepted (and unused), likewise.
     """
 
     def __init__(
@@ -155,6 +155,7 @@ class CascadeBO(WarmStartState, Method):
         warm_start: bool = True,
         prefix_restarts: int = 2,
         prefix_raw_samples: int = 64,
+        prefix_starts: int = 16,
     ) -> None:
         check_positive_ints(
             num_restarts=num_restarts,
@@ -163,6 +164,7 @@ class CascadeBO(WarmStartState, Method):
             maxiter=maxiter,
             prefix_restarts=prefix_restarts,
             prefix_raw_samples=prefix_raw_samples,
+            prefix_starts=prefix_starts,
         )
         self.num_restarts = num_restarts
         self.raw_samples = raw_samples

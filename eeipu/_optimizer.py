@@ -36,8 +36,10 @@ class Optimizer:
             for every method with the same seed and space. Their cost counts.
         seed: Seed of every random choice (same seed => same trials for the same results).
         direction: ``"maximize"`` or ``"minimize"`` the objective.
-        max_prefixes: Size cap of the prefix pool: cached proper prefixes of told trials,
-            ranked by the best objective among the trials that share them.
+        max_prefixes: Size cap of the prefix pool: the cached proper prefixes of the best
+            told trials (all prefixes of each), plus a quarter of the slots for prefixes of
+            other trials drawn at random. Every prefix's candidates are screened; the
+            method gives L-BFGS starts to the most promising (see ``prefix_starts``).
         method_options: Extra keyword arguments for the method (e.g. ``num_restarts``).
         num_threads: torch intra-op threads while ``ask`` runs (restored afterwards); None
             keeps torch's setting. The GPs are small: one thread is as fast on an idle
@@ -61,7 +63,7 @@ class Optimizer:
         n_init: int = 10,
         seed: int = 0,
         direction: str = "maximize",
-        max_prefixes: int = 8,
+        max_prefixes: int = 24,
         method_options: Mapping[str, Any] | None = None,
         num_threads: int | None = 1,
     ) -> None:
@@ -267,10 +269,7 @@ class Optimizer:
             return None
         stages = self.space.stages
         X = torch.stack([self.space.encode(t.params) for t in told])
-        costs = torch.tensor(
-            [[t.costs.get(s, math.nan) for s in stages] for t in told], dtype=torch.double
-        )
-        cached = torch.tensor([[s in t.cached for s in stages] for t in told])
+        costs, cached = self._cost_rows(told)
         cols = [slice(0, self.space.prefix_dim(k + 1)) for k in range(len(stages))]
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
@@ -310,6 +309,26 @@ class Optimizer:
                 return Proposal(x)
         return proposal
 
+    def _cost_rows(self, told: list[Trial]) -> tuple[Tensor, Tensor]:
+        """``n x S`` stage costs (NaN where unknown) and ``n x S`` cached flags of ``told``.
+
+        A failed trial's last reported stage is the one that failed: its cost is the time
+        up to the crash, a lower bound of what the stage costs, so it is left out (NaN)
+        rather than teach the cost model that regions which crash early are cheap. The
+        stages before it completed and keep their costs. (The budget still counts it.)
+        """
+        stages = self.space.stages
+        costs = torch.full((len(told), len(stages)), math.nan, dtype=torch.double)
+        cached = torch.zeros(len(told), len(stages), dtype=torch.bool)
+        for i, t in enumerate(told):
+            reached = [k for k, s in enumerate(stages) if s in t.costs]
+            for k in reached:
+                costs[i, k] = t.costs[stages[k]]
+                cached[i, k] = stages[k] in t.cached
+            if t.state is TrialState.FAILED and reached and stages[reached[-1]] not in t.cached:
+                costs[i, reached[-1]] = math.nan
+        return costs, cached
+
     def _memoized(
         self, view: CacheView, params: Mapping[str, Mapping[str, Any]]
     ) -> tuple[str, ...]:
@@ -331,13 +350,7 @@ class Optimizer:
             Y = torch.where(ok, Y, Y[ok].min())
         else:
             X, Y = X[:0], Y[:0]
-        costs = torch.full((len(told), S), math.nan, dtype=torch.double)
-        cached = torch.zeros(len(told), S, dtype=torch.bool)
-        for i, t in enumerate(told):
-            for k, stage in enumerate(self.space.stages):
-                if stage in t.costs:
-                    costs[i, k] = t.costs[stage]
-                cached[i, k] = stage in t.cached
+        costs, cached = self._cost_rows(told)
         outputs = torch.full((len(told), S), math.nan, dtype=torch.double)
         for i, t in enumerate(told):
             for k, stage in enumerate(self.space.stages):
@@ -359,7 +372,7 @@ class Optimizer:
             cached = torch.cat([cached, torch.zeros(len(pending), S, dtype=torch.bool)])
             outputs = torch.cat([outputs, torch.full((len(pending), S), math.nan).to(outputs)])
         prefixes = (
-            self._prefix_pool(view, told, encoded, list(zip(pending, fantasies, strict=False)))
+            self._prefix_pool(view, told, encoded, list(zip(pending, fantasies, strict=False)), rng)
             if self.method.uses_prefixes
             else []
         )
@@ -386,34 +399,74 @@ class Optimizer:
         told: list[Trial],
         encoded: list[Tensor],
         pending: Iterable[tuple[Trial, float]] = (),
+        rng: torch.Generator | None = None,
     ) -> list[Prefix]:
-        """Distinct proper prefixes of told trials that the cache view confirms, best first.
+        """Distinct proper prefixes of told trials that the cache view confirms.
+
+        Capped by *configurations*, not prefixes: trials are ranked by objective and each
+        of the best gives all its cached proper prefixes, until ``max_prefixes`` are taken;
+        a quarter of the slots (at least one) goes to the prefixes of other configurations
+        drawn at random (``rng``), for exploration. A prefix shared by several trials comes
+        once, scored by the best of them. (Ranking prefixes one by one let the single best
+        trial's S-1 prefixes fill the pool: at 10 stages EEIPU mined one configuration's
+        tail.) The acquisition, not this order, decides which prefixes get optimizer starts.
 
         ``encoded`` holds the ``told`` trials' unit-cube points, in telling order. Prefixes
-        of ``pending`` trials (with their believed scores) count as about to be cached."""
+        of ``pending`` trials (with their believed scores) count as about to be cached.
+        """
+        if self.max_prefixes == 0:
+            return []
         sign = 1.0 if self.direction == "maximize" else -1.0
-        found: dict[str, Prefix] = {}
         stages = self.space.stages
         entries = [
             (t, x, sign * t.objective if t.state is TrialState.COMPLETE else -math.inf, True)
             for t, x in zip(told, encoded, strict=True)
         ]
         entries += [(t, self.space.encode(t.params), y, False) for t, y in pending]
+        # Each configuration's confirmed proper prefixes, longest last.
+        groups: list[tuple[float, list[tuple[str, Prefix]]]] = []
         for t, x_full, score, confirm in entries:
+            group = []
             for j in range(1, len(stages)):
                 sub = {s: t.params[s] for s in stages[:j]}
-                key = canonical_json([j, sub])
-                if key in found:
-                    if score > found[key].score:
-                        found[key] = Prefix(j, found[key].x, found[key].params, score)
-                    continue
                 if confirm and not view.is_cached(stages[j - 1], sub):
                     break  # a longer prefix cannot be cached if this one is not
                 x = x_full[: self.space.prefix_dim(j)]
-                found[key] = Prefix(j, x, {s: dict(v) for s, v in sub.items()}, score)
+                group.append(
+                    (
+                        canonical_json([j, sub]),
+                        Prefix(j, x, {s: dict(v) for s, v in sub.items()}, score),
+                    )
+                )
+            if group:
+                groups.append((score, group))
+        # Best first; the sort is stable, so ties keep telling order.
+        groups.sort(key=lambda g: -g[0])
+        found: dict[str, Prefix] = {}
+
+        def take(group: list[tuple[str, Prefix]], cap: int) -> None:
+            for key, prefix in reversed(group):  # longest (cheapest) first
+                # Groups come best first: a shared prefix keeps its first (best) score.
+                if key not in found and len(found) < cap:
+                    found[key] = prefix
+
+        explore = max(1, self.max_prefixes // 4) if len(groups) > 1 else 0
+        best_cap = self.max_prefixes - explore
+        used = 0
+        for _, group in groups:
+            if len(found) >= best_cap:
+                break
+            take(group, best_cap)
+            used += 1
+        rest = groups[used:]
+        if rest and explore:
+            order = torch.randperm(len(rest), generator=rng).tolist()
+            for i in order:
+                if len(found) >= self.max_prefixes:
+                    break
+                take(rest[i][1], self.max_prefixes)
         # Best objective first; among equals prefer longer prefixes (cheaper candidates).
-        ranked = sorted(found.values(), key=lambda p: (-p.score, -p.n_stages))
-        return ranked[: self.max_prefixes]
+        return sorted(found.values(), key=lambda p: (-p.score, -p.n_stages))
 
     @property
     def priors(self) -> list[Trial]:

@@ -228,7 +228,7 @@ class OptimizerConfig(_Section):
     """The method (a name in ``eeipu.METHODS``), its options, and the prefix-pool size."""
 
     method: str
-    max_prefixes: _Count = 8
+    max_prefixes: _Count = 24
     options: _Mapping = {}
 
     @field_validator("method", mode="before")

@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +60,18 @@ class SyntheticProblem:
         names: Stage names; default ``prep, train, finetune`` for 3 stages, else
             ``stage0 .. stageN``.
         cost_variation: Strength of the cost's dependence on the parameters (log scale).
+        noise_sd: Standard deviation of Gaussian noise on the *observed* objective
+            (:meth:`evaluate`, and the last of :meth:`stage_outputs`); :meth:`true_objective`
+            stays noise-free. The noise of a configuration is drawn from ``seed`` and the
+            configuration itself (an optimizer never repeats one, so this is i.i.d. noise
+            that reproduces exactly). The Prefect pipeline (:func:`synthetic_pipeline`) is
+            noise-free.
+        cost_trap: Per stage, the log factor by which its cost grows at its test
+            function's optimum: cost x ``exp(trap * closeness)``, closeness in (0, 1],
+            ``exp(-(f(x) - f*) / scale)`` with ``scale`` a quarter of the median gap
+            ``f - f*`` over the stage's domain. 0 (default) for none: with ``log(8)`` the
+            stage costs up to 8x more near its optimum, so the cheap region is not where
+            the best values are.
     """
 
     dims: Sequence[int] = (2, 3, 2)
@@ -65,10 +79,13 @@ class SyntheticProblem:
     base_costs: Sequence[float] | None = None
     names: Sequence[str] | None = None
     cost_variation: float = 0.5
+    noise_sd: float = 0.0
+    cost_trap: Sequence[float] | None = None
     _functions: list[SyntheticTestFunction] = field(init=False, repr=False, compare=False)
     _cost_coef: list[tuple[torch.Tensor, torch.Tensor]] = field(
         init=False, repr=False, compare=False
     )
+    _trap_scale: tuple[float, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         dims = tuple(int(d) for d in self.dims)
@@ -100,6 +117,24 @@ class SyntheticProblem:
             phase = torch.rand(d, generator=gen, dtype=torch.double)
             coefs.append((amp, phase))
         object.__setattr__(self, "_cost_coef", coefs)
+        if not (self.noise_sd >= 0 and math.isfinite(self.noise_sd)):
+            raise ValueError(f"noise_sd must be a finite number >= 0, but got {self.noise_sd}")
+        trap = (0.0,) * len(dims) if self.cost_trap is None else tuple(map(float, self.cost_trap))
+        if len(trap) != len(dims) or any(not math.isfinite(t) for t in trap):
+            raise ValueError(f"cost_trap must be {len(dims)} finite numbers, but got {trap}")
+        object.__setattr__(self, "cost_trap", trap)
+        scales = []
+        for fn, t in zip(self._functions, trap, strict=True):
+            if t == 0.0:
+                scales.append(1.0)
+                continue
+            u = torch.quasirandom.SobolEngine(fn.dim, scramble=True, seed=0).draw(
+                1024, dtype=torch.double
+            )
+            lo, hi = fn.bounds[0].double(), fn.bounds[1].double()
+            gap = fn.evaluate_true(lo + u * (hi - lo)) - float(fn.optimal_value)
+            scales.append(float(gap.median()) / 4)
+        object.__setattr__(self, "_trap_scale", tuple(scales))
 
     # ------------------------------------------------------------------ search space
     def space_dict(self) -> dict[str, dict[str, dict[str, Any]]]:
@@ -142,7 +177,11 @@ class SyntheticProblem:
         u = (self._x(k, params) - lo) / (hi - lo)  # position in the unit cube
         amp, phase = self._cost_coef[k]
         wiggle = torch.sum(amp * torch.cos(math.pi * (u + phase)))
-        return float(self.base_costs[k] * torch.exp(self.cost_variation * wiggle))
+        log_factor = self.cost_variation * float(wiggle)
+        if self.cost_trap[k]:
+            gap = float(fn.evaluate_true(self._x(k, params).unsqueeze(0))) - float(fn.optimal_value)
+            log_factor += self.cost_trap[k] * math.exp(-max(gap, 0.0) / self._trap_scale[k])
+        return float(self.base_costs[k] * math.exp(log_factor))
 
     def run_stage(
         self, stage: str, upstream: float, params: Mapping[str, Any]
@@ -151,20 +190,33 @@ class SyntheticProblem:
         return upstream + self.stage_value(stage, params), self.stage_cost(stage, params)
 
     def evaluate(self, params: Mapping[str, Mapping[str, Any]]) -> tuple[float, dict[str, float]]:
-        """Run every stage: returns (objective, {stage: cost})."""
+        """Run every stage: returns (observed objective, {stage: cost})."""
         total, costs = 0.0, {}
         for name in self.names:
             total, costs[name] = self.run_stage(name, total, params[name])
-        return total, costs
+        return total + self.noise(params), costs
+
+    def true_objective(self, params: Mapping[str, Mapping[str, Any]]) -> float:
+        """The noise-free objective (equal to :meth:`evaluate`'s when ``noise_sd`` is 0)."""
+        return sum(self.stage_value(name, params[name]) for name in self.names)
+
+    def noise(self, params: Mapping[str, Mapping[str, Any]]) -> float:
+        """The observation noise of this configuration (0.0 when ``noise_sd`` is 0)."""
+        if not self.noise_sd:
+            return 0.0
+        key = json.dumps([self.seed, {n: dict(params[n]) for n in self.names}], sort_keys=True)
+        gen = torch.Generator().manual_seed(int(hashlib.sha256(key.encode()).hexdigest()[:15], 16))
+        return self.noise_sd * float(torch.randn(1, generator=gen, dtype=torch.double))
 
     def stage_outputs(self, params: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
         """Each stage's scalar output: the running objective sum after it, so the last
-        stage's output is the objective (for cascade methods, ``Optimizer.tell``'s
-        ``stage_outputs``)."""
+        stage's output is the (observed, noisy) objective (for cascade methods,
+        ``Optimizer.tell``'s ``stage_outputs``)."""
         total, out = 0.0, {}
         for name in self.names:
             total += self.stage_value(name, params[name])
             out[name] = total
+        out[self.names[-1]] += self.noise(params)
         return out
 
 
@@ -186,6 +238,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # The 3-stage setting with the cost order reversed: the *last* stage is the dearest, so
     # a cached prefix saves at most ~30% of a trial and memoization can barely help.
     "last_expensive": {"dims": (2, 3, 2), "base_costs": (8.0 / 9.0, 8.0 / 3.0, 8.0)},
+    # synthetic3 with Gaussian noise (sd 4, ~5% of the objective's range) on the observed
+    # objective; methods are scored by the true value of the trial they would report.
+    "noisy": {"dims": (2, 3, 2), "noise_sd": 4.0},
+    # A cost trap: 4 stages (Branin, Hartmann-3, Styblinski-Tang-2, Ackley-2), the first
+    # the dearest, and its cost grows up to 8x towards its optimum: the cheap region of
+    # the first stage is not where the best values are.
+    "cost_trap": {
+        "dims": (2, 3, 2, 2),
+        "base_costs": tuple(_TOTAL * w / 15.0 for w in (8.0, 4.0, 2.0, 1.0)),
+        "cost_trap": (math.log(8.0), 0.0, 0.0, 0.0),
+    },
 }
 
 

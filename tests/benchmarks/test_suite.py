@@ -140,6 +140,61 @@ def test_synthetic_variants():
         synthetic_variant("nope")
 
 
+def test_noisy_variant_observes_noise_and_keeps_the_truth():
+    p = synthetic_variant("noisy", seed=2)
+    clean = synthetic_variant("synthetic3", seed=2)
+    space = p.space_dict()
+    gaps = []
+    for i in range(200):
+        params = {
+            s: {
+                k: v["low"] + (v["high"] - v["low"]) * ((i * 0.618 + j * 0.29) % 1)
+                for j, (k, v) in enumerate(sec.items())
+            }
+            for s, sec in space.items()
+        }
+        observed, costs = p.evaluate(params)
+        assert p.true_objective(params) == pytest.approx(clean.evaluate(params)[0])
+        assert costs == clean.evaluate(params)[1]
+        assert p.evaluate(params)[0] == observed  # the same configuration, the same draw
+        assert p.stage_outputs(params)["finetune"] == pytest.approx(observed)
+        gaps.append(observed - p.true_objective(params))
+    mean = sum(gaps) / len(gaps)
+    sd = math.sqrt(sum((g - mean) ** 2 for g in gaps) / (len(gaps) - 1))
+    assert abs(mean) < 1.0 and 3.2 < sd < 4.8
+    assert clean.noise(params) == 0.0
+
+
+def test_cost_trap_makes_the_first_stage_dear_at_its_optimum():
+    p = synthetic_variant("cost_trap", seed=0)
+    plain = SyntheticProblem(dims=p.dims, base_costs=p.base_costs, seed=0)
+    optimum = {"x0": -math.pi, "x1": 12.275}  # one of Branin's three minimizers
+    far = {"x0": -5.0, "x1": 0.0}  # Branin 308 there, its worst corner
+    ratio_at_optimum = p.stage_cost("stage0", optimum) / plain.stage_cost("stage0", optimum)
+    assert ratio_at_optimum == pytest.approx(8.0, rel=1e-3)
+    assert p.stage_cost("stage0", far) / plain.stage_cost("stage0", far) < 1.05
+    later = {"x0": 0.1, "x1": 0.2}
+    assert p.stage_cost("stage3", later) == plain.stage_cost("stage3", later)
+    with pytest.raises(ValueError, match="cost_trap must be 3 finite numbers"):
+        SyntheticProblem(cost_trap=(1.0,))
+    with pytest.raises(ValueError, match="noise_sd must be a finite number >= 0"):
+        SyntheticProblem(noise_sd=-1.0)
+
+
+def test_noisy_runs_are_scored_by_the_truth_of_the_best_looking_trial():
+    """The second trial *looks* best (observed 9) but is truly 1: the run's best is 1."""
+    trials = [
+        {"objective": 5.0, "true_objective": 4.0, "cost": 1.0},
+        {"objective": 9.0, "true_objective": 1.0, "cost": 1.0},
+        {"objective": 7.0, "true_objective": 7.0, "cost": 1.0},
+    ]
+    run = {"trials": trials, "n_init": 1, "budget": 3.0, "direction": "maximize"}
+    m = run_metrics(run)
+    assert (m["warmup_best"], m["final_best"], m["improvement"]) == (4.0, 1.0, -3.0)
+    assert best_curve(run, [1.0, 2.0, 3.0]) == [4.0, 1.0, 1.0]
+    assert cost_to_target(run, 3.5) == 1.0 and cost_to_target(run, 5.0) is None
+
+
 # ---------------------------------------------------------------------- the suite
 def test_config_errors_name_the_key(capsys):
     assert suite.main(["problem=synthetic3", "seeds=0"]) == 2

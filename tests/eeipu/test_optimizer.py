@@ -158,6 +158,32 @@ def test_failed_trials_count_and_keep_the_optimizer_working(space):
     assert opt.best_trial.state is TrialState.COMPLETE
 
 
+def test_a_failed_stage_does_not_teach_its_cost_model(space):
+    """A crashed stage reports the time up to the crash, a lower bound: its cost model leaves
+    it out, so regions that crash early do not look cheap. Stages before it keep theirs."""
+    told = Optimizer(space, method="random", budget=1e6, n_init=6, seed=0)
+    run(told, 6)
+    same = Optimizer(space, method="random", budget=1e6, n_init=10, seed=0)
+    for t in told.trials:
+        same.add_trial(t.params, t.objective, t.costs)
+    with_failures = Optimizer(space, method="random", budget=1e6, n_init=10, seed=0)
+    for t in told.trials:
+        with_failures.add_trial(t.params, t.objective, t.costs)
+    for t in told.trials[:3]:
+        # crashed 1 ms into prep (whose real cost is > 5): nothing for any cost model
+        params = {**t.params, "prep": {**t.params["prep"], "a": 1 - t.params["prep"]["a"]}}
+        with_failures.add_trial(params, None, {"prep": 0.001})
+    probe = same.ask()
+    assert with_failures.expected_cost(probe) == pytest.approx(same.expected_cost(probe))
+    assert same.expected_cost(probe) > 5.0
+    # a trial that crashed in train: its prep cost is a complete measurement and counts
+    t = told.trials[0]
+    params = {**t.params, "prep": {**t.params["prep"], "a": 0.123}}
+    with_failures.add_trial(params, None, {"prep": 50.0, "train": 0.001})
+    assert with_failures.expected_cost(probe) != pytest.approx(same.expected_cost(probe))
+    assert with_failures.spent == pytest.approx(same.spent + 0.003 + 50.001)
+
+
 def test_minimize_direction(space):
     opt = Optimizer(space, method="random", budget=1000.0, n_init=3, seed=0, direction="minimize")
     trials = run(opt, 5)
