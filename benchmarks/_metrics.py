@@ -13,8 +13,10 @@ Definitions (the report states them too):
   every method starts from the same best.
 * cost to target: cumulative cost at the first trial whose objective reaches the target
   (None when it never does).
-* noisy problems: trials carry ``true_objective`` beside the observed ``objective``; every
-  "best" above is then the true value of the trial with the best observed objective.
+* noisy problems: trials carry ``true_objective`` beside the observed ``objective`` and
+  ``reported_true``, the true objective of the configuration the optimizer recommends after
+  that trial (``Optimizer.recommend``: best posterior mean); every "best" above is then that
+  true value.
 * relative gain of A over B (Essofi et al. 2024, "+103% candidates, +108% improvement"):
   ``100 * (mean_s A_s - mean_s B_s) / mean_s B_s``, means over the seeds both ran (the gain
   of the seed-averaged metrics; a per-seed ratio is undefined when B improved 0 on a seed).
@@ -44,10 +46,11 @@ def _sign(run: Mapping[str, Any]) -> float:
 
 
 def _reported(trials: Sequence[Mapping[str, Any]], sign: float) -> list[float | None]:
-    """After each trial, the value of the best trial so far (None before the first
-    complete one): its objective, or, on a noisy problem whose trials carry a
-    ``true_objective``, the true value of the trial with the best *observed* objective
-    (what a user who picks the best-looking trial really gets)."""
+    """After each trial, the value of what the study would report (None before the first
+    complete trial): the best objective so far; on a noisy problem, the true objective of
+    the configuration the optimizer recommends (``reported_true``), else of the trial with
+    the best *observed* objective (``true_objective``; what picking the best-looking trial
+    really gets)."""
     out: list[float | None] = []
     best: Mapping[str, Any] | None = None
     for t in trials:
@@ -55,7 +58,12 @@ def _reported(trials: Sequence[Mapping[str, Any]], sign: float) -> list[float | 
             best is None or sign * t["objective"] > sign * best["objective"]
         ):
             best = t
-        out.append(None if best is None else best.get("true_objective", best["objective"]))
+        if best is None:
+            out.append(None)
+        elif "reported_true" in t:
+            out.append(t["reported_true"])
+        else:
+            out.append(best.get("true_objective", best["objective"]))
     return out
 
 

@@ -231,10 +231,10 @@ def build_report(
         "",
         f"## {report.reference}'s relative gain",
         "",
-        report.gain_table(),
+        report.gain_table() if report.baselines else "(no baseline ran: nothing to compare)",
         "",
     ]
-    results = report.checks(checks)
+    results = report.checks(checks) if report.baselines else []
     if results:
         parts += ["## Done-when checks (issue 5)" if done_when else "## Checks (informational)", ""]
         parts += [

@@ -215,11 +215,7 @@ def run_synthetic(job: Mapping[str, Any]) -> dict[str, Any]:
                 "number": told.number,
                 "origin": told.origin,
                 "objective": told.objective,
-                **(
-                    {"true_objective": problem.true_objective(told.params)}
-                    if problem.noise_sd and told.objective is not None
-                    else {}
-                ),
+                **(_truth(problem, told, _opt) if problem.noise_sd else {}),
                 "cost": sum(told.costs.values()),
                 "n_cached": len(told.cached),
                 "seconds": round(now - last, 4),
@@ -244,6 +240,18 @@ def run_synthetic(job: Mapping[str, Any]) -> dict[str, Any]:
         "trials": trials,
         "fingerprint": job["fingerprint"],
     }
+
+
+def _truth(problem: Any, told: Any, opt: Any) -> dict[str, Any]:
+    """On a noisy problem: the told trial's true objective, and the true objective of the
+    configuration the optimizer would report now (:meth:`eeipu.Optimizer.recommend`)."""
+    out: dict[str, Any] = {}
+    if told.objective is not None:
+        out["true_objective"] = problem.true_objective(told.params)
+    rec = opt.recommend()
+    if rec is not None:
+        out["reported_true"] = problem.true_objective(rec[0].params)
+    return out
 
 
 def _init_worker() -> None:

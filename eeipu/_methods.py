@@ -270,6 +270,10 @@ class CostAwareEI(WarmStartState, Method):
         load_eps: ε before any load cost is measured (default: 1% of the stage's cost).
         maxiter: L-BFGS iterations.
         warm_start: Start each GP fit from the previous ask's hyperparameters.
+        incumbent: What EI improves on: ``"observed"``, the best observed objective (the
+            textbook choice for noise-free objectives), or ``"mean"``, the best posterior
+            mean of the objective GP at the told trials (plug-in EI for noisy objectives:
+            a lucky draw neither inflates the incumbent nor starves exploration).
     """
 
     def __init__(
@@ -287,6 +291,7 @@ class CostAwareEI(WarmStartState, Method):
         load_eps: float | None = None,
         maxiter: int = 200,
         warm_start: bool = True,
+        incumbent: str = "observed",
     ) -> None:
         if cost not in (None, "total", "stage"):
             raise OptimizerError(f"`cost` must be None, 'total' or 'stage', but got {cost!r}")
@@ -294,6 +299,8 @@ class CostAwareEI(WarmStartState, Method):
             raise OptimizerError(
                 f"`cost_inputs` must be 'prefix' or 'stage', but got {cost_inputs!r}"
             )
+        if incumbent not in ("observed", "mean"):
+            raise OptimizerError(f"`incumbent` must be 'observed' or 'mean', but got {incumbent!r}")
         if memoize and cost != "stage":
             raise OptimizerError("`memoize=True` needs per-stage costs (cost='stage')")
         if load_eps is not None and not (load_eps > 0 and math.isfinite(load_eps)):
@@ -321,6 +328,7 @@ class CostAwareEI(WarmStartState, Method):
         self.load_eps = load_eps
         self.maxiter = maxiter
         self.warm_start = warm_start
+        self.incumbent = incumbent
         self._init: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ models
@@ -373,9 +381,14 @@ class CostAwareEI(WarmStartState, Method):
     def acquisition(self, obs: Observations, n_cached: int | Tensor = 0) -> LogEIPerCost:
         """The fitted acquisition for candidates whose first ``n_cached`` stages are cached."""
         eta = obs.eta if self.cooling else 1.0
-        return LogEIPerCost(
-            self._fit_objective(obs), obs.Y.max(), self.cost_model(obs), eta, n_cached
-        )
+        model = self._fit_objective(obs)
+        if self.incumbent == "mean":
+            n = obs.X.shape[0] - obs.n_pending
+            with torch.no_grad():
+                best_f = model.posterior(obs.X[:n]).mean.max()
+        else:
+            best_f = obs.Y.max()
+        return LogEIPerCost(model, best_f, self.cost_model(obs), eta, n_cached)
 
     # ------------------------------------------------------------------ proposal
     def propose(self, obs: Observations) -> Proposal:

@@ -15,7 +15,7 @@ from eeipu._acquisition import cooling_eta
 from eeipu._cache import CacheView, HistoryCacheView, cached_prefix, canonical_json
 from eeipu._errors import OptimizerError, TellError
 from eeipu._methods import Method, Observations, Prefix, Proposal, make_method
-from eeipu._models import CostModel
+from eeipu._models import CostModel, fit_gp
 from eeipu._space import SearchSpace
 from eeipu._trial import Trial, TrialState
 
@@ -158,6 +158,32 @@ class Optimizer:
             return None
         sign = 1.0 if self.direction == "maximize" else -1.0
         return max(complete, key=lambda t: sign * t.objective).copy()
+
+    def recommend(self) -> tuple[Trial, float] | None:
+        """The evaluated configuration to report: the complete trial with the best posterior
+        mean of an objective GP fitted to every complete trial, with that mean (in the
+        objective's units). On a noisy objective the best *observed* trial
+        (:attr:`best_trial`) is often the luckiest draw; the posterior mean pools its
+        neighbours. On a noise-free one the GP interpolates, so both agree (up to ties).
+        With fewer than 3 distinct objective values, the best observed trial and its value.
+        None before any complete trial.
+        """
+        complete = [t for t in self._told if t.state is TrialState.COMPLETE]
+        if not complete:
+            return None
+        sign = 1.0 if self.direction == "maximize" else -1.0
+        Y = torch.tensor([[sign * t.objective] for t in complete], dtype=torch.double)
+        if len(complete) < 3 or len(set(Y.reshape(-1).tolist())) < 3:
+            best = max(complete, key=lambda t: sign * t.objective)
+            return best.copy(), float(best.objective)
+        X = torch.stack([self.space.encode(t.params) for t in complete])
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed)
+            model = fit_gp(X, Y)
+        with torch.no_grad():
+            mean = model.posterior(X).mean.reshape(-1)
+        i = int(mean.argmax())
+        return complete[i].copy(), sign * float(mean[i])
 
     def state_dict(self) -> dict[str, Any]:
         """The method's carry-over state (JSON-able), to store beside the told trials.

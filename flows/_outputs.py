@@ -79,7 +79,16 @@ def progress_line(record: dict[str, Any], best: float | None, spent: float, budg
     )
 
 
-def best_markdown(study: str, best: dict[str, Any] | None, spent: float, n_trials: int) -> str:
+def best_markdown(
+    study: str,
+    best: dict[str, Any] | None,
+    spent: float,
+    n_trials: int,
+    recommended: dict[str, Any] | None = None,
+) -> str:
+    """The best-configuration artifact: the best observed trial and, where given, the
+    recommended one (``{"trial", "objective", "posterior_mean"}``, see
+    :meth:`eeipu.Optimizer.recommend`)."""
     if best is None:
         return f"# Study `{study}`\n\nNo trial completed ({n_trials} failed)."
     lines = [
@@ -88,6 +97,15 @@ def best_markdown(study: str, best: dict[str, Any] | None, spent: float, n_trial
         f"**Objective:** {best['objective']:.6g} (trial {best['number']}), "
         f"after {n_trials} trials and {spent:.4g} cost units.",
         "",
+    ]
+    if recommended is not None:
+        lines += [
+            f"**Recommended** (best posterior mean of the objective model, which discounts "
+            f"lucky draws of a noisy metric): trial {recommended['trial']}, posterior mean "
+            f"{recommended['posterior_mean']:.6g}, observed {recommended['objective']:.6g}.",
+            "",
+        ]
+    lines += [
         "| stage | parameter | value |",
         "|---|---|---|",
     ]
@@ -123,8 +141,13 @@ def write_outputs(
     records: Sequence[dict[str, Any]],
     direction: str,
     warmup_cost: float | None,
+    recommended: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write ``results.csv``, ``best.yaml`` and ``best_vs_cost.png`` into ``out_dir``."""
+    """Write ``results.csv``, ``best.yaml`` and ``best_vs_cost.png`` into ``out_dir``.
+
+    ``recommended`` (``{"params", "posterior_mean"}``, from
+    :meth:`eeipu.Optimizer.recommend`; ``params`` those of a complete record) adds the
+    recommended configuration to ``best.yaml`` beside the best observed one."""
     out = Path(out_dir)
     rows = trial_rows(records, direction)
     fields: list[str] = []
@@ -149,6 +172,17 @@ def write_outputs(
         if best is None
         else {"trial": best["number"], "objective": best["objective"], "params": best["params"]},
     }
+    rec = None
+    if recommended is not None:
+        # By configuration: trial numbers differ between a live run and a replayed one.
+        rec = next((r for r in complete if r["params"] == recommended["params"]), None)
+    if rec is not None:
+        summary["recommended"] = {
+            "trial": rec["number"],
+            "posterior_mean": recommended["posterior_mean"],
+            "objective": rec["objective"],
+            "params": rec["params"],
+        }
     _atomic_write(
         paths["yaml"], yaml.safe_dump(json.loads(json.dumps(summary)), sort_keys=False).encode()
     )

@@ -425,10 +425,24 @@ def finish_study(
 ) -> StudyResult:
     """Write outputs and (with ``artifacts``) the Prefect artifacts, then raise
     :class:`StudyFailed` or return the result."""
-    paths = write_outputs(
-        cfg.output_dir, cfg.study, records, cfg.pipeline.direction, opt.warmup_spent
-    )
     best = opt.best_trial
+    rec = opt.recommend()
+    rec_record = (
+        None
+        if rec is None
+        else next(
+            (r for r in records if r["state"] == "complete" and r["params"] == rec[0].params),
+            None,
+        )
+    )
+    recommended = (
+        None
+        if rec is None or rec_record is None
+        else {"params": rec[0].params, "posterior_mean": rec[1]}
+    )
+    paths = write_outputs(
+        cfg.output_dir, cfg.study, records, cfg.pipeline.direction, opt.warmup_spent, recommended
+    )
     if artifacts:
         create_table_artifact(
             key=artifact_key(cfg.study, "trials"),
@@ -438,7 +452,17 @@ def finish_study(
         create_markdown_artifact(
             key=artifact_key(cfg.study, "best"),
             markdown=best_markdown(
-                cfg.study, None if best is None else best.to_dict(), opt.spent, len(records)
+                cfg.study,
+                None if best is None else best.to_dict(),
+                opt.spent,
+                len(records),
+                None
+                if recommended is None
+                else {
+                    "trial": rec_record["number"],
+                    "objective": rec_record["objective"],
+                    "posterior_mean": recommended["posterior_mean"],
+                },
             ),
             description=f"Best configuration of study {cfg.study}",
         )

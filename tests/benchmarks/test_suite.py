@@ -193,6 +193,11 @@ def test_noisy_runs_are_scored_by_the_truth_of_the_best_looking_trial():
     assert (m["warmup_best"], m["final_best"], m["improvement"]) == (4.0, 1.0, -3.0)
     assert best_curve(run, [1.0, 2.0, 3.0]) == [4.0, 1.0, 1.0]
     assert cost_to_target(run, 3.5) == 1.0 and cost_to_target(run, 5.0) is None
+    # With the optimizer's recommendation recorded, that is what counts.
+    for t, rec in zip(trials, [4.0, 6.5, 7.0], strict=True):
+        t["reported_true"] = rec
+    assert best_curve(run, [1.0, 2.0, 3.0]) == [4.0, 6.5, 7.0]
+    assert run_metrics(run)["improvement"] == 3.0
 
 
 # ---------------------------------------------------------------------- the suite

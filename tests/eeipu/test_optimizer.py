@@ -319,3 +319,43 @@ def test_discrete_space_never_repeats_a_configuration(method):
         obj = -((p["a"]["k"] - 2) ** 2) + (p["b"]["c"] == "y") + 0.1 * p["b"]["n"]
         opt.tell(t, objective=obj, costs={"a": 1.0, "b": 0.5})
     assert len(set(asked)) == 20
+
+
+def test_recommend_discounts_a_lucky_draw(space):
+    """Noisy objective: of six near-identical configurations (as memoized re-evaluations
+    are), one is observed far above the others: the best observed trial is that lucky
+    draw, the recommended one is not, and its posterior mean is below the lucky value."""
+    torch = pytest.importorskip("torch")
+    opt = Optimizer(space, method="random", budget=1e6, n_init=30, seed=3)
+    assert opt.recommend() is None
+    gen = torch.Generator().manual_seed(0)
+    view = HistoryCacheView(opt.space.stages)
+    for i in range(30):
+        t = opt.ask(cache=view)
+        obj, costs = f(t.params)
+        opt.tell(t, objective=obj + 0.05 * float(torch.randn(1, generator=gen)), costs=costs)
+        if i == 1:  # fewer than 3 trials: the best observed, with its value
+            assert opt.recommend() == (opt.best_trial, opt.best_trial.objective)
+    base = {"prep": {"a": 0.3, "n": 4}, "train": {"lr": 0.03, "kind": "y"}}
+    for k in range(6):
+        t = opt.enqueue({**base, "tune": {"b": 0.2 + 0.002 * k}})
+        obj, costs = f(t.params)
+        noise = 1.0 if k == 3 else 0.05 * float(torch.randn(1, generator=gen))
+        opt.tell(t, objective=obj + noise, costs=costs)
+    lucky = opt.best_trial
+    assert lucky.params["tune"]["b"] == pytest.approx(0.206)
+    trial, mean = opt.recommend()
+    assert trial.number != lucky.number
+    assert mean < lucky.objective - 0.5
+
+
+def test_incumbent_option(space):
+    with pytest.raises(
+        OptimizerError, match="`incumbent` must be 'observed' or 'mean', but got 'x'"
+    ):
+        Optimizer(space, method_options={**FAST, "incumbent": "x"})
+    opt = Optimizer(
+        space, budget=40.0, n_init=3, seed=1, method_options={**FAST, "incumbent": "mean"}
+    )
+    trials = run(opt, 6)
+    assert [t.origin for t in trials[3:]] == ["eeipu"] * 3

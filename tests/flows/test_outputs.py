@@ -60,3 +60,28 @@ def test_rewritten_outputs_follow_the_current_umask(tmp_path, umask):
     paths = write_outputs(tmp_path, "s", RECORDS, "maximize", None)
     assert {stat.S_IMODE(p.stat().st_mode) for p in paths.values()} == {0o644}
     assert (paths["csv"]).read_text().count("\n") == len(RECORDS) + 1
+
+
+def test_best_yaml_shows_the_recommended_trial_beside_the_best_observed(tmp_path):
+    import yaml
+
+    from flows._outputs import best_markdown
+
+    recommended = {"params": RECORDS[1]["params"], "posterior_mean": 1.5}
+    paths = write_outputs(tmp_path, "s", RECORDS, "maximize", None, recommended)
+    summary = yaml.safe_load(paths["yaml"].read_text())
+    assert summary["best"]["trial"] == 2 and summary["best"]["objective"] == 2.0
+    assert summary["recommended"] == {
+        "trial": 1,
+        "posterior_mean": 1.5,
+        "objective": 1.0,
+        "params": RECORDS[1]["params"],
+    }
+    # no recommendation, or one that matches no complete record: the best only
+    for rec in (None, {"params": {"prep": {"x0": 9.0}}, "posterior_mean": 0.0}):
+        paths = write_outputs(tmp_path, "s", RECORDS, "maximize", None, rec)
+        assert "recommended" not in yaml.safe_load(paths["yaml"].read_text())
+    md = best_markdown(
+        "s", RECORDS[2], 9.0, 3, {"trial": 1, "objective": 1.0, "posterior_mean": 1.5}
+    )
+    assert "**Recommended**" in md and "trial 1, posterior mean 1.5, observed 1" in md
