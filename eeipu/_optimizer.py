@@ -548,12 +548,13 @@ class Optimizer:
         cached: Iterable[str] = (),
         origin: str = "replay",
         stage_outputs: Mapping[str, float] | None = None,
+        overhead: float = 0.0,
     ) -> Trial:
         """Record a trial evaluated elsewhere as if it had been asked and told here.
 
         Used to resume a study from its journal or to warm-start from another study: the
         trial takes the next number, so a resumed optimizer continues where it stopped
-        (the warm-up included). ``stage_outputs`` as in :meth:`tell`.
+        (the warm-up included). ``stage_outputs`` and ``overhead`` as in :meth:`tell`.
         """
         self.space.validate(params)
         number = self._n_asked
@@ -567,7 +568,12 @@ class Optimizer:
         self._n_asked += 1
         try:
             told = self.tell(
-                trial, objective=objective, costs=costs, cached=cached, stage_outputs=stage_outputs
+                trial,
+                objective=objective,
+                costs=costs,
+                cached=cached,
+                stage_outputs=stage_outputs,
+                overhead=overhead,
             )
         except Exception:
             del self._pending[number]
@@ -584,6 +590,7 @@ class Optimizer:
         costs: Mapping[str, float],
         cached: Iterable[str] | None = None,
         stage_outputs: Mapping[str, float] | None = None,
+        overhead: float = 0.0,
     ) -> Trial:
         """Record a trial's results.
 
@@ -597,6 +604,10 @@ class Optimizer:
                 reports one (an intermediate metric); cascade methods (``ms_bo``) model
                 stage k's output from its parameters and stage k-1's output. Stages may be
                 left out; the objective stands for the last stage's output.
+            overhead: Cost charged on top of the stages, in the same unit (e.g. the wall
+                seconds of ``ask()`` and orchestration, for a budget of wall time). It
+                counts in :attr:`spent`, not in any cost model (it does not depend on the
+                configuration).
 
         Returns:
             The told trial.
@@ -643,6 +654,15 @@ class Optimizer:
                     f"a complete trial reports the cost of every stage, but {missing} are missing "
                     f"(trial {number})"
                 )
+        if (
+            isinstance(overhead, bool)
+            or not isinstance(overhead, numbers.Real)
+            or not math.isfinite(overhead)
+            or overhead < 0
+        ):
+            raise TellError(
+                f"`overhead` must be a finite number >= 0, but got {overhead!r} (trial {number})"
+            )
         cached_t = asked.memoized if cached is None else tuple(cached)
         bad = sorted(set(cached_t) - set(stages))
         if bad:
@@ -654,6 +674,7 @@ class Optimizer:
         done.costs = {s: float(costs[s]) for s in stages if s in costs}
         done.cached = tuple(s for s in stages if s in cached_t)
         done.stage_outputs = outputs
+        done.overhead = float(overhead)
         del self._pending[number]
         self._told.append(done)
         self._spent += done.cost

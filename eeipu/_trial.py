@@ -34,6 +34,9 @@ class Trial:
         stage_outputs: Optional scalar output of each stage, ``{stage: value}`` (e.g. an
             intermediate validation metric), told by pipelines that have one; cascade
             methods (``ms_bo``) model them. None when not told.
+        overhead: Cost charged on top of the stages (e.g. the wall seconds of ``ask()``
+            and orchestration, when a study charges them): it counts in :attr:`cost` and
+            the budget, and trains no cost model.
     """
 
     number: int
@@ -46,11 +49,12 @@ class Trial:
     costs: dict[str, float] = field(default_factory=dict)
     cached: tuple[str, ...] = ()
     stage_outputs: dict[str, float] | None = None
+    overhead: float = 0.0
 
     @property
     def cost(self) -> float:
-        """Total cost of the trial (sum over stages)."""
-        return float(sum(self.costs.values()))
+        """Total cost of the trial: the sum over stages, plus :attr:`overhead`."""
+        return float(sum(self.costs.values())) + self.overhead
 
     def copy(self) -> Trial:
         return copy.deepcopy(self)
@@ -68,4 +72,5 @@ class Trial:
             "costs": dict(self.costs),
             "acq_value": self.acq_value,
             "stage_outputs": None if self.stage_outputs is None else dict(self.stage_outputs),
+            "overhead": self.overhead,
         }

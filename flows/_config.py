@@ -287,6 +287,7 @@ class StudyConfig(_Section):
     retries: _Count = 0
     retry_delay_seconds: _Seconds = 0.0
     continue_on_failure: _Flag = True
+    charge_overhead: _Flag = False
     max_failures_in_a_row: _Positive = 5
     output_dir: _Text = ""  # "" (or null) -> outputs/<study>
     progress: _Flag = True

@@ -107,6 +107,7 @@ class StudyJournal:
                 cached=rec["cached"],
                 origin=rec.get("origin", "replay"),
                 stage_outputs=rec.get("stage_outputs"),
+                overhead=rec.get("overhead", 0.0),
             )
         if records and records[-1].get("optimizer_state"):
             # What the method carried out of the last ask (warm-start hyperparameters):

@@ -20,6 +20,7 @@ __all__ = [
     "best_markdown",
     "best_so_far",
     "progress_line",
+    "record_cost",
     "trial_rows",
     "write_outputs",
 ]
@@ -42,11 +43,18 @@ def best_so_far(records: Sequence[dict[str, Any]], direction: str) -> list[float
     return out
 
 
+def record_cost(record: dict[str, Any]) -> float:
+    """What a journal record cost the budget: its stage costs plus its ``overhead`` (the
+    ask and orchestration seconds, in studies with ``charge_overhead``), as
+    ``eeipu.Trial.cost`` counts it."""
+    return sum(record["costs"].values()) + record.get("overhead", 0.0)
+
+
 def trial_rows(records: Sequence[dict[str, Any]], direction: str) -> list[dict[str, Any]]:
     """One flat row per trial: number, state, objective, best, costs, cached, params."""
     rows, spent = [], 0.0
     for r, best in zip(records, best_so_far(records, direction), strict=True):
-        cost = sum(r["costs"].values())
+        cost = record_cost(r)
         spent += cost
         row: dict[str, Any] = {
             "trial": r["number"],
@@ -60,6 +68,8 @@ def trial_rows(records: Sequence[dict[str, Any]], direction: str) -> list[dict[s
         }
         for stage, c in r["costs"].items():
             row[f"cost.{stage}"] = round(c, 6)
+        if r.get("overhead"):
+            row["cost.overhead"] = round(r["overhead"], 6)
         for stage, section in r["params"].items():
             for name, value in section.items():
                 row[f"{stage}.{name}"] = value
@@ -68,7 +78,7 @@ def trial_rows(records: Sequence[dict[str, Any]], direction: str) -> list[dict[s
 
 
 def progress_line(record: dict[str, Any], best: float | None, spent: float, budget: float) -> str:
-    cost = sum(record["costs"].values())
+    cost = record_cost(record)
     cached = ",".join(record["cached"]) or "-"
     obj = "FAILED" if record["objective"] is None else f"{record['objective']:.6g}"
     best_s = "-" if best is None else f"{best:.6g}"
@@ -167,7 +177,7 @@ def write_outputs(
         "direction": direction,
         "trials": len(records),
         "failed": len(records) - len(complete),
-        "spent": round(sum(sum(r["costs"].values()) for r in records), 6),
+        "spent": round(sum(record_cost(r) for r in records), 6),
         "best": None
         if best is None
         else {"trial": best["number"], "objective": best["objective"], "params": best["params"]},

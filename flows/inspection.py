@@ -38,7 +38,7 @@ from pydantic import TypeAdapter, ValidationError
 from flows._config import Bytes, PipelineConfig
 from flows._eviction import reuse_value
 from flows._journal import StudyJournal
-from flows._outputs import trial_rows, write_outputs
+from flows._outputs import record_cost, trial_rows, write_outputs
 from stages import Pipeline, Stage, Store, StoreError, merkle_key
 
 __all__ = ["DEFAULT_STORAGE", "cache_main", "human_bytes", "show_main", "studies_main"]
@@ -350,7 +350,7 @@ def _warmup_cost(records: Sequence[dict[str, Any]], n_init: int) -> float | None
     ``n_init`` of the trials asked first (ask numbers below ``n_init``) are told."""
     spent, told = 0.0, 0
     for r in records:
-        spent += sum(r["costs"].values())
+        spent += record_cost(r)
         told += r.get("asked_as", r["number"]) < n_init
         if told >= n_init:
             return spent

@@ -353,7 +353,20 @@ class StudyLoop:
         costs = outcome.costs
         if outcome.objective is None:
             costs = {s: c for s, c in costs.items() if s in opt.space.stages}
-        told = opt.tell(job.trial, objective=outcome.objective, costs=costs, cached=outcome.cached)
+        finished = time.time()
+        overhead = 0.0
+        if cfg.charge_overhead:
+            # The ask plus what the trial's wall time spent outside its stages (Prefect,
+            # submission, loading the pipeline): wall time a user pays for too.
+            wall = finished - job.started_at
+            overhead = job.ask_seconds + max(0.0, wall - sum(outcome.costs.values()))
+        told = opt.tell(
+            job.trial,
+            objective=outcome.objective,
+            costs=costs,
+            cached=outcome.cached,
+            overhead=round(overhead, 6),
+        )
         record = {
             **told.to_dict(),
             "number": len(self.records),
@@ -367,7 +380,7 @@ class StudyLoop:
             "expected_cost": expected,
             "started_at": job.started_at,
             "ask_seconds": round(job.ask_seconds, 6),
-            "finished_at": time.time(),
+            "finished_at": finished,
             "optimizer_state": self.state.pop(job.trial_id),
         }
         self.records.append(record)

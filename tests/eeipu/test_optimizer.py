@@ -359,3 +359,25 @@ def test_incumbent_option(space):
     )
     trials = run(opt, 6)
     assert [t.origin for t in trials[3:]] == ["eeipu"] * 3
+
+
+def test_overhead_counts_in_the_budget_not_in_the_cost_models(space):
+    plain = Optimizer(space, method="random", budget=1e6, n_init=4, seed=0)
+    charged = Optimizer(space, method="random", budget=1e6, n_init=4, seed=0)
+    for _ in range(4):
+        a, b = plain.ask(), charged.ask()
+        obj, costs = f(a.params)
+        plain.tell(a, obj, costs)
+        told = charged.tell(b, obj, costs, overhead=0.5)
+        assert told.overhead == 0.5 and told.cost == pytest.approx(sum(costs.values()) + 0.5)
+        assert told.to_dict()["overhead"] == 0.5
+    assert charged.spent == pytest.approx(plain.spent + 2.0)
+    probe = plain.ask()
+    assert charged.expected_cost(probe) == pytest.approx(plain.expected_cost(probe))
+    replayed = Optimizer(space, method="random", budget=1e6, n_init=4, seed=0)
+    for t in charged.trials:
+        replayed.add_trial(t.params, t.objective, t.costs, overhead=t.overhead)
+    assert replayed.spent == pytest.approx(charged.spent)
+    for bad in (-1.0, float("nan"), True, "1"):
+        with pytest.raises(TellError, match="`overhead` must be a finite number >= 0"):
+            charged.tell(charged.ask(), 0.0, costs, overhead=bad)
