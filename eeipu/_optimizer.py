@@ -638,12 +638,7 @@ class Optimizer:
         if unknown:
             raise TellError(f"costs for unknown stage(s) {unknown}; stages are {list(stages)}")
         for stage, c in costs.items():
-            if (
-                isinstance(c, bool)
-                or not isinstance(c, numbers.Real)
-                or not math.isfinite(c)
-                or c < 0
-            ):
+            if not _is_cost(c):
                 raise TellError(
                     f"cost must be a finite number >= 0, but got {c!r} (trial {number}, stage {stage!r})"
                 )
@@ -654,12 +649,7 @@ class Optimizer:
                     f"a complete trial reports the cost of every stage, but {missing} are missing "
                     f"(trial {number})"
                 )
-        if (
-            isinstance(overhead, bool)
-            or not isinstance(overhead, numbers.Real)
-            or not math.isfinite(overhead)
-            or overhead < 0
-        ):
+        if not _is_cost(overhead):
             raise TellError(
                 f"`overhead` must be a finite number >= 0, but got {overhead!r} (trial {number})"
             )
@@ -686,6 +676,16 @@ class Optimizer:
         ):
             self._warmup_spent = self._spent
         return done.copy()
+
+
+def _is_cost(value: Any) -> bool:
+    """Whether ``value`` is a valid cost: a finite real number >= 0 (not a bool)."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Real)
+        and math.isfinite(value)
+        and value >= 0
+    )
 
 
 def _check_stage_outputs(
