@@ -1,8 +1,8 @@
 """Run the real pipelines' stages directly on a GPU and time them (no Prefect, no cache).
 
 Checks that ``device=cuda`` really puts the work on the GPU (peak CUDA memory > 0) and prints
-one row per stage. Imports the pipeline modules without ``stages/__init__`` (which pulls in
-Prefect), so it needs only torch and each pipeline's own libraries on the GPU machine.
+one row per stage. Needs the project installed with the ``examples`` extra (the pipelines
+live in ``stages.pipelines`` and import ``stages``).
 
     python benchmarks/gpu_check.py --size smoke full --pipelines vision_cnn t5_distill
 """
@@ -14,7 +14,6 @@ import importlib
 import math
 import sys
 import time
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,10 +33,7 @@ def main() -> None:
     parser.add_argument("--size", nargs="+", default=["smoke", "full"])
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
-    for name in ("stages", "eeipu"):
-        pkg = types.ModuleType(name)
-        pkg.__path__ = [str(ROOT / name)]  # submodules load; the package __init__ does not
-        sys.modules[name] = pkg
+    sys.path.insert(0, str(ROOT))
     import torch
 
     print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}", end="")
@@ -46,7 +42,7 @@ def main() -> None:
     print("\n| pipeline | size | stage | seconds | peak CUDA MiB |\n|---|---|---|---:|---:|")
     for name in args.pipelines:
         try:
-            module = importlib.import_module(f"stages.{name}")
+            module = importlib.import_module(f"stages.pipelines.{name}")
         except ImportError as exc:
             print(f"| {name} | - | import failed: {exc} | | |")
             continue

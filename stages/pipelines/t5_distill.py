@@ -1,43 +1,56 @@
 """The literature's language pipeline: a T5 teacher distilled into a smaller student.
 
-Data: docstrings of the installed Python standard library, read offline and without
-importing anything. A fixed, sorted list of stdlib source files is parsed with :mod:`ast`;
-every function whose cleaned docstring has a one-line summary ending in ``.`` and a body
-of at least 40 characters (no doctest) gives one example: input = the docstring body,
-target = its summary line. The corpus is in parse order (deterministic for a Python
-version, which is part of the ``data`` stage's version); the train/validation split is a
-permutation drawn from ``seed``. Texts are byte-level (``ByT5Tokenizer()``, which needs no
-downloaded files); inputs are cut to ``max_input_len`` bytes, targets to a fixed cap.
+Task: **which standard-library package does this docstring come from?**, as text-to-text
+(the way T5 casts classification: the answer is generated, byte by byte). The inputs are the
+docstrings of the installed Python standard library, read offline without importing
+anything: a fixed, sorted list of stdlib source files is parsed with :mod:`ast`, and every
+function, method or class whose cleaned docstring has at least 20 characters gives one
+example, *input* = the docstring with its whitespace collapsed, *target* = the top-level
+package or module name (``asyncio``, ``tkinter``, ``email``, ``_pydecimal``: 118 targets on
+Python 3.11). The model has to read prose and identifiers ("widget", "mailbox", "coroutine")
+and name where they live; the trivial predictions (a constant, the input itself, the most
+frequent target) score low under ROUGE (:func:`baselines`). The corpus is in file then
+:func:`ast.walk` order (deterministic for a Python version, which is part of the ``data``
+stage's version); the train/validation split is a permutation drawn from ``seed``. Texts are
+byte-level (``ByT5Tokenizer()``, which needs no downloaded files); inputs are cut to
+``max_input_len`` bytes, so how much of a docstring is read trades cost for quality.
 
-Models: ``T5ForConditionalGeneration`` built from a small ``T5Config`` with seeded random
-initialization (no hub access). The student is smaller than the teacher.
+Models: ``T5ForConditionalGeneration`` built from a small ``T5Config`` (no hub access). The
+teacher starts from a seeded random initialization; the student is the teacher with every
+other block dropped (DistilBERT's initialization, Sanh et al. 2019).
 
 Stages (a chain; each student also reads the data and the teacher):
 
 0. ``data``: build, split and tokenize the corpus (``batch_size``, ``max_input_len``).
 1. ``teacher``: train the teacher with AdamW (``lr``, ``weight_decay``, both log scale).
-2. ``student1``: initialize the student and distill the teacher into it
-   (``lr``, ``temperature``, ``weight_decay``); loss = 0.5 * cross-entropy on the target
-   + 0.5 * T^2 * KL(teacher || student) on temperature-softened token distributions
-   (Hinton et al. 2015).
+2. ``student1``: initialize the student from the teacher and distill the teacher into it
+   (``lr``, ``temperature``, ``weight_decay``, ``alpha``); loss = (1 - alpha) * cross-entropy
+   on the target + alpha * T^2 * KL(teacher || student) on temperature-softened token
+   distributions (Hinton et al. 2015). ``alpha = 0`` trains on the targets alone.
 3. ``student2``: continue distilling from student1's checkpoint (same parameters).
 4. ``student3``: continue from student2's checkpoint, then decode the validation set
-   greedily and return ``{"rougeLsum": mean F-measure}`` (``rouge-score``).
+   greedily and return ``{"rougeLsum": mean F-measure}`` (``rouge-score``; the targets are
+   one line, so ROUGE-Lsum is ROUGE-L on the name's parts).
 
 Checkpoints travel between stages as ``torch.save`` bytes of the ``state_dict`` (on the
 CPU), so they live in the cache store. Sizes:
 
-- ``smoke``: 7 stdlib files, 16 train / 8 validation examples, teacher d_model 32 and
-  student d_model 16 (1 layer each), one optimizer step per stage, 8 decoded bytes:
-  a trial takes a few seconds.
-- ``full``: 1024 train / 128 validation examples, teacher d_model 128 (2+2 layers,
-  4 heads, 5 epochs), student d_model 64 (2+2 layers, 2 heads, 2 epochs per stage),
-  32 decoded bytes: the teacher takes a minute or two on two CPU cores, each student
-  stage tens of seconds.
+- ``smoke``: 7 stdlib files, 16 train / 8 validation examples, teacher d_model 32 (2+2
+  layers), student 1+1 layers, one optimizer step per stage, 8 decoded bytes: a trial in a
+  fraction of a second of stage time (tests).
+- ``full``: 4,096 train / 384 validation examples, teacher d_model 64 (d_ff 256, 2+2 layers,
+  4 heads, 10 epochs), student 1+1 layers (2 epochs per stage): on one CPU thread the
+  teacher takes about 80 s at the middle of the space, each student stage about 15 s.
+- ``gpu`` (``device="cuda"`` only): every stdlib source file except tests, 6,144 train /
+  1,024 validation, teacher d_model 384 (d_ff 1536, 4+4 layers, 8 heads, 8 epochs), student
+  2+2 layers, batches 8x the ``batch_size`` parameter.
 
 Objective: validation ROUGE-Lsum of the final student, in [0, 1] (maximize).
+:func:`baselines` scores the trivial predictions (constant, copy, most frequent target) on
+the same validation set.
 
-Stage timings (docs/pipelines/t5_distill.md): ``python -m stages.pipelines.t5_distill --size full``.
+Stage timings, baselines, the Sobol spread and the distillation settings
+(docs/pipelines/t5_distill.md): ``python -m stages.pipelines.t5_distill --help``.
 
 Example:
     >>> from stages.pipelines.t5_distill import t5_distill_pipeline
@@ -49,6 +62,7 @@ Example:
 from __future__ import annotations
 
 import ast
+import collections
 import inspect
 import io
 import os
@@ -64,7 +78,7 @@ import torch.nn.functional as F
 from stages import Pipeline, Stage
 from stages.pipelines._threads import torch_threads as _torch_threads
 
-__all__ = ["T5_DISTILL_SPACE", "t5_distill_pipeline"]
+__all__ = ["T5_DISTILL_SPACE", "baselines", "t5_distill_pipeline"]
 
 # Source files (relative to the stdlib folder, without ".py"), in a fixed sorted order.
 _MODULES = (
@@ -211,11 +225,12 @@ _STUDENT_SPACE: dict[str, dict[str, Any]] = {
     "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
     "temperature": {"type": "float", "low": 1.0, "high": 8.0},
     "weight_decay": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
+    "alpha": {"type": "float", "low": 0.0, "high": 1.0},
 }
 T5_DISTILL_SPACE: dict[str, dict[str, dict[str, Any]]] = {
     "data": {
         "batch_size": {"type": "int", "low": 8, "high": 64, "log": True},
-        "max_input_len": {"type": "int", "low": 64, "high": 256},
+        "max_input_len": {"type": "int", "low": 32, "high": 128},
     },
     "teacher": {
         "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
@@ -226,9 +241,9 @@ T5_DISTILL_SPACE: dict[str, dict[str, dict[str, Any]]] = {
     "student3": dict(_STUDENT_SPACE),
 }
 
-_MAX_TARGET_LEN = 64  # bytes of the summary line the model learns to produce (plus eos)
-_DISTILL_ALPHA = 0.5  # weight of the cross-entropy term; 1 - alpha weighs the KL term
-_EVAL_BATCH = 64
+_MIN_DOC = 20  # characters of docstring an example needs
+_MAX_TARGET_LEN = 20  # bytes of the module name (the longest in _MODULES has 16), plus eos
+_EVAL_BATCH = 128
 
 
 @dataclass(frozen=True)
@@ -241,7 +256,7 @@ class _Arch:
 
 @dataclass(frozen=True)
 class _Size:
-    modules: tuple[str, ...]
+    modules: tuple[str, ...] | None  # None: every stdlib source file (sorted)
     n_train: int
     n_val: int
     teacher: _Arch
@@ -249,7 +264,9 @@ class _Size:
     teacher_epochs: int
     student_epochs: int
     max_steps: int | None  # cap on optimizer steps per stage (smoke: 1)
-    max_new_tokens: int
+    max_new_tokens: int = _MAX_TARGET_LEN + 1  # bytes decoded for the objective
+    batch_scale: int = 1  # the data stage's batch_size is multiplied by this
+    cuda_only: bool = False
 
 
 _SIZES = {
@@ -257,8 +274,8 @@ _SIZES = {
         modules=("abc", "base64", "bisect", "calendar", "cmd", "code", "copy"),
         n_train=16,
         n_val=8,
-        teacher=_Arch(d_model=32, d_ff=64, num_layers=1, num_heads=2),
-        student=_Arch(d_model=16, d_ff=32, num_layers=1, num_heads=2),
+        teacher=_Arch(d_model=32, d_ff=64, num_layers=2, num_heads=2),
+        student=_Arch(d_model=32, d_ff=64, num_layers=1, num_heads=2),
         teacher_epochs=1,
         student_epochs=1,
         max_steps=1,
@@ -266,14 +283,25 @@ _SIZES = {
     ),
     "full": _Size(
         modules=_MODULES,
-        n_train=1024,
-        n_val=128,
-        teacher=_Arch(d_model=128, d_ff=256, num_layers=2, num_heads=4),
-        student=_Arch(d_model=64, d_ff=128, num_layers=2, num_heads=2),
-        teacher_epochs=5,
+        n_train=4096,
+        n_val=384,
+        teacher=_Arch(d_model=64, d_ff=256, num_layers=2, num_heads=4),
+        student=_Arch(d_model=64, d_ff=256, num_layers=1, num_heads=4),
+        teacher_epochs=10,
         student_epochs=2,
         max_steps=None,
-        max_new_tokens=32,
+    ),
+    "gpu": _Size(
+        modules=None,
+        n_train=6144,
+        n_val=1024,
+        teacher=_Arch(d_model=384, d_ff=1536, num_layers=4, num_heads=8),
+        student=_Arch(d_model=384, d_ff=1536, num_layers=2, num_heads=8),
+        teacher_epochs=8,
+        student_epochs=2,
+        max_steps=None,
+        batch_scale=8,
+        cuda_only=True,
     ),
 }
 
@@ -285,7 +313,9 @@ def t5_distill_pipeline(
     """The T5 distillation pipeline (see the module docstring).
 
     Args:
-        size: ``"smoke"`` (a trial in seconds, for tests) or ``"full"``.
+        size: ``"smoke"`` (a trial in well under a second, for tests), ``"full"`` (minutes
+            on two CPU cores) or ``"gpu"`` (a larger teacher and all the stdlib; needs
+            ``device="cuda"``).
         device: ``"cpu"``, or ``"cuda"`` where ``torch.cuda.is_available()``.
         seed: Seeds the data split, every model's initialization and every shuffle.
         threads: Torch CPU threads while a stage runs (restored afterwards); ``None``
@@ -297,7 +327,8 @@ def t5_distill_pipeline(
         returns ``{"rougeLsum": float}`` and ``metric`` is ``"rougeLsum"``.
 
     Raises:
-        ValueError: A bad ``size``, ``device``, ``seed`` or ``threads`` (before anything runs).
+        ValueError: A bad ``size``, ``device``, ``seed`` or ``threads``, or ``size="gpu"``
+            without ``device="cuda"`` (before anything runs).
 
     Example:
         >>> pipe = t5_distill_pipeline(size="smoke", device="cpu", seed=0)
@@ -305,7 +336,7 @@ def t5_distill_pipeline(
         'rougeLsum'
     """
     if size not in _SIZES:
-        raise ValueError(f"`size` must be 'smoke' or 'full', but got {size!r}")
+        raise ValueError(f"`size` must be 'smoke', 'full' or 'gpu', but got {size!r}")
     if device == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(
@@ -314,6 +345,10 @@ def t5_distill_pipeline(
             )
     elif device != "cpu":
         raise ValueError(f"`device` must be 'cpu' or 'cuda', but got {device!r}")
+    if _SIZES[size].cuda_only and device != "cuda":
+        raise ValueError(
+            f"`size` 'gpu' needs device='cuda', but got device={device!r}; use size=full on a CPU"
+        )
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"`seed` must be an integer, but got {seed!r}")
     if threads is not None and (
@@ -326,29 +361,18 @@ def t5_distill_pipeline(
     # The corpus is the installed stdlib's source: another Python version is other data. size
     # and seed change the split and every model, so they join the version too; every later
     # stage's Merkle key includes this one, so studies of other sizes or seeds never mix.
-    data_version = f"1-{size}-seed{seed}-py{sys.version_info.major}.{sys.version_info.minor}"
+    # "2": the docstring -> module task (1 was docstring body -> summary line).
+    data_version = f"2-{size}-seed{seed}-py{sys.version_info.major}.{sys.version_info.minor}"
     stages = [
         Stage(run.data, "data", version=data_version, space=T5_DISTILL_SPACE["data"]),
-        Stage(run.teacher, "teacher", inputs=("data",), space=T5_DISTILL_SPACE["teacher"]),
         Stage(
-            run.student(1),
-            "student1",
-            inputs=("data", "teacher"),
-            space=T5_DISTILL_SPACE["student1"],
-        ),
-        Stage(
-            run.student(2),
-            "student2",
-            inputs=("data", "teacher", "student1"),
-            space=T5_DISTILL_SPACE["student2"],
-        ),
-        Stage(
-            run.student(3),
-            "student3",
-            inputs=("data", "teacher", "student2"),
-            space=T5_DISTILL_SPACE["student3"],
+            run.teacher, "teacher", inputs=("data",), version="2", space=T5_DISTILL_SPACE["teacher"]
         ),
     ]
+    for k in (1, 2, 3):
+        inputs = ("data", "teacher", *((f"student{k - 1}",) if k > 1 else ()))
+        space = T5_DISTILL_SPACE[f"student{k}"]
+        stages.append(Stage(run.student(k), f"student{k}", inputs=inputs, version="2", space=space))
     return Pipeline(stages, metric="rougeLsum")
 
 
@@ -364,7 +388,7 @@ class _Runner:
         from transformers import ByT5Tokenizer
 
         cfg = self.cfg
-        examples = _corpus(cfg.modules)
+        examples = _corpus(cfg.modules if cfg.modules is not None else _all_modules())
         need = cfg.n_train + cfg.n_val
         if len(examples) < need:
             raise RuntimeError(
@@ -381,17 +405,19 @@ class _Runner:
             )
             return enc.input_ids, enc.attention_mask
 
-        train_x, train_mask = encode([body for body, _ in train], max_input_len)
-        train_y, train_ymask = encode([summary for _, summary in train], _MAX_TARGET_LEN + 1)
-        val_x, val_mask = encode([body for body, _ in val], max_input_len)
+        train_x, train_mask = encode([doc for doc, _ in train], max_input_len)
+        train_y, train_ymask = encode([mod for _, mod in train], _MAX_TARGET_LEN + 1)
+        val_x, val_mask = encode([doc for doc, _ in val], max_input_len)
         return {
-            "batch_size": int(batch_size),
+            "batch_size": int(batch_size) * cfg.batch_scale,
             "train_x": train_x,  # n_train x L_in byte ids (0 = pad, 1 = eos)
             "train_mask": train_mask,
             "train_y": train_y.masked_fill(train_ymask == 0, -100),  # n_train x L_out
             "val_x": val_x,
             "val_mask": val_mask,
-            "val_refs": [summary for _, summary in val],
+            "train_refs": [mod for _, mod in train],
+            "val_inputs": tok.batch_decode(val_x, skip_special_tokens=True),  # as truncated
+            "val_refs": [mod for _, mod in val],
         }
 
     def teacher(self, data: Mapping[str, Any], lr: float, weight_decay: float) -> bytes:
@@ -420,12 +446,13 @@ class _Runner:
             lr: float,
             temperature: float,
             weight_decay: float,
+            alpha: float,
             **upstream: bytes,
         ) -> bytes | dict[str, float]:
             with _torch_threads(self.threads):
                 teacher_model = _load_model(self.cfg.teacher, teacher, self.device)
                 if k == 1:
-                    student = _new_model(self.cfg.student, self.seed + 2, self.device)
+                    student = _student_from_teacher(self.cfg, teacher_model)
                 else:
                     student = _load_model(self.cfg.student, upstream[previous], self.device)
                 _train(
@@ -439,10 +466,11 @@ class _Runner:
                     device=self.device,
                     teacher=teacher_model,
                     temperature=temperature,
+                    alpha=alpha,
                 )
                 if k < 3:
                     return _to_bytes(student)
-                return {"rougeLsum": _rouge_lsum(student, data, self.cfg, self.device)}
+                return {"rougeLsum": _score(student, data, self.device, self.cfg.max_new_tokens)}
 
         # The real signature, so the Stage checks inputs and the YAML's parameters against it.
         kw = inspect.Parameter.KEYWORD_ONLY
@@ -453,8 +481,27 @@ class _Runner:
 
 
 # ---------------------------------------------------------------------- helpers
+def _module_name(name: str) -> str:
+    """The top-level name: ``"asyncio/base_events"`` -> ``"asyncio"``."""
+    return name.split("/")[0]
+
+
+def _all_modules() -> tuple[str, ...]:
+    """Every stdlib source file except tests and vendored packages, sorted (size ``gpu``)."""
+    root = sysconfig.get_paths()["stdlib"]
+    skip = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in skip)
+        for f in files:
+            if f.endswith(".py"):
+                rel = os.path.relpath(os.path.join(folder, f), root)
+                found.append(rel[: -len(".py")].replace(os.sep, "/"))
+    return tuple(sorted(found))
+
+
 def _corpus(modules: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(body, summary) pairs from the stdlib sources, in file then ``ast.walk`` order."""
+    """(docstring, module) pairs from the stdlib sources, in file then ``ast.walk`` order."""
     root = sysconfig.get_paths()["stdlib"]
     examples: list[tuple[str, str]] = []
     for name in modules:
@@ -462,18 +509,17 @@ def _corpus(modules: tuple[str, ...]) -> list[tuple[str, str]]:
         if not os.path.exists(path):  # absent from this Python version
             continue
         with open(path, encoding="utf-8") as fh:
-            tree = ast.parse(fh.read(), filename=path)
+            try:
+                tree = ast.parse(fh.read(), filename=path)
+            except (SyntaxError, ValueError):  # a few stdlib files are deliberately invalid
+                continue
+        target = _module_name(name)
         for node in ast.walk(tree):
-            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 continue
             doc = ast.get_docstring(node, clean=True)
-            if not doc:
-                continue
-            summary, _, body = doc.partition("\n")
-            summary, body = summary.strip(), body.strip()
-            usable = summary.endswith(".") and len(summary) <= 80 and len(body) >= 40
-            if usable and ">>>" not in body:  # doctests are not prose to summarize
-                examples.append((body, summary))
+            if doc and len(doc) >= _MIN_DOC and len(target.encode()) <= _MAX_TARGET_LEN:
+                examples.append((" ".join(doc.split()), target))
     return examples
 
 
@@ -507,6 +553,26 @@ def _new_model(arch: _Arch, seed: int, device: torch.device) -> torch.nn.Module:
     return model.to(device)
 
 
+def _student_from_teacher(cfg: _Size, teacher: torch.nn.Module) -> torch.nn.Module:
+    """The student: the teacher with every ``stride``-th block kept (DistilBERT's
+    initialization, Sanh et al. 2019), embeddings and final norms shared."""
+    from transformers import T5ForConditionalGeneration
+
+    stride = cfg.teacher.num_layers // cfg.student.num_layers
+    state = {}
+    for name, value in teacher.state_dict().items():
+        parts = name.split(".")
+        if len(parts) > 2 and parts[1] == "block":  # encoder.block.<i>. ...
+            i = int(parts[2])
+            if i % stride:
+                continue
+            parts[2] = str(i // stride)
+        state[".".join(parts)] = value
+    student = T5ForConditionalGeneration(_config(cfg.student))
+    student.load_state_dict(state)  # strict: every student weight comes from the teacher
+    return student.to(next(teacher.parameters()).device)
+
+
 def _load_model(arch: _Arch, blob: bytes, device: torch.device) -> torch.nn.Module:
     from transformers import T5ForConditionalGeneration
 
@@ -534,13 +600,16 @@ def _train(
     device: torch.device,
     teacher: torch.nn.Module | None = None,
     temperature: float = 1.0,
+    alpha: float = 0.0,
 ) -> None:
-    """AdamW on the cross-entropy, plus the distillation term when ``teacher`` is given."""
+    """AdamW on the cross-entropy, mixed with the distillation term when ``teacher`` is given
+    (``alpha`` weighs the distillation term, ``1 - alpha`` the cross-entropy)."""
     x, mask, y = data["train_x"], data["train_mask"], data["train_y"]
     n, batch_size = x.shape[0], data["batch_size"]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)  # CPU generator: shuffles alike on any device
     model.train()
+    distill = teacher is not None and alpha > 0.0
     if teacher is not None:
         teacher.eval()
     steps = 0
@@ -553,12 +622,11 @@ def _train(
             xb, mb, yb = x[idx].to(device), mask[idx].to(device), y[idx].to(device)
             out = model(input_ids=xb, attention_mask=mb, labels=yb)
             loss = out.loss
-            if teacher is not None:
+            if distill:
                 with torch.no_grad():
                     t_logits = teacher(input_ids=xb, attention_mask=mb, labels=yb).logits
-                loss = _DISTILL_ALPHA * loss + (1 - _DISTILL_ALPHA) * _kd_loss(
-                    out.logits, t_logits, yb != -100, temperature
-                )
+                kd = _kd_loss(out.logits, t_logits, yb != -100, temperature)
+                loss = (1.0 - alpha) * loss + alpha * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -580,45 +648,83 @@ def _kd_loss(
     return temperature**2 * (kl * keep).sum() / keep.sum().clamp_min(1.0)
 
 
-@torch.no_grad()
-def _rouge_lsum(
-    model: torch.nn.Module, data: Mapping[str, Any], cfg: _Size, device: torch.device
-) -> float:
-    """Mean ROUGE-Lsum F-measure of greedy decodes against the validation summaries."""
+def _rouge(preds: list[str], refs: list[str]) -> float:
+    """Mean ROUGE-Lsum F-measure of ``preds`` against ``refs`` (``rouge-score``)."""
     from rouge_score.rouge_scorer import RougeScorer
-    from transformers import ByT5Tokenizer
 
-    tok = ByT5Tokenizer()
     scorer = RougeScorer(["rougeLsum"])
-    model.eval()
-    x, mask, refs = data["val_x"], data["val_mask"], data["val_refs"]
-    scores: list[float] = []
-    for start in range(0, x.shape[0], _EVAL_BATCH):
-        xb = x[start : start + _EVAL_BATCH].to(device)
-        mb = mask[start : start + _EVAL_BATCH].to(device)
-        out = model.generate(
-            input_ids=xb,
-            attention_mask=mb,
-            max_new_tokens=cfg.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-        )
-        preds = tok.batch_decode(out.cpu(), skip_special_tokens=True)
-        for pred, ref in zip(preds, refs[start : start + _EVAL_BATCH], strict=True):
-            scores.append(scorer.score(ref, pred)["rougeLsum"].fmeasure)
+    scores = [scorer.score(r, p)["rougeLsum"].fmeasure for p, r in zip(preds, refs, strict=True)]
     return sum(scores) / len(scores)
 
 
-# ---------------------------------------------------------------------- timing
+@torch.no_grad()
+def _predict(
+    model: torch.nn.Module, data: Mapping[str, Any], device: torch.device, max_new_tokens: int
+) -> list[str]:
+    """Greedy decodes of the validation inputs."""
+    from transformers import ByT5Tokenizer
+
+    tok = ByT5Tokenizer()
+    model.eval()
+    x, mask = data["val_x"], data["val_mask"]
+    preds: list[str] = []
+    for start in range(0, x.shape[0], _EVAL_BATCH):
+        out = model.generate(
+            input_ids=x[start : start + _EVAL_BATCH].to(device),
+            attention_mask=mask[start : start + _EVAL_BATCH].to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+        )
+        preds += tok.batch_decode(out.cpu(), skip_special_tokens=True)
+    return preds
+
+
+def _score(
+    model: torch.nn.Module, data: Mapping[str, Any], device: torch.device, max_new_tokens: int
+) -> float:
+    return _rouge(_predict(model, data, device, max_new_tokens), data["val_refs"])
+
+
+def baselines(data: Mapping[str, Any]) -> dict[str, float]:
+    """Validation ROUGE-Lsum of trivial predictions, from the ``data`` stage's output.
+
+    ``constant``: the single word that scores best on the training targets; ``copy``: the
+    (truncated) input itself; ``most_frequent``: the most frequent training target.
+
+    Example:
+        >>> pipe = t5_distill_pipeline(size="smoke")
+        >>> sorted(baselines(pipe["data"](batch_size=8, max_input_len=64)))
+        ['constant', 'copy', 'most_frequent']
+    """
+    train, val = data["train_refs"], data["val_refs"]
+    words = collections.Counter(w for ref in train for w in ref.replace(".", " ").split())
+    # Candidates: the 20 most frequent name parts; pick on the training targets only.
+    constant = max(
+        (w for w, _ in words.most_common(20)), key=lambda w: _rouge([w] * len(train), train)
+    )
+    mode = collections.Counter(train).most_common(1)[0][0]
+    return {
+        "constant": _rouge([constant] * len(val), val),
+        "copy": _rouge(list(data["val_inputs"]), val),
+        "most_frequent": _rouge([mode] * len(val), val),
+    }
+
+
+# ---------------------------------------------------------------------- measurements
+_STUDENT_A = {"lr": 3e-3, "temperature": 2.0, "weight_decay": 1e-3, "alpha": 0.5}
 _BENCH_A: dict[str, dict[str, Any]] = {
     "data": {"batch_size": 16, "max_input_len": 128},
     "teacher": {"lr": 3e-3, "weight_decay": 1e-3},
-    **{f"student{k}": {"lr": 3e-3, "temperature": 2.0, "weight_decay": 1e-3} for k in (1, 2, 3)},
+    **{f"student{k}": dict(_STUDENT_A) for k in (1, 2, 3)},
 }
 # Shares data and teacher with A; every student differs.
 _BENCH_B = {
     **_BENCH_A,
-    **{f"student{k}": {"lr": 1e-3, "temperature": 4.0, "weight_decay": 1e-2} for k in (1, 2, 3)},
+    **{
+        f"student{k}": {"lr": 1e-3, "temperature": 4.0, "weight_decay": 1e-2, "alpha": 0.8}
+        for k in (1, 2, 3)
+    },
 }
 
 
@@ -634,7 +740,7 @@ def _benchmark(size: str, repeats: int, device: str = "cpu") -> None:
     from stages import Store, run_pipeline
 
     pipe = t5_distill_pipeline(size=size, device=device)
-    warm = t5_distill_pipeline(size="smoke", device=device)
+    warm = t5_distill_pipeline(size="smoke", device="cpu")
     runs_a, runs_b = [], []
     with prefect_test_harness(server_startup_timeout=120), tempfile.TemporaryDirectory() as tmp:
         # Imports and first-call overheads out of the way, outside the measurement.
@@ -655,12 +761,125 @@ def _benchmark(size: str, repeats: int, device: str = "cpu") -> None:
     print(f"| total | {sum(med_a.values()):.2f} | {sum(med_b.values()):.2f} |")
 
 
+def _middle() -> dict[str, dict[str, Any]]:
+    """The centre of the search space (geometric mean on log scales)."""
+    out: dict[str, dict[str, Any]] = {}
+    for stage, section in T5_DISTILL_SPACE.items():
+        out[stage] = {}
+        for name, spec in section.items():
+            lo, hi = spec["low"], spec["high"]
+            mid = (lo * hi) ** 0.5 if spec.get("log") else (lo + hi) / 2
+            out[stage][name] = round(mid) if spec["type"] == "int" else float(mid)
+    return out
+
+
+def _timed(func: Callable[..., Any], **kwargs: Any) -> tuple[Any, float]:
+    import time
+
+    start = time.perf_counter()
+    out = func(**kwargs)
+    return out, time.perf_counter() - start
+
+
+def _run_direct(
+    pipe: Pipeline, params: Mapping[str, Mapping[str, Any]], values: dict[str, Any]
+) -> dict[str, float]:
+    """Run the stages not yet in ``values`` in order (no Prefect, no cache); their seconds."""
+    seconds = {}
+    for stage in pipe.stages:
+        if stage.output in values:
+            continue
+        kwargs = {i: values[i] for i in stage.inputs} | dict(params[stage.name])
+        values[stage.output], seconds[stage.name] = _timed(stage.func, **kwargs)
+    return seconds
+
+
+def _learning(size: str, device: str) -> None:
+    """Baselines, the teacher and the final student at the middle of the space, and the same
+    students with other distillation settings (``alpha = 0``: targets alone)."""
+    pipe = t5_distill_pipeline(size=size, device=device)
+    cfg, dev = _SIZES[size], torch.device(device)
+    mid = _middle()
+    print(f"middle of the space: {mid}")
+    values: dict[str, Any] = {}
+    seconds = _run_direct(pipe, mid, values)
+    data = values["data"]
+    print("| prediction | validation ROUGE-Lsum | stage seconds |\n|---|---:|---:|")
+    for name, value in baselines(data).items():
+        print(f"| baseline: {name} | {value:.4f} | |")
+    teacher = _load_model(cfg.teacher, values["teacher"], dev)
+    print(
+        f"| teacher | {_score(teacher, data, dev, cfg.max_new_tokens):.4f} | {seconds['teacher']:.1f} |"
+    )
+    print(f"| final student (student3) | {values['student3']['rougeLsum']:.4f} | ", end="")
+    print(" + ".join(f"{seconds[f'student{k}']:.1f}" for k in (1, 2, 3)) + " |", flush=True)
+    print(f"(data stage {seconds['data']:.1f} s)")
+    print("\n| students' alpha | temperature | final student ROUGE-Lsum |\n|---:|---:|---:|")
+    mid_student = mid["student1"]
+    print(f"| {mid_student['alpha']:.2f} | {mid_student['temperature']:.2f} | ", end="")
+    print(f"{values['student3']['rougeLsum']:.4f} |", flush=True)
+    for alpha, temperature in [(0.0, 4.5), (0.5, 1.0), (0.9, 4.5)]:
+        student = {**mid_student, "alpha": alpha, "temperature": temperature}
+        params = mid | {f"student{k}": student for k in (1, 2, 3)}
+        again = {"data": data, "teacher": values["teacher"]}
+        _run_direct(pipe, params, again)
+        print(
+            f"| {alpha:.2f} | {temperature:.2f} | {again['student3']['rougeLsum']:.4f} |",
+            flush=True,
+        )
+
+
+def _sobol(size: str, device: str, n: int, seed: int) -> None:
+    """Run ``n`` scrambled-Sobol configurations of the space (the stage functions directly):
+    one row each, then min / median / max of the final objective."""
+    import statistics
+
+    from torch.quasirandom import SobolEngine
+
+    from eeipu import SearchSpace
+
+    pipe = t5_distill_pipeline(size=size, device=device)
+    space = SearchSpace.from_dict(T5_DISTILL_SPACE)
+    X = SobolEngine(space.dim, scramble=True, seed=seed).draw(n, dtype=torch.double)  # n x d
+    print("| # | batch | max_in | teacher lr | s1 lr | s1 alpha | s1 T | seconds | ROUGE-Lsum |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    objectives = []
+    for i, x in enumerate(X):
+        params = space.decode(x)
+        values: dict[str, Any] = {}
+        seconds = _run_direct(pipe, params, values)
+        objectives.append(values["student3"]["rougeLsum"])
+        d, t, s = params["data"], params["teacher"], params["student1"]
+        print(
+            f"| {i} | {d['batch_size']} | {d['max_input_len']} | {t['lr']:.2g} | {s['lr']:.2g} "
+            f"| {s['alpha']:.2f} | {s['temperature']:.1f} | {sum(seconds.values()):.0f} "
+            f"(teacher {seconds['teacher']:.0f}) | {objectives[-1]:.4f} |",
+            flush=True,
+        )
+    print(
+        f"\nfinal objective over {n} Sobol configurations: min {min(objectives):.4f}, "
+        f"median {statistics.median(objectives):.4f}, max {max(objectives):.4f}"
+    )
+
+
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(description="Time the t5_distill stages.")
+    parser = argparse.ArgumentParser(
+        description="Measure the t5_distill pipeline: stage times through Prefect (default), "
+        "--learning (baselines, teacher and students at the middle of the space), or "
+        "--sobol N (N Sobol configurations, stage functions run directly)."
+    )
     parser.add_argument("--size", choices=sorted(_SIZES), default="smoke")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--learning", action="store_true")
+    parser.add_argument("--sobol", type=int, default=0, metavar="N")
+    parser.add_argument("--sobol-seed", type=int, default=0)
     args = parser.parse_args()
-    _benchmark(args.size, args.repeats, args.device)
+    if args.learning:
+        _learning(args.size, args.device)
+    elif args.sobol:
+        _sobol(args.size, args.device, args.sobol, args.sobol_seed)
+    else:
+        _benchmark(args.size, args.repeats, args.device)

@@ -3,6 +3,7 @@ subflow with its cached prefixes, and a tiny study through ``flows.tune.run``.""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -10,11 +11,11 @@ import pytest
 import torch
 
 from flows import ConfigError, StudyConfig
-from stages.pipelines.t5_distill import T5_DISTILL_SPACE, t5_distill_pipeline
+from stages.pipelines.t5_distill import T5_DISTILL_SPACE, baselines, t5_distill_pipeline
 from tests.helpers import FAST, composed
 
 STAGES = ["data", "teacher", "student1", "student2", "student3"]
-STUDENT = {"lr": 3e-3, "temperature": 2.0, "weight_decay": 1e-3}
+STUDENT = {"lr": 3e-3, "temperature": 2.0, "weight_decay": 1e-3, "alpha": 0.5}
 PARAMS_A = {
     "data": {"batch_size": 16, "max_input_len": 96},
     "teacher": {"lr": 3e-3, "weight_decay": 1e-3},
@@ -30,11 +31,16 @@ PARAMS_B = {
 }
 
 
+def _state(blob: bytes) -> dict[str, torch.Tensor]:
+    return torch.load(io.BytesIO(blob), weights_only=True)
+
+
 # ---------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"size": "huge"}, "`size` must be 'smoke' or 'full', but got 'huge'"),
+        ({"size": "huge"}, "`size` must be 'smoke', 'full' or 'gpu', but got 'huge'"),
+        ({"size": "gpu"}, "`size` 'gpu' needs device='cuda', but got device='cpu'"),
         ({"device": "tpu"}, "`device` must be 'cpu' or 'cuda', but got 'tpu'"),
         ({"seed": "zero"}, "`seed` must be an integer, but got 'zero'"),
         ({"threads": 0}, "`threads` must be a positive integer or None, but got 0"),
@@ -52,12 +58,24 @@ def test_unavailable_cuda_is_refused(monkeypatch):
         t5_distill_pipeline(size="smoke", device="cuda")
 
 
+def test_gpu_size_is_built_only_for_cuda(monkeypatch):
+    from stages.pipelines.t5_distill import _all_modules
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert t5_distill_pipeline(size="gpu", device="cuda").stage_names == STAGES
+    modules = _all_modules()  # the gpu size's corpus: every stdlib file but the tests
+    assert list(modules) == sorted(modules) and "asyncio/base_events" in modules
+    assert not any(m.startswith("test/") for m in modules)
+
+
 def test_bad_size_stops_the_study_before_anything_runs(tmp_path):
     from flows.tune import run
 
     cfg = composed("pipeline=t5_distill", "size=huge", f"storage.url={tmp_path / 'cache'}")
     cfg["output_dir"] = str(tmp_path / "out")
-    with pytest.raises(ConfigError, match=r"`size` must be 'smoke' or 'full', but got 'huge'"):
+    with pytest.raises(
+        ConfigError, match=r"`size` must be 'smoke', 'full' or 'gpu', but got 'huge'"
+    ):
         run(cfg)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
 
@@ -67,6 +85,52 @@ def test_yaml_space_matches_the_stages():
     assert cfg.pipeline.space == T5_DISTILL_SPACE
     assert t5_distill_pipeline(size="smoke").space_dict() == T5_DISTILL_SPACE
     assert cfg.pipeline.metric == "rougeLsum" and cfg.pipeline.direction == "maximize"
+
+
+# ---------------------------------------------------------------------- the task
+def test_examples_are_docstrings_labelled_with_their_module():
+    data = t5_distill_pipeline(size="smoke")["data"](**PARAMS_A["data"])
+    modules = {"abc", "base64", "bisect", "calendar", "cmd", "code", "copy"}
+    assert set(data["train_refs"]) | set(data["val_refs"]) <= modules
+    assert len(data["train_refs"]) == data["train_x"].shape[0] == 16
+    assert len(data["val_refs"]) == len(data["val_inputs"]) == data["val_x"].shape[0] == 8
+
+
+def test_baselines_score_the_trivial_predictions():
+    data = t5_distill_pipeline(size="smoke")["data"](**PARAMS_A["data"])
+    scores = baselines(data)
+    assert set(scores) == {"constant", "copy", "most_frequent"}
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+    # A constant name part never beats the most frequent name on exact one-word targets.
+    assert scores["constant"] <= scores["most_frequent"] + 1e-12
+
+
+def test_student_starts_as_the_teacher_with_every_other_block():
+    from stages.pipelines.t5_distill import _SIZES, _load_model, _student_from_teacher
+
+    pipe = t5_distill_pipeline(size="smoke")
+    data = pipe["data"](**PARAMS_A["data"])
+    teacher = _load_model(
+        _SIZES["smoke"].teacher,
+        pipe["teacher"](data=data, **PARAMS_A["teacher"]),
+        torch.device("cpu"),
+    )
+    student = _student_from_teacher(_SIZES["smoke"], teacher)
+    t, s = teacher.state_dict(), student.state_dict()
+    assert len(student.encoder.block) == 1 < len(teacher.encoder.block) == 2
+    assert all(torch.equal(s[k], t[k]) for k in s)  # block 0 kept, block 1 dropped
+
+
+def test_alpha_weighs_the_distillation_term():
+    pipe = t5_distill_pipeline(size="smoke")
+    data = pipe["data"](**PARAMS_A["data"])
+    teacher = pipe["teacher"](data=data, **PARAMS_A["teacher"])
+    alone = {**STUDENT, "alpha": 0.0}
+    a, again, c = (
+        _state(pipe["student1"](data=data, teacher=teacher, **p)) for p in (alone, alone, STUDENT)
+    )
+    assert all(torch.equal(a[k], again[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
 # ---------------------------------------------------------------------- determinism
@@ -80,8 +144,7 @@ def test_same_seed_same_data_and_teacher():
     assert data_a["train_x"].shape[1] <= 96  # max_input_len caps the input bytes
     teacher_a = a["teacher"](data=data_a, **PARAMS_A["teacher"])
     teacher_b = b["teacher"](data=data_b, **PARAMS_A["teacher"])
-    load = lambda blob: torch.load(__import__("io").BytesIO(blob), weights_only=True)  # noqa: E731
-    sa, sb = load(teacher_a), load(teacher_b)
+    sa, sb = _state(teacher_a), _state(teacher_b)
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
