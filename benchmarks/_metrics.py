@@ -17,6 +17,12 @@ Definitions (the report states them too):
   ``reported_true``, the true objective of the configuration the optimizer recommends after
   that trial (``Optimizer.recommend``: best posterior mean); every "best" above is then that
   true value.
+* prefix reuse (``eeipu``, runs that record ``acq_terms`` per trial, see
+  :func:`eeipu._methods.acquisition_terms`): the share of the trials after warm-up whose
+  proposal reused a cached prefix; for those, the log EI given up against the best fresh
+  candidate of the same ask (``log_ei_fresh - log_ei``, nats; negative when the reusing
+  candidate was also the better one), and how many times cheaper it was expected to be
+  (``exp(log_inv_cost - log_inv_cost_fresh)``, the ratio of expected inverse costs).
 * relative gain of A over B (Essofi et al. 2024, "+103% candidates, +108% improvement"):
   ``100 * (mean_s A_s - mean_s B_s) / mean_s B_s``, means over the seeds both ran (the gain
   of the seed-averaged metrics; a per-seed ratio is undefined when B improved 0 on a seed).
@@ -36,7 +42,9 @@ __all__ = [
     "bootstrap_gain",
     "cost_to_target",
     "mean_std",
+    "quartiles",
     "relative_gain",
+    "reuse_metrics",
     "run_metrics",
 ]
 
@@ -91,6 +99,53 @@ def run_metrics(run: Mapping[str, Any]) -> dict[str, Any]:
         "hits_post": sum(1 for t in post if t.get("n_cached", 0) > 0),
         "ask_seconds": sum(asks) / len(asks) if asks else None,
     }
+
+
+def reuse_metrics(run: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Prefix reuse after warm-up, from the trials' ``acq_terms`` (None when no trial of the
+    run records them, e.g. raw runs written before they existed).
+
+    Returns ``trials`` (after warm-up), ``recorded`` (those with ``acq_terms``: the model's
+    proposals), ``reuse`` (of those, proposals with a cached prefix), ``share`` (reuse /
+    trials after warm-up: other trials reuse nothing), and per reusing proposal with a fresh
+    candidate to compare: ``log_ei_given_up`` (``log_ei_fresh - log_ei``, nats),
+    ``cost_ratio`` (``exp(log_inv_cost - log_inv_cost_fresh)``: fresh expected cost over
+    the reuser's, in expected inverse cost) and ``margin`` (its acquisition minus the best
+    fresh candidate's: >= 0 for a winner, smaller than 0 only for a runner-up chosen because
+    the winner repeated an earlier configuration).
+    """
+    post = run["trials"][int(run["n_init"]) :]
+    recorded = [t["acq_terms"] for t in post if t.get("acq_terms")]
+    if not recorded:
+        return None
+    reuse = [a for a in recorded if a.get("prefix_stages", 0) > 0]
+    paired = [a for a in reuse if "log_ei_fresh" in a]
+    return {
+        "trials": len(post),
+        "recorded": len(recorded),
+        "reuse": len(reuse),
+        "share": len(reuse) / len(post),
+        "log_ei_given_up": [a["log_ei_fresh"] - a["log_ei"] for a in paired],
+        "cost_ratio": [math.exp(a["log_inv_cost"] - a["log_inv_cost_fresh"]) for a in paired],
+        "margin": [
+            a["log_ei"] + a["cost_term"] - a["log_ei_fresh"] - a["cost_term_fresh"] for a in paired
+        ],
+    }
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """25th, 50th and 75th percentiles (linear interpolation); NaN for no values."""
+    vals = sorted(float(v) for v in values)
+    if not vals:
+        return math.nan, math.nan, math.nan
+
+    def at(q: float) -> float:
+        pos = q * (len(vals) - 1)
+        lo = math.floor(pos)
+        hi = min(lo + 1, len(vals) - 1)
+        return vals[lo] + (pos - lo) * (vals[hi] - vals[lo])
+
+    return at(0.25), at(0.5), at(0.75)
 
 
 def best_curve(run: Mapping[str, Any], grid: Sequence[float]) -> list[float]:

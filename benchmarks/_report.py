@@ -14,7 +14,9 @@ from benchmarks._metrics import (
     bootstrap_gain,
     cost_to_target,
     mean_std,
+    quartiles,
     relative_gain,
+    reuse_metrics,
     run_metrics,
 )
 
@@ -63,6 +65,7 @@ class Report:
         self.target_fraction = target_fraction
         self.methods = list(runs)
         self.metrics = {m: [run_metrics(runs[m][s]) for s in self.seeds] for m in self.methods}
+        self.reuse = {m: [reuse_metrics(runs[m][s]) for s in self.seeds] for m in self.methods}
         self.targets: list[float] = []
         for i, s in enumerate(self.seeds):
             any_run = runs[self.methods[0]][s]
@@ -151,6 +154,42 @@ class Report:
             )
         return "\n".join(lines)
 
+    def reuse_table(self) -> str:
+        """Prefix reuse and what it gave up, for every method whose runs record the
+        acquisition's terms (issue 12); a sentence when the reference's do not."""
+        lines = [
+            "| method | seeds recorded | reusing a prefix / trials after warm-up "
+            "| share per seed | log EI given up vs best fresh, nats: median [IQR] | mean "
+            "| gave up > 0 | expected cost, fresh / reuser: median [IQR] "
+            "| acquisition margin: median |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for m in self.methods:
+            got = [r for r in self.reuse[m] if r is not None]
+            if not got:
+                continue
+            reuse, trials = sum(r["reuse"] for r in got), sum(r["trials"] for r in got)
+            gap = [v for r in got for v in r["log_ei_given_up"]]
+            ratio = [v for r in got for v in r["cost_ratio"]]
+            margin = [v for r in got for v in r["margin"]]
+            g25, g50, g75 = quartiles(gap)
+            r25, r50, r75 = quartiles(ratio)
+            share = f"{100 * reuse / trials:.0f}%" if trials else "n/a"
+            pos = f"{sum(v > 0 for v in gap)}/{len(gap)}" if gap else "n/a"
+            lines.append(
+                f"| {m} | {len(got)}/{len(self.seeds)} | {reuse}/{trials} = {share} "
+                f"| {_ms([100 * r['share'] for r in got], 2)}% "
+                f"| {_fmt(g50)} [{_fmt(g25)}, {_fmt(g75)}] | {_fmt(mean_std(gap)[0])} | {pos} "
+                f"| {_fmt(r50)} [{_fmt(r25)}, {_fmt(r75)}] | {_fmt(quartiles(margin)[1])} |"
+            )
+        if not any(r is not None for r in self.reuse.get(self.reference, [])):
+            note = (
+                f"Not recorded: these raw runs of {self.reference} predate the acquisition's "
+                "terms (issue 12); re-run them (`rerun=true`) to measure prefix reuse."
+            )
+            return note if len(lines) == 2 else "\n".join([*lines, "", note])
+        return "\n".join(lines)
+
     def checks(self, targets: Sequence[str]) -> list[tuple[str, bool, str]]:
         """The issue's done-when checks: (name, met, detail)."""
         ref, out = self.reference, []
@@ -234,6 +273,12 @@ def build_report(
         report.gain_table() if report.baselines else "(no baseline ran: nothing to compare)",
         "",
     ]
+    parts += [
+        f"## {report.reference}'s prefix reuse and what it gave up",
+        "",
+        report.reuse_table(),
+        "",
+    ]
     results = report.checks(checks) if report.baselines else []
     if results:
         parts += ["## Done-when checks (issue 5)" if done_when else "## Checks (informational)", ""]
@@ -264,6 +309,17 @@ def build_report(
         "method found on that seed); the mean is over the seeds where it was reached.",
         "- *ask s/trial*: mean wall seconds per trial after warm-up (ask + simulated evaluation "
         "+ tell; for real pipelines the journal's ask seconds).",
+        "- *prefix reuse*: trials after warm-up whose proposal fixed a cached prefix (pooled "
+        "over the seeds that record it; *share per seed*: mean ± std). The acquisition is "
+        "`log EI + eta * log E[1/C]`; for each reusing proposal it is compared with the best "
+        "*fresh* candidate of the same ask (nothing cached: what the method would propose "
+        "without memoization). *log EI given up*: `log EI(fresh) - log EI(reuser)` in nats "
+        "(negative: the reuser was also the better point); *expected cost, fresh / reuser*: "
+        "`E[1/C(reuser)] / E[1/C(fresh)]`, how many times cheaper the reuser was expected to "
+        "be; *acquisition margin*: the reuser's acquisition minus the fresh candidate's "
+        "(>= 0 for a winner; below 0 only for a runner-up taken because the winner repeated "
+        "an earlier configuration). Medians and interquartile ranges over the pooled "
+        "proposals.",
         "",
         f"![best objective vs cumulative cost]({plot_name})",
         "",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -38,6 +39,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _logged(
+    cmd: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
+) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=float, default=1.0, help="seconds slept per cost unit")
@@ -48,6 +56,19 @@ def main() -> None:
         "--executor", nargs="+", choices=["work_pool", "task_workers"], default=["work_pool"]
     )
     parser.add_argument("--workers", type=int, default=2, help="workers started per executor")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="trials each worker runs at a time (default: the largest --parallel; a worker "
+        "at its limit still accepts a trial and holds it until a slot frees)",
+    )
+    parser.add_argument(
+        "--db",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="the server's database: SQLite in its home, or PostgreSQL (tools/pg-prefect)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="eeipu-bench-"))
@@ -57,18 +78,20 @@ def main() -> None:
     env.update(
         PREFECT_HOME=str(home / "prefect"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="WARNING",
+        PREFECT_LOGGING_LEVEL="INFO",
         PREFECT_WORKER_QUERY_SECONDS="1",
     )
-    subprocess.run([PREFECT, "server", "database", "upgrade", "-y"], env=env, check=True)
-    procs = [
-        subprocess.Popen(
-            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    ]
+    server = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    if args.db == "postgres":
+        # Outside the 0700 temp home: as root the cluster belongs to the `postgres` user.
+        data = Path(tempfile.gettempdir()) / f"eeipu-bench-pg-{port}"
+        server = [str(ROOT / "tools" / "pg-prefect"), str(data), str(_free_port()), *server]
+    else:
+        subprocess.run([PREFECT, "server", "database", "upgrade", "-y"], env=env, check=True)
+    limit = args.limit or max(args.parallel)
+    logs = home / "logs"  # the server's and each worker's output, kept for a post-mortem
+    logs.mkdir()
+    procs = [_logged(server, env, logs / "server.log")]
     try:
         for _ in range(240):
             try:
@@ -82,20 +105,17 @@ def main() -> None:
             "task_workers": [sys.executable, "-m", "flows.worker"],
         }
         for kind in args.executor:
-            for _ in range(args.workers):
-                procs.append(
-                    subprocess.Popen(
-                        [*worker[kind], "--limit", "1"],
-                        env=env,
-                        cwd=ROOT,
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
-                )
-        print(f"scale {args.scale} s/unit, budget {args.budget:g}, n_init {args.n_init}")
+            for i in range(args.workers):
+                cmd = [*worker[kind], "--limit", str(limit)]
+                procs.append(_logged(cmd, env, logs / f"{kind}-{i}.log", cwd=ROOT))
+        print(f"logs in {logs}")
         print(
-            "executor      parallel  seed  trials  spent  wall_s  wall_s/unit  best      "
-            "workers  overhead_s (median, max)"
+            f"scale {args.scale} s/unit, budget {args.budget:g}, n_init {args.n_init}, "
+            f"{args.workers} workers with --limit {limit}, {args.db} server"
+        )
+        print(
+            "executor      parallel  seed  trials  spent  wall_s  wall_s/unit  study_s/unit  "
+            "best      workers  overhead_s (median, max)"
         )
         for kind in args.executor:
             for seed in args.seeds:
@@ -108,6 +128,8 @@ def main() -> None:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if args.db == "postgres":
+            shutil.rmtree(data, ignore_errors=True)
 
 
 def _study(
@@ -117,6 +139,7 @@ def _study(
     cache = home / f"cache-{kind}-{n}-{seed}"
     cmd = [
         sys.executable,
+        *(os.environ["PW_PROFILE"].split() if os.environ.get("PW_PROFILE") else []),
         "-m",
         "flows.tune",
         "pipeline.target=stages.pipelines.slept:slept_synthetic_pipeline",
@@ -146,9 +169,11 @@ def _study(
         r["finished_at"] - r["started_at"] - r["ask_seconds"] - sum(r["seconds"].values())
         for r in recs
     ]
+    # The study's own wall time: first trial asked to last trial told (no CLI start).
+    study = max(r["finished_at"] for r in recs) - min(r["started_at"] for r in recs)
     print(
         f"{kind:12s}  {n:8d}  {seed:4d}  {len(recs):6d}  {spent:5.1f}  {wall:6.1f}  "
-        f"{wall / spent:11.2f}  {best:8.3f}  {workers:7d}  "
+        f"{wall / spent:11.2f}  {study / spent:12.2f}  {best:8.3f}  {workers:7d}  "
         f"{statistics.median(overhead):5.2f}, {max(overhead):5.2f}",
         flush=True,
     )

@@ -220,6 +220,7 @@ def run_synthetic(job: Mapping[str, Any]) -> dict[str, Any]:
                 "n_cached": len(told.cached),
                 "seconds": round(now - last, 4),
                 "params": told.params,
+                **({} if told.acq_terms is None else {"acq_terms": told.acq_terms}),
             }
         )
         last = now
@@ -317,6 +318,7 @@ def _trial_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "n_cached": len(r["cached"]),
             "seconds": r.get("ask_seconds"),
             "params": r["params"],
+            **({"acq_terms": r["acq_terms"]} if r.get("acq_terms") is not None else {}),
         }
         for r in records
     ]

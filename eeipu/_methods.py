@@ -53,6 +53,7 @@ __all__ = [
     "Prefix",
     "Proposal",
     "RandomSearch",
+    "acquisition_terms",
     "batched_lbfgs_available",
     "make_method",
     "register_method",
@@ -120,12 +121,18 @@ class Proposal:
 
     ``alternatives`` holds the runners-up (best first), used when the winner decodes to a
     configuration that was already evaluated: an exact repeat carries no information.
+
+    ``acq_terms`` (memoization-aware methods) splits ``acq_value`` into its quality and cost
+    terms and sets them beside those of the best *fresh* candidate of the same ask (empty
+    prefix, nothing cached), so that what reusing a prefix gave up can be measured
+    (:func:`acquisition_terms`).
     """
 
     x: Tensor
     prefix: Prefix | None = None
     acq_value: float | None = None
     alternatives: tuple[Proposal, ...] = ()
+    acq_terms: dict[str, float] | None = None
 
 
 class Method(ABC):
@@ -402,6 +409,8 @@ class CostAwareEI(WarmStartState, Method):
         pool, starts = [pool[i] for i in keep], [starts[i] for i in keep]
         ranked = self._rounded(acq, self._optimize_pool(acq, pool, starts, obs.space), obs.space)
         ranked.sort(key=lambda p: p.acq_value, reverse=True)
+        if self.memoize:
+            ranked = acquisition_terms(acq, ranked)
         return replace(ranked[0], alternatives=tuple(ranked[1:]))
 
     @staticmethod
@@ -503,6 +512,54 @@ class CostAwareEI(WarmStartState, Method):
             )
         X = wrapped.resolve(X.detach()).reshape(-1, d)
         return [Proposal(X[j], pool[int(owner[j])], float(vals[j])) for j in range(owner.numel())]
+
+
+def acquisition_terms(acq: LogEIPerCost, ranked: list[Proposal]) -> list[Proposal]:
+    """``ranked`` (scored proposals, best first), each with its ``acq_terms``.
+
+    The acquisition is ``log EI + eta * log I(x; delta)`` (:class:`LogEIPerCost`), so one
+    batched call of the cost term alone splits every ``acq_value`` into its two terms. Keys:
+
+    - ``log_ei``: the quality term log EI(x), in nats.
+    - ``cost_term``: ``eta * log I(x; delta)``, what the cost added to the acquisition.
+    - ``log_inv_cost``: log I(x; delta) = log E[1/C(x; delta)], uncooled.
+    - ``eta``: the cost-cooling exponent of this ask; ``prefix_stages``: delta.
+    - ``log_ei_fresh``, ``cost_term_fresh``, ``log_inv_cost_fresh``: the same of the best
+      candidate with the empty prefix (nothing cached): what EEIPU would have proposed
+      without memoization. Left out when no fresh candidate was scored.
+
+    A winner that reuses a prefix has ``log_ei + cost_term >= log_ei_fresh +
+    cost_term_fresh`` (it won); ``log_ei_fresh - log_ei`` is the quality it gave up for
+    ``log_inv_cost - log_inv_cost_fresh``, the log of how many times cheaper it is expected
+    to be (in expected inverse cost).
+    """
+    if not ranked:
+        return ranked
+    X = torch.stack([p.x for p in ranked]).unsqueeze(-2)  # B x 1 x d
+    delta = [0 if p.prefix is None else p.prefix.n_stages for p in ranked]
+    with torch.no_grad():
+        acq.n_cached = torch.tensor(delta, dtype=torch.long)
+        log_inv_cost = acq.log_inverse_cost(X).reshape(-1).tolist()  # B
+    # forward() drops the cost term when eta == 0 or there is no cost model.
+    use_cost = acq.cost_model is not None and acq.eta != 0.0
+    terms = []
+    for p, k, lic in zip(ranked, delta, log_inv_cost, strict=True):
+        cost_term = acq.eta * lic if use_cost else 0.0
+        terms.append(
+            {
+                "log_ei": float(p.acq_value) - cost_term,
+                "cost_term": cost_term,
+                "log_inv_cost": float(lic),
+                "eta": acq.eta,
+                "prefix_stages": k,
+            }
+        )
+    fresh = next((t for t, k in zip(terms, delta, strict=True) if k == 0), None)
+    if fresh is not None:
+        fresh = {f"{key}_fresh": fresh[key] for key in ("log_ei", "cost_term", "log_inv_cost")}
+        for t in terms:
+            t.update(fresh)
+    return [replace(p, acq_terms=t) for p, t in zip(ranked, terms, strict=True)]
 
 
 def _tensors_to_json(obj: Any) -> Any:

@@ -15,7 +15,7 @@ from eeipu._acquisition import cooling_eta
 from eeipu._cache import CacheView, HistoryCacheView, cached_prefix, canonical_json
 from eeipu._errors import OptimizerError, TellError
 from eeipu._methods import Method, Observations, Prefix, Proposal, make_method
-from eeipu._models import CostModel, fit_gp
+from eeipu._models import CostModel, fit_gp, gp_hyperparameters
 from eeipu._space import SearchSpace
 from eeipu._trial import Trial, TrialState
 
@@ -114,6 +114,10 @@ class Optimizer:
         self._history_view = HistoryCacheView(space.stages)
         self._prior: list[Trial] = []  # other studies' trials (add_prior): models only
         self._asked_keys: set[str] = set()  # canonical JSON of every asked configuration
+        # expected_cost's model, with the told trials it was fitted on, and the per-stage
+        # hyperparameters its next fit starts from.
+        self._expected_model: tuple[tuple[int, ...], CostModel] | None = None
+        self._expected_init: list[dict[str, Tensor] | None] | None = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -210,6 +214,7 @@ class Optimizer:
         number = self._n_asked
         if number < self.n_init:
             x, prefix, origin, acq_value = self._warmup[number], None, "warmup", None
+            acq_terms = None
         else:
             threads = torch.get_num_threads()
             try:
@@ -229,10 +234,11 @@ class Optimizer:
             if proposal is None:
                 # Too little (or degenerate) data for a GP: keep exploring at random.
                 x = torch.rand(self.space.dim, generator=obs.rng, dtype=torch.double)
-                prefix, origin, acq_value = None, "random", None
+                prefix, origin, acq_value, acq_terms = None, "random", None, None
             else:
                 proposal = self._first_new(proposal, obs)
                 x, prefix, acq_value = proposal.x, proposal.prefix, proposal.acq_value
+                acq_terms = None if proposal.acq_terms is None else dict(proposal.acq_terms)
                 origin = self.method.name
         params = self._params(x, prefix)
         trial = Trial(
@@ -241,6 +247,7 @@ class Optimizer:
             memoized=self._memoized(view, params),
             origin=origin,
             acq_value=acq_value,
+            acq_terms=acq_terms,
         )
         self._pending[number] = trial
         self._asked_keys.add(canonical_json(trial.params))
@@ -255,14 +262,15 @@ class Optimizer:
         acq_value: float | None = None,
         memoized: Iterable[str] | None = None,
         cache: CacheView | None = None,
+        acq_terms: Mapping[str, float] | None = None,
     ) -> Trial:
         """Ask a given configuration: it becomes the next pending trial, as if :meth:`ask`
         had proposed it (it takes the next number and counts towards ``n_init``).
 
         Used to re-run trials that were in flight when a study stopped, with what
-        :meth:`ask` said of them then (``origin``, ``acq_value``, ``memoized``), or to
-        evaluate a configuration of one's own. ``memoized`` defaults to the stages
-        ``cache`` (default: the told trials) holds for ``params``.
+        :meth:`ask` said of them then (``origin``, ``acq_value``, ``memoized``,
+        ``acq_terms``), or to evaluate a configuration of one's own. ``memoized`` defaults
+        to the stages ``cache`` (default: the told trials) holds for ``params``.
         """
         self.space.validate(params)
         view = self._history_view if cache is None else cache
@@ -273,6 +281,7 @@ class Optimizer:
             memoized=self._memoized(view, params) if memoized is None else tuple(memoized),
             origin=origin,
             acq_value=acq_value,
+            acq_terms=None if acq_terms is None else dict(acq_terms),
         )
         self._pending[trial.number] = trial
         self._asked_keys.add(canonical_json(trial.params))
@@ -288,18 +297,29 @@ class Optimizer:
 
         None before two trials were told with costs. Used to keep trials in flight from
         overshooting the budget (a study stops submitting when what is spent plus what is
-        in flight is expected to reach it).
+        in flight is expected to reach it). The model is fitted once per set of told trials
+        (calls between two tells share it), each fit starting from the previous one's
+        hyperparameters: a few L-BFGS steps, not a cold fit per call.
         """
         told = [t for t in self._told if t.costs]
         if len(told) < 2:
             return None
         stages = self.space.stages
-        X = torch.stack([self.space.encode(t.params) for t in told])
-        costs, cached = self._cost_rows(told)
-        cols = [slice(0, self.space.prefix_dim(k + 1)) for k in range(len(stages))]
-        with torch.random.fork_rng():
-            torch.manual_seed(self.seed)
-            model = CostModel.fit(X, costs, cached, cols, n_samples=1)
+        fitted_on = tuple(t.number for t in told)
+        if self._expected_model is None or self._expected_model[0] != fitted_on:
+            X = torch.stack([self.space.encode(t.params) for t in told])
+            costs, cached = self._cost_rows(told)
+            cols = [slice(0, self.space.prefix_dim(k + 1)) for k in range(len(stages))]
+            with torch.random.fork_rng():
+                torch.manual_seed(self.seed)
+                fitted = CostModel.fit(
+                    X, costs, cached, cols, n_samples=1, init=self._expected_init
+                )
+            self._expected_init = [
+                None if s.model is None else gp_hyperparameters(s.model) for s in fitted.stages
+            ]
+            self._expected_model = (fitted_on, fitted)
+        model = self._expected_model[1]
         x = self.space.encode(trial.params).unsqueeze(0)
         total = 0.0
         for k, (stage, predictor) in enumerate(zip(stages, model.stages, strict=True)):

@@ -37,6 +37,11 @@ class Trial:
         overhead: Cost charged on top of the stages (e.g. the wall seconds of ``ask()``
             and orchestration, when a study charges them): it counts in :attr:`cost` and
             the budget, and trains no cost model.
+        acq_terms: For memoization-aware methods (``eeipu``), ``acq_value`` split into its
+            quality term (``log_ei``) and cost term (``cost_term``), beside those of the best
+            candidate of the same ask that reuses no prefix (``log_ei_fresh``,
+            ``cost_term_fresh``); see :func:`eeipu._methods.acquisition_terms` for every
+            key. None when not recorded.
     """
 
     number: int
@@ -50,6 +55,7 @@ class Trial:
     cached: tuple[str, ...] = ()
     stage_outputs: dict[str, float] | None = None
     overhead: float = 0.0
+    acq_terms: dict[str, float] | None = None
 
     @property
     def cost(self) -> float:
@@ -60,8 +66,9 @@ class Trial:
         return copy.deepcopy(self)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready record of the trial (for journals and tables)."""
-        return {
+        """A JSON-ready record of the trial (for journals and tables); ``acq_terms`` only
+        when recorded."""
+        out = {
             "number": self.number,
             "state": self.state.value,
             "origin": self.origin,
@@ -74,3 +81,6 @@ class Trial:
             "stage_outputs": None if self.stage_outputs is None else dict(self.stage_outputs),
             "overhead": self.overhead,
         }
+        if self.acq_terms is not None:
+            out["acq_terms"] = dict(self.acq_terms)
+        return out

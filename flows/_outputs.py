@@ -20,6 +20,7 @@ __all__ = [
     "best_markdown",
     "best_so_far",
     "progress_line",
+    "recommended_record",
     "record_cost",
     "trial_rows",
     "write_outputs",
@@ -97,8 +98,7 @@ def best_markdown(
     recommended: dict[str, Any] | None = None,
 ) -> str:
     """The best-configuration artifact: the best observed trial and, where given, the
-    recommended one (``{"trial", "objective", "posterior_mean"}``, see
-    :meth:`eeipu.Optimizer.recommend`)."""
+    recommended one (see :func:`recommended_record`)."""
     if best is None:
         return f"# Study `{study}`\n\nNo trial completed ({n_trials} failed)."
     lines = [
@@ -145,6 +145,31 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def recommended_record(
+    records: Sequence[dict[str, Any]], recommendation: tuple[Any, float] | None
+) -> dict[str, Any] | None:
+    """The complete record of ``Optimizer.recommend()``'s trial, as written to
+    ``best.yaml`` and the best artifact: ``{"trial", "objective", "posterior_mean",
+    "params"}``; None without a recommendation or a matching record.
+
+    Matched by configuration: trial numbers differ between a live run and a replayed one.
+    """
+    if recommendation is None:
+        return None
+    trial, posterior_mean = recommendation
+    rec = next(
+        (r for r in records if r["state"] == "complete" and r["params"] == trial.params), None
+    )
+    if rec is None:
+        return None
+    return {
+        "trial": rec["number"],
+        "objective": rec["objective"],
+        "posterior_mean": posterior_mean,
+        "params": rec["params"],
+    }
+
+
 def write_outputs(
     out_dir: str | os.PathLike[str],
     study: str,
@@ -155,9 +180,9 @@ def write_outputs(
 ) -> dict[str, Path]:
     """Write ``results.csv``, ``best.yaml`` and ``best_vs_cost.png`` into ``out_dir``.
 
-    ``recommended`` (``{"params", "posterior_mean"}``, from
-    :meth:`eeipu.Optimizer.recommend`; ``params`` those of a complete record) adds the
-    recommended configuration to ``best.yaml`` beside the best observed one."""
+    ``recommended`` (``{"trial", "objective", "posterior_mean", "params"}``: the record
+    that :meth:`eeipu.Optimizer.recommend` picked, see :func:`recommended_record`) is
+    written to ``best.yaml`` beside the best observed configuration."""
     out = Path(out_dir)
     rows = trial_rows(records, direction)
     fields: list[str] = []
@@ -182,16 +207,9 @@ def write_outputs(
         if best is None
         else {"trial": best["number"], "objective": best["objective"], "params": best["params"]},
     }
-    rec = None
     if recommended is not None:
-        # By configuration: trial numbers differ between a live run and a replayed one.
-        rec = next((r for r in complete if r["params"] == recommended["params"]), None)
-    if rec is not None:
         summary["recommended"] = {
-            "trial": rec["number"],
-            "posterior_mean": recommended["posterior_mean"],
-            "objective": rec["objective"],
-            "params": rec["params"],
+            k: recommended[k] for k in ("trial", "posterior_mean", "objective", "params")
         }
     _atomic_write(
         paths["yaml"], yaml.safe_dump(json.loads(json.dumps(summary)), sort_keys=False).encode()

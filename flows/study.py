@@ -53,6 +53,7 @@ from flows._outputs import (
     best_markdown,
     best_so_far,
     progress_line,
+    recommended_record,
     trial_rows,
     write_outputs,
 )
@@ -265,6 +266,7 @@ class StudyLoop:
                 asked["params"],
                 origin=asked.get("origin", "resumed"),
                 acq_value=asked.get("acq_value"),
+                acq_terms=asked.get("acq_terms"),
                 memoized=asked.get("memoized"),
                 cache=StoreCacheView(self.pipeline, self.store),
             )
@@ -439,20 +441,7 @@ def finish_study(
     """Write outputs and (with ``artifacts``) the Prefect artifacts, then raise
     :class:`StudyFailed` or return the result."""
     best = opt.best_trial
-    rec = opt.recommend()
-    rec_record = (
-        None
-        if rec is None
-        else next(
-            (r for r in records if r["state"] == "complete" and r["params"] == rec[0].params),
-            None,
-        )
-    )
-    recommended = (
-        None
-        if rec is None or rec_record is None
-        else {"params": rec[0].params, "posterior_mean": rec[1]}
-    )
+    recommended = recommended_record(records, opt.recommend())
     paths = write_outputs(
         cfg.output_dir, cfg.study, records, cfg.pipeline.direction, opt.warmup_spent, recommended
     )
@@ -469,13 +458,7 @@ def finish_study(
                 None if best is None else best.to_dict(),
                 opt.spent,
                 len(records),
-                None
-                if recommended is None
-                else {
-                    "trial": rec_record["number"],
-                    "objective": rec_record["objective"],
-                    "posterior_mean": recommended["posterior_mean"],
-                },
+                recommended,
             ),
             description=f"Best configuration of study {cfg.study}",
         )

@@ -20,10 +20,12 @@ from benchmarks._metrics import (  # noqa: E402
     bootstrap_diff,
     bootstrap_gain,
     cost_to_target,
+    quartiles,
     relative_gain,
+    reuse_metrics,
     run_metrics,
 )
-from benchmarks._report import Report  # noqa: E402
+from benchmarks._report import Report, build_report  # noqa: E402
 from stages.pipelines import VARIANTS, SyntheticProblem, synthetic_variant  # noqa: E402
 
 
@@ -114,6 +116,104 @@ def test_report_gains_and_targets_by_hand():
     assert checks == {"evaluates": True}  # exactly +100%
     table = rep.gain_table()
     assert "| ei | +200% |" in table and "| **mean of the others** | +100% |" in table
+
+
+def _terms(delta, log_ei, lic, log_ei_fresh, lic_fresh, eta=0.5):
+    return {
+        "log_ei": log_ei,
+        "cost_term": eta * lic,
+        "log_inv_cost": lic,
+        "eta": eta,
+        "prefix_stages": delta,
+        "log_ei_fresh": log_ei_fresh,
+        "cost_term_fresh": eta * lic_fresh,
+        "log_inv_cost_fresh": lic_fresh,
+    }
+
+
+def _with_terms(run, terms):
+    """``run`` with ``acq_terms`` on its trials (None: that trial records none)."""
+    for t, a in zip(run["trials"], terms, strict=True):
+        if a is not None:
+            t["acq_terms"] = a
+    return run
+
+
+def test_reuse_metrics_by_hand():
+    """After a warm-up of 1: a reuser giving up 1 nat for a 4x cheaper point, a fresh
+    proposal, a reuser that was also the better point (-0.5 nats, 2x cheaper), and a trial
+    without terms (a random fallback): 2 of 4 trials reuse a prefix."""
+    ln2 = math.log(2.0)
+    run = _with_terms(
+        _run([1] * 5, [0.0, 1.0, 2.0, 3.0, 4.0], n_init=1),
+        [
+            None,
+            _terms(2, -3.0, 0.0, -2.0, -2 * ln2),
+            _terms(0, -2.0, -1.0, -2.0, -1.0),
+            _terms(1, -1.0, ln2, -1.5, 0.0),
+            None,
+        ],
+    )
+    m = reuse_metrics(run)
+    assert (m["trials"], m["recorded"], m["reuse"], m["share"]) == (4, 3, 2, 0.5)
+    assert m["log_ei_given_up"] == pytest.approx([1.0, -0.5])
+    assert m["cost_ratio"] == pytest.approx([4.0, 2.0])
+    # Acquisition margins: -3 - (-2 - ln 2) = ln 2 - 1 (a runner-up), -1 + ln2/2 + 1.5.
+    assert m["margin"] == pytest.approx([ln2 - 1.0, 0.5 + ln2 / 2])
+    assert reuse_metrics(_run([1, 1], [0.0, 1.0], n_init=1)) is None  # an old raw run
+    assert quartiles([4.0, 1.0, 3.0, 2.0, 5.0]) == (2.0, 3.0, 4.0)
+    assert quartiles([1.0, 2.0]) == (1.25, 1.5, 1.75)
+    assert all(math.isnan(v) for v in quartiles([]))
+
+
+def _page(rep):
+    return build_report(
+        rep,
+        title="t",
+        description="",
+        command="cmd",
+        facts=[],
+        notes=[],
+        checks=[],
+        done_when=False,
+        plot_name="t.png",
+    )
+
+
+def test_report_shows_prefix_reuse_and_old_runs_say_not_recorded():
+    old = {
+        "eeipu": {s: _run([1, 1, 1], [0.0, 1.0, 2.0], n_init=1) for s in (0, 1)},
+        "ei": {s: _run([1, 1], [0.0, 1.0], n_init=1) for s in (0, 1)},
+    }
+    page = _page(Report(old, [0, 1], "eeipu", target_fraction=0.5))
+    assert "## eeipu's prefix reuse and what it gave up" in page
+    assert "Not recorded: these raw runs of eeipu predate" in page
+    # New runs: seed 0 reuses on 1 of 2 trials after warm-up, seed 1 on 2 of 2.
+    new = {
+        "eeipu": {
+            0: _with_terms(
+                _run([1, 1, 1], [0.0, 1.0, 2.0], n_init=1),
+                [None, _terms(1, -2.0, 0.0, -1.0, -math.log(4.0)), _terms(0, -1, -1, -1, -1)],
+            ),
+            1: _with_terms(
+                _run([1, 1, 1], [0.0, 1.0, 2.0], n_init=1),
+                [None, _terms(2, -1.0, 0.0, -1.0, -math.log(2.0)), _terms(1, -4, 0, -1, -1)],
+            ),
+        },
+        "ei": old["ei"],
+    }
+    rep = Report(new, [0, 1], "eeipu", target_fraction=0.5)
+    table = rep.reuse_table()
+    # Given up: 1, 0, 3 nats (median 1, quartiles 0.5 and 2); cost ratios 4, 2, e.
+    assert (
+        "| eeipu | 2/2 | 3/4 = 75% | 75 ± 35% | 1 [0.5, 2] | 1.33 | 2/3 | 2.72 [2.36, 3.36] |"
+        in (table)
+    )
+    assert "| ei |" not in table and "Not recorded" not in table
+    assert table in _page(rep)
+    # Only some seeds re-run: the table says over how many, the others are left out.
+    mixed = {"eeipu": {0: new["eeipu"][0], 1: old["eeipu"][1]}, "ei": old["ei"]}
+    assert "| eeipu | 1/2 | 1/2 = 50% |" in Report(mixed, [0, 1], "eeipu", 0.5).reuse_table()
 
 
 # ---------------------------------------------------------------------- variants
@@ -221,9 +321,13 @@ def test_smoke_synthetic_writes_tables_and_plot_and_reuses_runs(tmp_path, capsys
     assert "python -m benchmarks.suite problem=synthetic3" in md and "smoke=true" in md
     assert "| **mean of the others** |" in md and "SMOKE" in md
     assert "every method evaluated the same 3 warm-up configurations" in md
+    assert "## eeipu's prefix reuse and what it gave up" in md and "| eeipu | 1/1 |" in md
     for m in ("eeipu", "ei", "random"):
         run = json.loads((tmp_path / "raw" / "synthetic3" / f"{m}-seed0.json").read_text())
         assert run["method"] == m and run["trials"] and run["budget"] == 50.0
+        # Only eeipu's proposals record the acquisition's terms (issue 12).
+        recorded = [t for t in run["trials"][3:] if "acq_terms" in t]
+        assert bool(recorded) == (m == "eeipu")
         assert (
             sum(t["cost"] for t in run["trials"][:-1])
             < 50.0

@@ -158,6 +158,40 @@ def test_failed_trials_count_and_keep_the_optimizer_working(space):
     assert opt.best_trial.state is TrialState.COMPLETE
 
 
+def test_expected_cost_fits_its_model_once_per_set_of_told_trials(space, monkeypatch):
+    """A parallel study asks expected_cost for every trial it submits: calls between two
+    tells share one fitted model (same answers as a fresh fit), a tell refits it."""
+    import eeipu._models
+
+    fits = []
+    fit_gp = eeipu._models.fit_gp
+
+    def counted(*args, **kwargs):
+        fits.append(1)
+        return fit_gp(*args, **kwargs)
+
+    monkeypatch.setattr(eeipu._models, "fit_gp", counted)
+    opt = Optimizer(space, method="random", budget=1e6, n_init=8, seed=0)
+    run(opt, 6)
+    a, b = opt.ask(), opt.ask()
+    fits.clear()
+    cost_a = opt.expected_cost(a)
+    n = len(fits)
+    assert n > 0
+    cost_b = opt.expected_cost(b)
+    assert len(fits) == n  # the same told trials: no new fit
+    fresh = Optimizer(space, method="random", budget=1e6, n_init=8, seed=0)
+    for t in opt.trials:
+        fresh.add_trial(t.params, t.objective, t.costs, cached=t.cached)
+    assert fresh.expected_cost(b) == pytest.approx(cost_b, rel=1e-9)
+    assert fresh.expected_cost(a) == pytest.approx(cost_a, rel=1e-9)
+    obj, costs = f(a.params)
+    opt.tell(a, objective=obj, costs=costs)
+    fits.clear()
+    opt.expected_cost(b)
+    assert len(fits) == n  # one more told trial: refitted (from the last hyperparameters)
+
+
 def test_a_failed_stage_does_not_teach_its_cost_model(space):
     """A crashed stage reports the time up to the crash, a lower bound: its cost model leaves
     it out, so regions that crash early do not look cheap. Stages before it keep theirs."""

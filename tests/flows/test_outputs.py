@@ -65,9 +65,19 @@ def test_rewritten_outputs_follow_the_current_umask(tmp_path, umask):
 def test_best_yaml_shows_the_recommended_trial_beside_the_best_observed(tmp_path):
     import yaml
 
-    from flows._outputs import best_markdown
+    from eeipu import Trial
+    from flows._outputs import best_markdown, recommended_record
 
-    recommended = {"params": RECORDS[1]["params"], "posterior_mean": 1.5}
+    def picked(params):  # what Optimizer.recommend returns: a trial and its posterior mean
+        return Trial(number=7, params=params), 1.5
+
+    recommended = recommended_record(RECORDS, picked(RECORDS[1]["params"]))
+    assert recommended == {
+        "trial": 1,
+        "objective": 1.0,
+        "posterior_mean": 1.5,
+        "params": RECORDS[1]["params"],
+    }
     paths = write_outputs(tmp_path, "s", RECORDS, "maximize", None, recommended)
     summary = yaml.safe_load(paths["yaml"].read_text())
     assert summary["best"]["trial"] == 2 and summary["best"]["objective"] == 2.0
@@ -78,10 +88,9 @@ def test_best_yaml_shows_the_recommended_trial_beside_the_best_observed(tmp_path
         "params": RECORDS[1]["params"],
     }
     # no recommendation, or one that matches no complete record: the best only
-    for rec in (None, {"params": {"prep": {"x0": 9.0}}, "posterior_mean": 0.0}):
-        paths = write_outputs(tmp_path, "s", RECORDS, "maximize", None, rec)
-        assert "recommended" not in yaml.safe_load(paths["yaml"].read_text())
-    md = best_markdown(
-        "s", RECORDS[2], 9.0, 3, {"trial": 1, "objective": 1.0, "posterior_mean": 1.5}
-    )
+    for rec in (None, picked({"prep": {"x0": 9.0}})):
+        assert recommended_record(RECORDS, rec) is None
+    paths = write_outputs(tmp_path, "s", RECORDS, "maximize", None, None)
+    assert "recommended" not in yaml.safe_load(paths["yaml"].read_text())
+    md = best_markdown("s", RECORDS[2], 9.0, 3, recommended)
     assert "**Recommended**" in md and "trial 1, posterior mean 1.5, observed 1" in md
