@@ -251,6 +251,14 @@ class StudyLoop:
             # expected to cost leaves budget: the last trial started may overshoot, as in
             # a sequential study, but not every trial in flight.
             and (busy == 0 or self.opt.spent + sum(self.expected.values()) < self.cfg.budget)
+            # Past the warm-up, ask only once every warm-up trial is told: with some still
+            # in flight the models have too few points and the ask falls back to a random
+            # trial (a fresh, full-price one), where waiting costs a few idle seconds.
+            and not (
+                busy
+                and self.opt.warmup_spent is None
+                and len(self.records) + busy >= self.opt.n_init
+            )
         )
 
     def _progress(self) -> float:

@@ -4,8 +4,11 @@ A Prefect task worker (``prefect.task_worker.serve``) for the trial task
 :data:`flows.executors.warm_trial_task`. It imports torch, BoTorch and the Prefect engine
 once, and each pipeline on its first trial, then runs trial after trial in the same
 process: a trial costs no process start (a process worker of ``executor=work_pool`` starts
-one per trial). Start as many as you like, on this machine or others; each runs up to
-``--limit`` trials at a time, on threads. Restart workers when eeipu changes: Prefect keys
+one per trial). Start one per machine (or as many as you like); each runs up to ``--limit``
+trials at a time, on threads. Give it a ``--limit`` of at least the trials it may have to
+run at once: the server hands a trial to any subscribed worker, busy or not, and a worker
+at its limit holds the trial until a slot frees (Prefect's task workers acknowledge a run
+before they have a slot for it), while another worker may idle. Restart workers when eeipu changes: Prefect keys
 the trial task by its code, so a worker of another version never receives the trials.
 
 It needs the Prefect server the controller uses (``PREFECT_API_URL``), the study's storage
@@ -17,8 +20,7 @@ controller and every worker.
 
 Example:
     $ export PREFECT_API_URL=http://127.0.0.1:4200/api
-    $ eeipu worker --limit 1 &
-    $ eeipu worker --limit 1 &
+    $ eeipu worker --limit 2 &
     $ eeipu tune executor=task_workers parallel=2
 """
 

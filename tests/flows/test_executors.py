@@ -36,3 +36,11 @@ def test_local_executor_runs_trials_at_once_and_stops_within_one_trial_of_the_bu
             assert spent + sum(o["expected_cost"] or 0.0 for o in running) < 60.0, r["number"]
     assert checked >= len(records) // 2
     assert sum(1 for r in records if r["expected_cost"]) >= len(records) // 2  # cost GP at work
+    # Past the warm-up (n_init trials), trials are asked once every warm-up trial was told:
+    # none falls back to a random trial for want of observations.
+    n_init = 3  # tests.helpers' default
+    warmup = [r for r in records if r["asked_as"] < n_init]
+    assert len(warmup) == n_init
+    later = [r for r in records if r["asked_as"] >= n_init]
+    assert later and all(r["started_at"] >= max(w["finished_at"] for w in warmup) for r in later)
+    assert all(r["origin"] != "random" for r in later)
