@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -41,8 +42,9 @@ class Optimizer:
             other trials drawn at random. Every prefix's candidates are screened; the
             method gives L-BFGS starts to the most promising (see ``prefix_starts``).
         method_options: Extra keyword arguments for the method (e.g. ``num_restarts``).
-        num_threads: torch intra-op threads while ``ask`` runs (restored afterwards); None
-            keeps torch's setting. The GPs are small: one thread is as fast on an idle
+        num_threads: torch intra-op threads while the optimizer fits models (``ask``,
+            ``expected_cost``, ``recommend``; restored afterwards); None keeps torch's
+            setting. The GPs are small: one thread is as fast on an idle
             machine and 10x+ faster on a busy one, where several spinning threads fight for
             the cores (``benchmarks/bench_ask.py``).
 
@@ -181,13 +183,24 @@ class Optimizer:
             best = max(complete, key=lambda t: sign * t.objective)
             return best.copy(), float(best.objective)
         X = torch.stack([self.space.encode(t.params) for t in complete])
-        with torch.random.fork_rng():
+        with self._threads(), torch.random.fork_rng():
             torch.manual_seed(self.seed)
             model = fit_gp(X, Y)
         with torch.no_grad():
             mean = model.posterior(X).mean.reshape(-1)
         i = int(mean.argmax())
         return complete[i].copy(), sign * float(mean[i])
+
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        """torch's intra-op threads set to ``num_threads`` while models are fitted."""
+        threads = torch.get_num_threads()
+        if self.num_threads is not None:
+            torch.set_num_threads(self.num_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
     def state_dict(self) -> dict[str, Any]:
         """The method's carry-over state (JSON-able), to store beside the told trials.
@@ -216,10 +229,7 @@ class Optimizer:
             x, prefix, origin, acq_value = self._warmup[number], None, "warmup", None
             acq_terms = None
         else:
-            threads = torch.get_num_threads()
-            try:
-                if self.num_threads is not None:
-                    torch.set_num_threads(self.num_threads)
+            with self._threads():
                 obs = self._observations(view, number)  # fantasizes pending trials: a GP
                 if obs.X.shape[0] < 2 or not bool((obs.Y[0] != obs.Y).any()):
                     proposal = None
@@ -229,8 +239,6 @@ class Optimizer:
                         # ask is reproducible without touching the caller's random state.
                         torch.manual_seed(obs.seed)
                         proposal = self.method.propose(obs)
-            finally:
-                torch.set_num_threads(threads)
             if proposal is None:
                 # Too little (or degenerate) data for a GP: keep exploring at random.
                 x = torch.rand(self.space.dim, generator=obs.rng, dtype=torch.double)
@@ -310,7 +318,7 @@ class Optimizer:
             X = torch.stack([self.space.encode(t.params) for t in told])
             costs, cached = self._cost_rows(told)
             cols = [slice(0, self.space.prefix_dim(k + 1)) for k in range(len(stages))]
-            with torch.random.fork_rng():
+            with self._threads(), torch.random.fork_rng():
                 torch.manual_seed(self.seed)
                 fitted = CostModel.fit(
                     X, costs, cached, cols, n_samples=1, init=self._expected_init

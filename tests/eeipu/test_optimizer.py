@@ -415,3 +415,32 @@ def test_overhead_counts_in_the_budget_not_in_the_cost_models(space):
     for bad in (-1.0, float("nan"), True, "1"):
         with pytest.raises(TellError, match="`overhead` must be a finite number >= 0"):
             charged.tell(charged.ask(), 0.0, costs, overhead=bad)
+
+
+def test_every_model_fit_runs_on_num_threads(space, monkeypatch):
+    """ask, expected_cost and recommend fit GPs with ``num_threads`` torch threads (spinning
+    threads fight for the cores of a busy machine: 10x+ slower fits), then restore torch's."""
+    import torch
+
+    import eeipu._models
+
+    seen = []
+    fit_gp = eeipu._models.fit_gp
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return fit_gp(*args, **kwargs)
+
+    for module in (eeipu._models, eeipu._methods, eeipu._optimizer):
+        monkeypatch.setattr(module, "fit_gp", recording, raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        opt = Optimizer(space, method="eeipu", budget=1e6, n_init=5, seed=0, num_threads=1)
+        run(opt, 6)  # the sixth ask fits models
+        opt.expected_cost(opt.ask())
+        opt.recommend()
+        assert len(seen) >= 3 and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
