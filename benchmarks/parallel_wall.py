@@ -1,17 +1,23 @@
-"""Wall time of a study with ``parallel=2`` (two workers) against ``parallel=1``, on the
-synthetic pipeline whose stages sleep their simulated cost
-(``stages.pipelines.slept:slept_synthetic_pipeline``), for each ``--executor``: ``work_pool``
-(two process workers: a new process per trial) or ``task_workers`` (two warm
-``eeipu worker`` processes).
+"""Wall time of parallel studies against a sequential one, on the synthetic pipeline whose
+stages sleep their simulated cost (``stages.pipelines.slept:slept_synthetic_pipeline``), for
+each ``--executor``: ``work_pool`` (process workers: a new process per trial) or
+``task_workers`` (warm ``eeipu worker`` processes).
 
-Starts its own ``prefect server`` (127.0.0.1, temporary home) and the workers, then runs the
-same study (same seed, budget and fresh local cache) once per executor and ``parallel``
-value through the real CLI and prints trials, spent budget, wall time, workers used and
-the median per-trial orchestration overhead: a trial's wall time (submission to told)
-less its ask and its stages' seconds.
+Starts its own ``prefect server`` (127.0.0.1, temporary home; ``--db postgres`` puts it on
+its own PostgreSQL cluster through ``tools/pg-prefect``, as ``make server DB=postgres``
+does) and ``--workers`` workers with ``--limit`` trials each, then runs the same study
+(same seed, budget and fresh local cache) once per executor, seed and ``parallel`` value
+through the real CLI and prints: trials, spent budget, the CLI's wall time and wall
+seconds per budget unit, the *study's* wall seconds per budget unit (first trial asked to
+last trial told: without the ~10-15 s a CLI spends importing torch and BoTorch and
+starting its flow), the best objective, the workers used and the per-trial orchestration
+overhead (a trial's wall time, submission to told, less its ask and its stages' seconds).
+The server's and workers' logs stay in the temporary home (printed). Set
+``PW_PROFILE="-m cProfile -o ctrl.prof"`` to profile the controller.
 
-    .venv/bin/python benchmarks/parallel_wall.py --scale 1.0 --budget 60
-    .venv/bin/python benchmarks/parallel_wall.py --executor work_pool task_workers
+    .venv/bin/python benchmarks/parallel_wall.py --executor task_workers --parallel 1 2 4 \
+        --workers 4 --seeds 0 1 2 --scale 1.0 --budget 60 --db postgres
+    .venv/bin/python benchmarks/parallel_wall.py --scale 4 --budget 60 --limit 1
 """
 
 from __future__ import annotations
@@ -44,6 +50,21 @@ def _logged(
 ) -> subprocess.Popen:
     with open(log, "wb") as out:
         return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait_for_task_workers(api: str, n: int, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(
+            f"{api}/task_workers/filter",
+            data=b"{}",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            if len(json.loads(response.read())) >= n:
+                return
+        time.sleep(1.0)
+    raise SystemExit(f"fewer than {n} task workers subscribed after {timeout:g} s")
 
 
 def main() -> None:
@@ -109,6 +130,10 @@ def main() -> None:
                 cmd = [*worker[kind], "--limit", str(limit)]
                 procs.append(_logged(cmd, env, logs / f"{kind}-{i}.log", cwd=ROOT))
         print(f"logs in {logs}")
+        if "task_workers" in args.executor:
+            # Start timing only once every warm worker has imported torch and subscribed:
+            # otherwise the first study pays for their start-up on the same cores.
+            _wait_for_task_workers(api, args.workers)
         print(
             f"scale {args.scale} s/unit, budget {args.budget:g}, n_init {args.n_init}, "
             f"{args.workers} workers with --limit {limit}, {args.db} server"

@@ -46,6 +46,7 @@ import os
 import socket
 import sys
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -241,7 +242,7 @@ class LocalExecutor:
 _FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 _POLL_SECONDS = 0.5
 _ATTEMPTS = 2  # a run that ends without an outcome (worker or infrastructure died) is retried
-_TASK_POLL_SECONDS = 0.2  # task runs: a cheap read each; the trial's wall time waits on it
+_TASK_POLL_SECONDS = 0.1  # one cheap read for all task runs; a trial's wall time waits on it
 
 
 @flow(name="eeipu-trial", log_prints=False, persist_result=False)
@@ -342,6 +343,10 @@ class _RemoteExecutor:
     def _read_run(self, run_id: str) -> Any:
         raise NotImplementedError
 
+    def _read_runs(self, run_ids: list[str]) -> list[Any]:
+        """The runs ``run_ids`` (any order; a run the server no longer has is left out)."""
+        raise NotImplementedError
+
     def submit(self, job: TrialJob, attempt: int = 1) -> None:
         if job.ref is not None and attempt == 1 and self._reattach(job):
             return
@@ -367,9 +372,10 @@ class _RemoteExecutor:
     def next_outcome(self) -> tuple[TrialJob, TrialOutcome]:
         while not self._done:
             time.sleep(self.poll_seconds)
-            for run_id in list(self._running):
-                state = self._read_run(run_id).state
-                if state is not None and state.type.value in _FINAL:
+            # One request for every run in flight, however many there are.
+            for run in self._read_runs(list(self._running)):
+                run_id, state = str(run.id), run.state
+                if run_id in self._running and state is not None and state.type.value in _FINAL:
                     self._finished(run_id, state)
         return self._done.popleft()
 
@@ -433,6 +439,14 @@ class WorkPoolExecutor(_RemoteExecutor):
 
     def _read_run(self, run_id: str) -> Any:
         return self._client.read_flow_run(run_id)
+
+    def _read_runs(self, run_ids: list[str]) -> list[Any]:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        ids = [uuid.UUID(r) for r in run_ids]
+        return self._client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids)
+        )
 
 
 # ---------------------------------------------------------------------- Prefect task workers
@@ -529,3 +543,11 @@ class TaskWorkerExecutor(_RemoteExecutor):
 
     def _read_run(self, run_id: str) -> Any:
         return self._client.read_task_run(run_id)
+
+    def _read_runs(self, run_ids: list[str]) -> list[Any]:
+        from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
+
+        ids = [uuid.UUID(r) for r in run_ids]
+        return self._client.read_task_runs(
+            task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=ids)), limit=len(ids)
+        )

@@ -32,6 +32,10 @@ Stages (a chain; each student also reads the data and the teacher):
    greedily and return ``{"rougeLsum": mean F-measure}`` (``rouge-score``; the targets are
    one line, so ROUGE-Lsum is ROUGE-L on the name's parts).
 
+With ``student_labels < 1`` (default 1) the students see the targets of only that fraction
+of the training examples and the rest through the distillation term alone (the teacher's
+greedy decodes as decoder inputs); measured, it did not make distillation pay either.
+
 Checkpoints travel between stages as ``torch.save`` bytes of the ``state_dict`` (on the
 CPU), so they live in the cache store. Sizes:
 
@@ -49,8 +53,9 @@ Objective: validation ROUGE-Lsum of the final student, in [0, 1] (maximize).
 :func:`baselines` scores the trivial predictions (constant, copy, most frequent target) on
 the same validation set.
 
-Stage timings, baselines, the Sobol spread and the distillation settings
-(docs/pipelines/t5_distill.md): ``python -m stages.pipelines.t5_distill --help``.
+Stage timings, baselines, the Sobol spread and distilled against targets-alone students
+(``--distill-sweep``; docs/pipelines/t5_distill.md): ``python -m stages.pipelines.t5_distill
+--help``.
 
 Example:
     >>> from stages.pipelines.t5_distill import t5_distill_pipeline
@@ -308,7 +313,11 @@ _SIZES = {
 
 # ---------------------------------------------------------------------- the factory
 def t5_distill_pipeline(
-    size: str = "full", device: str = "cpu", seed: int = 0, threads: int | None = 1
+    size: str = "full",
+    device: str = "cpu",
+    seed: int = 0,
+    threads: int | None = 1,
+    student_labels: float = 1.0,
 ) -> Pipeline:
     """The T5 distillation pipeline (see the module docstring).
 
@@ -321,14 +330,20 @@ def t5_distill_pipeline(
         threads: Torch CPU threads while a stage runs (restored afterwards); ``None``
             leaves torch's setting alone. The models are tiny, so one thread loses little
             and leaves the other cores to other jobs.
+        student_labels: The fraction of the training examples whose targets the students
+            see (the first ones of the random split; the teacher always sees them all). The
+            other examples reach a student only through the distillation term, with the
+            teacher's greedy decodes as decoder inputs (sequence-level, Kim & Rush 2016);
+            ``alpha = 0`` then trains on the labelled fraction alone (repeated, so for as many
+            optimizer steps). 1.0 (the default): every student sees every target.
 
     Returns:
         The pipeline ``data -> teacher -> student1 -> student2 -> student3``; its sink
         returns ``{"rougeLsum": float}`` and ``metric`` is ``"rougeLsum"``.
 
     Raises:
-        ValueError: A bad ``size``, ``device``, ``seed`` or ``threads``, or ``size="gpu"``
-            without ``device="cuda"`` (before anything runs).
+        ValueError: A bad ``size``, ``device``, ``seed``, ``threads`` or ``student_labels``,
+            or ``size="gpu"`` without ``device="cuda"`` (before anything runs).
 
     Example:
         >>> pipe = t5_distill_pipeline(size="smoke", device="cpu", seed=0)
@@ -355,9 +370,13 @@ def t5_distill_pipeline(
         isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
     ):
         raise ValueError(f"`threads` must be a positive integer or None, but got {threads!r}")
+    if isinstance(student_labels, bool) or not (
+        isinstance(student_labels, int | float) and 0.0 < student_labels <= 1.0
+    ):
+        raise ValueError(f"`student_labels` must be in (0, 1], but got {student_labels!r}")
 
     cfg = _SIZES[size]
-    run = _Runner(cfg, torch.device(device), seed, threads)
+    run = _Runner(cfg, torch.device(device), seed, threads, float(student_labels))
     # The corpus is the installed stdlib's source: another Python version is other data. size
     # and seed change the split and every model, so they join the version too; every later
     # stage's Merkle key includes this one, so studies of other sizes or seeds never mix.
@@ -372,16 +391,29 @@ def t5_distill_pipeline(
     for k in (1, 2, 3):
         inputs = ("data", "teacher", *((f"student{k - 1}",) if k > 1 else ()))
         space = T5_DISTILL_SPACE[f"student{k}"]
-        stages.append(Stage(run.student(k), f"student{k}", inputs=inputs, version="2", space=space))
+        # Fewer labels are other students: their own cache keys.
+        version = "2" if student_labels == 1.0 else f"2-labels{float(student_labels):g}"
+        stages.append(
+            Stage(run.student(k), f"student{k}", inputs=inputs, version=version, space=space)
+        )
     return Pipeline(stages, metric="rougeLsum")
 
 
 # ---------------------------------------------------------------------- the stages
 class _Runner:
-    """The stage functions, bound to one size, device, seed and thread count."""
+    """The stage functions, bound to one size, device, seed, thread count and fraction of
+    the targets the students see."""
 
-    def __init__(self, cfg: _Size, device: torch.device, seed: int, threads: int | None):
+    def __init__(
+        self,
+        cfg: _Size,
+        device: torch.device,
+        seed: int,
+        threads: int | None,
+        student_labels: float = 1.0,
+    ):
         self.cfg, self.device, self.seed, self.threads = cfg, device, seed, threads
+        self.student_labels = student_labels
 
     def data(self, batch_size: int, max_input_len: int) -> dict[str, Any]:
         """Stage 0: the tokenized split. Tensors stay on the CPU (they are cached)."""
@@ -455,9 +487,10 @@ class _Runner:
                     student = _student_from_teacher(self.cfg, teacher_model)
                 else:
                     student = _load_model(self.cfg.student, upstream[previous], self.device)
+                data_k, labelled = self._student_data(data, teacher_model, alpha)
                 _train(
                     student,
-                    data,
+                    data_k,
                     lr=lr,
                     weight_decay=weight_decay,
                     epochs=self.cfg.student_epochs,
@@ -467,6 +500,7 @@ class _Runner:
                     teacher=teacher_model,
                     temperature=temperature,
                     alpha=alpha,
+                    labelled=labelled,
                 )
                 if k < 3:
                     return _to_bytes(student)
@@ -479,8 +513,60 @@ class _Runner:
         run.__name__ = run.__qualname__ = f"t5_student{k}"
         return run
 
+    def _student_data(
+        self, data: Mapping[str, Any], teacher: torch.nn.Module, alpha: float
+    ) -> tuple[Mapping[str, Any], torch.Tensor | None]:
+        """The training data a student sees, and which of its rows carry true targets
+        (None: all). With ``student_labels < 1`` the first fraction of the rows keep their
+        targets; the others get the teacher's greedy decodes (distilled only) or, with
+        ``alpha = 0``, are replaced by repeats of the labelled rows (targets alone, as many
+        optimizer steps as a distilled student)."""
+        n = data["train_x"].shape[0]
+        n_labelled = max(1, round(self.student_labels * n))
+        if n_labelled >= n:
+            return data, None
+        if alpha <= 0.0:
+            reps = -(-n // n_labelled)
+            tiled = {k: data[k][:n_labelled].repeat(reps, 1)[:n] for k in _TRAIN_KEYS}
+            return {**data, **tiled}, None
+        decodes = _greedy_targets(
+            teacher, data["train_x"][n_labelled:], data["train_mask"][n_labelled:], self.device
+        )
+        y = data["train_y"]
+        width = max(y.shape[1], decodes.shape[1])
+        y = torch.cat([_pad_right(y[:n_labelled], width), _pad_right(decodes, width)])
+        labelled = torch.arange(n) < n_labelled  # n
+        return {**data, "train_y": y}, labelled
+
 
 # ---------------------------------------------------------------------- helpers
+_TRAIN_KEYS = ("train_x", "train_mask", "train_y")
+
+
+def _pad_right(y: torch.Tensor, width: int) -> torch.Tensor:
+    """``y`` (n x L) padded with -100 (ignored) to n x ``width``."""
+    return F.pad(y, (0, width - y.shape[1]), value=-100)
+
+
+@torch.no_grad()
+def _greedy_targets(
+    teacher: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """The teacher's greedy decodes of ``x`` as targets: n x L byte ids, -100 after eos."""
+    teacher.eval()
+    out = []
+    for start in range(0, x.shape[0], _EVAL_BATCH):
+        ids = teacher.generate(
+            input_ids=x[start : start + _EVAL_BATCH].to(device),
+            attention_mask=mask[start : start + _EVAL_BATCH].to(device),
+            max_new_tokens=_MAX_TARGET_LEN + 1,
+            do_sample=False,
+            num_beams=1,
+        )[:, 1:].cpu()  # drop the decoder start id
+        out.append(_pad_right(ids.masked_fill(ids == 0, -100), _MAX_TARGET_LEN + 1))
+    return torch.cat(out)
+
+
 def _module_name(name: str) -> str:
     """The top-level name: ``"asyncio/base_events"`` -> ``"asyncio"``."""
     return name.split("/")[0]
@@ -601,9 +687,12 @@ def _train(
     teacher: torch.nn.Module | None = None,
     temperature: float = 1.0,
     alpha: float = 0.0,
+    labelled: torch.Tensor | None = None,
 ) -> None:
     """AdamW on the cross-entropy, mixed with the distillation term when ``teacher`` is given
-    (``alpha`` weighs the distillation term, ``1 - alpha`` the cross-entropy)."""
+    (``alpha`` weighs the distillation term, ``1 - alpha`` the cross-entropy). ``labelled``
+    (n bools; None: all) marks the rows whose ``train_y`` are true targets: the
+    cross-entropy is taken on those rows only, the distillation term on every row."""
     x, mask, y = data["train_x"], data["train_mask"], data["train_y"]
     n, batch_size = x.shape[0], data["batch_size"]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -622,6 +711,10 @@ def _train(
             xb, mb, yb = x[idx].to(device), mask[idx].to(device), y[idx].to(device)
             out = model(input_ids=xb, attention_mask=mb, labels=yb)
             loss = out.loss
+            if labelled is not None:  # the cross-entropy on the true targets only
+                y_ce = yb.masked_fill(~labelled[idx, None].to(device), -100)
+                ce = F.cross_entropy(out.logits.flatten(0, 1), y_ce.flatten(), reduction="sum")
+                loss = ce / (y_ce != -100).sum().clamp_min(1)
             if distill:
                 with torch.no_grad():
                     t_logits = teacher(input_ids=xb, attention_mask=mb, labels=yb).logits
@@ -820,13 +913,70 @@ def _learning(size: str, device: str) -> None:
     print(f"{values['student3']['rougeLsum']:.4f} |", flush=True)
     for alpha, temperature in [(0.0, 4.5), (0.5, 1.0), (0.9, 4.5)]:
         student = {**mid_student, "alpha": alpha, "temperature": temperature}
-        params = mid | {f"student{k}": student for k in (1, 2, 3)}
-        again = {"data": data, "teacher": values["teacher"]}
-        _run_direct(pipe, params, again)
-        print(
-            f"| {alpha:.2f} | {temperature:.2f} | {again['student3']['rougeLsum']:.4f} |",
-            flush=True,
-        )
+        score, _ = _student_chain(pipe, mid, values, student)
+        print(f"| {alpha:.2f} | {temperature:.2f} | {score:.4f} |", flush=True)
+
+
+def _student_chain(
+    pipe: Pipeline,
+    params: Mapping[str, Mapping[str, Any]],
+    values: Mapping[str, Any],
+    student: Mapping[str, Any],
+) -> tuple[float, float]:
+    """Rerun student1-3, all with the parameters ``student``, on the data and teacher in
+    ``values``; the final student's ROUGE-Lsum and the three stages' seconds."""
+    again = {"data": values["data"], "teacher": values["teacher"]}
+    seconds = _run_direct(pipe, {**params, **{f"student{k}": student for k in (1, 2, 3)}}, again)
+    return again["student3"]["rougeLsum"], sum(seconds.values())
+
+
+def _distill_sweep(
+    size: str,
+    device: str,
+    seed: int,
+    overrides: Mapping[str, Mapping[str, Any]],
+    student_lrs: list[float],
+    settings: list[tuple[float, float]],
+    student_labels: float = 1.0,
+) -> None:
+    """One data split and one teacher (the middle of the space with ``overrides``), then the
+    student chain for every student ``lr`` x (``alpha``, ``temperature``) in ``settings``;
+    each distilled row is compared with ``alpha = 0`` (targets alone) at the same ``lr``.
+    ``student_labels``: as in :func:`t5_distill_pipeline`."""
+    pipe = t5_distill_pipeline(size=size, device=device, seed=seed, student_labels=student_labels)
+    cfg, dev = _SIZES[size], torch.device(device)
+    params = _middle()
+    for stage, section in overrides.items():
+        params[stage] = {**params[stage], **section}
+    print(
+        f"seed {seed}; data {params['data']}; teacher {params['teacher']}; "
+        f"students see {student_labels:g} of the targets"
+    )
+    values: dict[str, Any] = {}
+    for stage in ("data", "teacher"):
+        kwargs = {i: values[i] for i in pipe[stage].inputs} | dict(params[stage])
+        values[stage], seconds = _timed(pipe[stage].func, **kwargs)
+    teacher = _load_model(cfg.teacher, values["teacher"], dev)
+    print(
+        f"teacher: ROUGE-Lsum {_score(teacher, values['data'], dev, cfg.max_new_tokens):.4f} "
+        f"({seconds:.1f} s)"
+    )
+    print("\n| student lr | alpha | temperature | final student | minus alpha 0 | seconds |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    if not any(alpha == 0.0 for alpha, _ in settings):
+        settings = [(0.0, 1.0), *settings]  # the reference: targets alone
+    settings = sorted(settings, key=lambda s: s[0] != 0.0)  # alpha = 0 first
+    for lr in student_lrs:
+        alone = None
+        for alpha, temperature in settings:
+            student = {**params["student1"], "lr": lr, "alpha": alpha, "temperature": temperature}
+            score, seconds = _student_chain(pipe, params, values, student)
+            alone = score if alpha == 0.0 and alone is None else alone
+            print(
+                f"| {lr:g} | {alpha:g} | {temperature:g} | {score:.4f} "
+                f"| {score - alone:+.4f} | {seconds:.0f} |",
+                flush=True,
+            )
 
 
 def _sobol(size: str, device: str, n: int, seed: int) -> None:
@@ -867,8 +1017,10 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(
         description="Measure the t5_distill pipeline: stage times through Prefect (default), "
-        "--learning (baselines, teacher and students at the middle of the space), or "
-        "--sobol N (N Sobol configurations, stage functions run directly)."
+        "--learning (baselines, teacher and students at the middle of the space), "
+        "--sobol N (N Sobol configurations, stage functions run directly), or "
+        "--distill-sweep (one teacher, then the students for each --student-lr and "
+        "--pairs alpha:T, each against alpha 0: the same students on the targets alone)."
     )
     parser.add_argument("--size", choices=sorted(_SIZES), default="smoke")
     parser.add_argument("--repeats", type=int, default=2)
@@ -876,8 +1028,47 @@ if __name__ == "__main__":
     parser.add_argument("--learning", action="store_true")
     parser.add_argument("--sobol", type=int, default=0, metavar="N")
     parser.add_argument("--sobol-seed", type=int, default=0)
+    parser.add_argument("--distill-sweep", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="the pipeline's seed (sweep)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="STAGE.PARAM=VALUE",
+        help="sweep: change the middle of the space for data or teacher (repeatable)",
+    )
+    parser.add_argument("--student-lr", type=float, nargs="+", default=[1e-3])
+    parser.add_argument(
+        "--student-labels", type=float, default=1.0, help="sweep: see t5_distill_pipeline"
+    )
+    parser.add_argument(
+        "--pairs",
+        nargs="+",
+        default=["0:1", "0.5:4.5", "0.5:1", "0.9:4.5"],
+        metavar="ALPHA:T",
+        help="sweep: the students' (alpha, temperature) settings; alpha 0 is always run",
+    )
     args = parser.parse_args()
-    if args.learning:
+    if args.distill_sweep:
+        overrides: dict[str, dict[str, float]] = {}
+        for item in args.set:
+            key, _, value = item.partition("=")
+            stage, _, name = key.partition(".")
+            if stage not in ("data", "teacher") or name not in T5_DISTILL_SPACE[stage]:
+                parser.error(f"--set takes data.* or teacher.* parameters, but got {item!r}")
+            spec = T5_DISTILL_SPACE[stage][name]
+            overrides.setdefault(stage, {})[name] = (int if spec["type"] == "int" else float)(value)
+        pairs = [tuple(float(v) for v in p.split(":")) for p in args.pairs]
+        _distill_sweep(
+            args.size,
+            args.device,
+            args.seed,
+            overrides,
+            args.student_lr,
+            pairs,
+            args.student_labels,
+        )
+    elif args.learning:
         _learning(args.size, args.device)
     elif args.sobol:
         _sobol(args.size, args.device, args.sobol, args.sobol_seed)

@@ -152,7 +152,8 @@ def test_work_pool_study_evicts_and_stops_after_failures_in_a_row(
         cfg["output_dir"] = str(tmp_path / name)
         return run(cfg)
 
-    study("evicts", "budget=24", "storage.max_bytes=1500")
+    # Past the warm-up (3 trials, ~25 units) so that later trials store more entries.
+    study("evicts", "budget=40", "storage.max_bytes=1500")
     store = Store(f"{url}/evicts")
     names = store.list_files("studies/evicts/trials")
     records = [json.loads(store.read_file(f"studies/evicts/trials/{n}")) for n in names]

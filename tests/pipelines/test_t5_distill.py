@@ -197,3 +197,47 @@ def test_smoke_study_end_to_end(prefect_harness, tmp_path):
     assert (tmp_path / "out" / "results.csv").read_text().count("\n") == len(records) + 1
     assert "objective:" in (tmp_path / "out" / "best.yaml").read_text()
     assert (tmp_path / "out" / "best_vs_cost.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------------- the distillation sweep
+def test_distill_sweep_compares_with_targets_alone(capsys):
+    from stages.pipelines.t5_distill import _distill_sweep
+
+    _distill_sweep("smoke", "cpu", 0, {"teacher": {"lr": 3e-3}}, [1e-3], [(0.5, 2.0)])
+    out = capsys.readouterr().out
+    assert "teacher {'lr': 0.003, 'weight_decay': 0.001}" in out
+    rows = [line for line in out.splitlines() if line.startswith("| 0.001 |")]
+    # alpha 0 (targets alone) is added and comes first; each row is compared with it.
+    assert [row.split(" | ")[1:3] for row in rows] == [["0", "1"], ["0.5", "2"]]
+    assert rows[0].split(" | ")[4] == "+0.0000"
+
+
+def test_students_can_see_a_fraction_of_the_targets():
+    from stages.pipelines.t5_distill import _SIZES, _load_model, _Runner
+
+    with pytest.raises(ValueError, match=r"`student_labels` must be in \(0, 1\], but got 0"):
+        t5_distill_pipeline(size="smoke", student_labels=0)
+    full = t5_distill_pipeline(size="smoke")
+    quarter = t5_distill_pipeline(size="smoke", student_labels=0.25)
+    assert full["student1"].version != quarter["student1"].version  # other cache keys
+    assert full["teacher"].version == quarter["teacher"].version
+    data = quarter["data"](**PARAMS_A["data"])
+    blob = quarter["teacher"](data=data, **PARAMS_A["teacher"])
+    teacher = _load_model(_SIZES["smoke"].teacher, blob, torch.device("cpu"))
+    run = _Runner(_SIZES["smoke"], torch.device("cpu"), 0, 1, 0.25)
+    # Targets alone: the 4 labelled rows, repeated to the 16 rows' number of steps.
+    alone, labelled = run._student_data(data, teacher, alpha=0.0)
+    assert labelled is None and alone["train_x"].shape == data["train_x"].shape
+    assert torch.equal(alone["train_x"][4:8], data["train_x"][:4])
+    # Distilled: every row, the first 4 with their targets, the rest with the teacher's decodes.
+    mixed, labelled = run._student_data(data, teacher, alpha=0.5)
+    assert labelled.tolist() == [True] * 4 + [False] * 12
+    width = data["train_y"].shape[1]
+    assert torch.equal(mixed["train_y"][:4, :width], data["train_y"][:4])
+    assert torch.equal(mixed["train_x"], data["train_x"])
+    for alpha in (0.0, 0.5):  # both paths train and score
+        student = {**STUDENT, "alpha": alpha}
+        s1 = quarter["student1"](data=data, teacher=blob, **student)
+        s2 = quarter["student2"](data=data, teacher=blob, student1=s1, **student)
+        out = quarter["student3"](data=data, teacher=blob, student2=s2, **student)
+        assert 0.0 <= out["rougeLsum"] <= 1.0
