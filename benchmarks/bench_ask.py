@@ -23,6 +23,8 @@ of that history, so every ask does the same work; medians over ``--asks`` asks.
 the 10-stage one, where ``ask()`` fits one cost GP per stage:
 
     .venv/bin/python benchmarks/bench_ask.py --problem synthetic10 --n 100
+
+``--option key=value`` passes EEIPU method options, e.g. ``--option incumbent=noisy``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import time
 from typing import Any
 
 import torch
+import yaml
 from botorch.acquisition.analytic import LogExpectedImprovement
 from botorch.optim import optimize_acqf
 
@@ -94,9 +97,14 @@ def history(
     return opt.trials, cache
 
 
+OPTIONS: dict[str, Any] = {}  # EEIPU method options (--option)
+
+
 def replayed(space: SearchSpace, told: list[Trial]) -> Optimizer:
     """An EEIPU optimizer told ``told`` (as its warm-up): its next ask is model-based."""
-    opt = Optimizer(space, method="eeipu", budget=1e12, n_init=len(told), seed=0)
+    opt = Optimizer(
+        space, method="eeipu", budget=1e12, n_init=len(told), seed=0, method_options=OPTIONS
+    )
     for t in told:
         opt.add_trial(t.params, t.objective, t.costs, cached=t.cached)
     return opt
@@ -174,12 +182,25 @@ def main() -> None:
         default=0.5,
         help="share of history trials that keep an earlier trial's leading stages",
     )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an EEIPU method option (YAML value), e.g. incumbent=noisy",
+    )
     args = parser.parse_args()
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--option {item!r}: expected KEY=VALUE")
+        OPTIONS[key] = yaml.safe_load(value)
     problem = synthetic_variant(args.problem)
     space = SearchSpace.from_dict(problem.space_dict())
     print(
         f"{args.problem} ({len(problem.names)} stages, {space.dim} parameters), torch "
         f"{torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()}"
+        + (f", options {OPTIONS}" if OPTIONS else "")
     )
     if args.pending:
         pending_table(space, problem, args.n, args.pending, args.asks, args.reuse)

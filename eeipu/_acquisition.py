@@ -39,7 +39,9 @@ class LogEIPerCost(AcquisitionFunction):
     """log EI(x) + η · log E[1 / C(x; δ)], the log of EI per unit (expected) cost.
 
     With ``cost_model=None`` this is LogEI; with a total-cost model and η = 1 it is EIPS; with
-    per-stage cost models and δ > 0 it is EEIPU's memoization-aware acquisition.
+    per-stage cost models and δ > 0 it is EEIPU's memoization-aware acquisition. ``log_ei``
+    replaces the quality term, e.g. by BoTorch's ``qLogNoisyExpectedImprovement`` (noisy
+    incumbent, pending trials integrated over), with the same cost term.
 
     Args:
         model: The objective GP (maximized).
@@ -47,6 +49,8 @@ class LogEIPerCost(AcquisitionFunction):
         cost_model: Expected-inverse-cost model, or None.
         eta: Cost exponent η ≥ 0.
         n_cached: δ, the number of leading stages that are cached for these candidates.
+        log_ei: The quality term, an acquisition of ``batch x 1 x d`` in log space; default
+            ``LogExpectedImprovement(model, best_f)`` (``best_f`` is then required).
 
     Example:
         >>> acq = LogEIPerCost(gp, best_f=Y.max(), cost_model=costs, eta=0.8, n_cached=1)
@@ -56,22 +60,32 @@ class LogEIPerCost(AcquisitionFunction):
     def __init__(
         self,
         model: Model,
-        best_f: float | Tensor,
+        best_f: float | Tensor | None,
         cost_model: CostModel | None = None,
         eta: float = 1.0,
         n_cached: int | Tensor = 0,
+        log_ei: AcquisitionFunction | None = None,
     ) -> None:
         super().__init__(model=model)
-        self.log_ei = LogExpectedImprovement(model=model, best_f=best_f)
+        if log_ei is None:
+            if best_f is None:
+                raise ValueError("LogEIPerCost needs `best_f` or `log_ei`")
+            log_ei = LogExpectedImprovement(model=model, best_f=best_f)
+        self.log_ei = log_ei
         self.cost_model = cost_model
         self.eta = float(eta)
         self.n_cached = n_cached
+
+    @property
+    def uses_cost(self) -> bool:
+        """Whether the cost term counts (a cost model and η ≠ 0)."""
+        return self.cost_model is not None and self.eta != 0.0
 
     @t_batch_mode_transform(expected_q=1)
     def forward(self, X: Tensor) -> Tensor:
         """``batch x 1 x d`` -> ``batch``."""
         value = self.log_ei(X)
-        if self.cost_model is None or self.eta == 0.0:
+        if not self.uses_cost:
             return value
         log_inv_cost = self.cost_model.log_expected_inverse_cost(X.squeeze(-2), self.n_cached)
         return value + self.eta * log_inv_cost.to(value)

@@ -33,10 +33,12 @@ from typing import Any
 
 import torch
 from botorch.acquisition import AcquisitionFunction
+from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from botorch.exceptions.warnings import OptimizationWarning
 from botorch.generation import gen as botorch_gen
 from botorch.generation.gen import gen_candidates_scipy
 from botorch.models import SingleTaskGP
+from botorch.sampling import SobolQMCNormalSampler
 from torch import Tensor
 from torch.quasirandom import SobolEngine
 
@@ -244,6 +246,9 @@ class RandomSearch(Method):
         return Proposal(torch.rand(obs.space.dim, generator=obs.rng, dtype=torch.double))
 
 
+INCUMBENTS = ("observed", "mean", "noisy")
+
+
 class CostAwareEI(WarmStartState, Method):
     """LogEI, optionally per unit expected cost, optionally cooled and memoization-aware.
 
@@ -280,7 +285,11 @@ class CostAwareEI(WarmStartState, Method):
         incumbent: What EI improves on: ``"observed"``, the best observed objective (the
             textbook choice for noise-free objectives), or ``"mean"``, the best posterior
             mean of the objective GP at the told trials (plug-in EI for noisy objectives:
-            a lucky draw neither inflates the incumbent nor starves exploration).
+            a lucky draw neither inflates the incumbent nor starves exploration), or
+            ``"noisy"``, BoTorch's ``qLogNoisyExpectedImprovement``: EI integrated over the
+            joint posterior of the told trials (no incumbent value at all), with trials
+            still running integrated over as ``X_pending`` instead of conditioned on their
+            posterior mean (the kriging believer); ``mc_samples`` quasi-MC samples.
     """
 
     def __init__(
@@ -306,8 +315,11 @@ class CostAwareEI(WarmStartState, Method):
             raise OptimizerError(
                 f"`cost_inputs` must be 'prefix' or 'stage', but got {cost_inputs!r}"
             )
-        if incumbent not in ("observed", "mean"):
-            raise OptimizerError(f"`incumbent` must be 'observed' or 'mean', but got {incumbent!r}")
+        if incumbent not in INCUMBENTS:
+            raise OptimizerError(
+                f"`incumbent` must be one of {', '.join(map(repr, INCUMBENTS))}, "
+                f"but got {incumbent!r}"
+            )
         if memoize and cost != "stage":
             raise OptimizerError("`memoize=True` needs per-stage costs (cost='stage')")
         if load_eps is not None and not (load_eps > 0 and math.isfinite(load_eps)):
@@ -339,16 +351,16 @@ class CostAwareEI(WarmStartState, Method):
         self._init: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ models
-    def _fit_objective(self, obs: Observations):
+    def _fit_objective(self, obs: Observations, condition: bool = True):
         """The objective GP, its hyperparameters fitted on the told rows only; pending rows
-        (their fantasies) are conditioned on afterwards, a rank-p update of the fitted GP:
-        fantasies would drag a fit away from the warm start (several times the L-BFGS
-        steps) and teach the hyperparameters nothing."""
+        (their fantasies) are conditioned on afterwards (unless ``condition`` is False), a
+        rank-p update of the fitted GP: fantasies would drag a fit away from the warm start
+        (several times the L-BFGS steps) and teach the hyperparameters nothing."""
         n = obs.X.shape[0] - obs.n_pending
         init = self._init.get("objective") if self.warm_start else None
         model = fit_gp(obs.X[:n], obs.Y[:n], init)
         self._init["objective"] = gp_hyperparameters(model)
-        if obs.n_pending:
+        if obs.n_pending and condition:
             with torch.no_grad():
                 model.posterior(obs.X[n:])  # fills the caches that conditioning updates
             model = model.condition_on_observations(obs.X[n:], obs.Y[n:])
@@ -388,9 +400,20 @@ class CostAwareEI(WarmStartState, Method):
     def acquisition(self, obs: Observations, n_cached: int | Tensor = 0) -> LogEIPerCost:
         """The fitted acquisition for candidates whose first ``n_cached`` stages are cached."""
         eta = obs.eta if self.cooling else 1.0
+        n = obs.X.shape[0] - obs.n_pending
+        if self.incumbent == "noisy":
+            model = self._fit_objective(obs, condition=False)
+            sampler = SobolQMCNormalSampler(torch.Size([self.mc_samples]), seed=obs.seed)
+            noisy = qLogNoisyExpectedImprovement(
+                model=model,
+                X_baseline=obs.X[:n],
+                sampler=sampler,
+                X_pending=obs.X[n:] if obs.n_pending else None,
+                prune_baseline=True,
+            )
+            return LogEIPerCost(model, None, self.cost_model(obs), eta, n_cached, log_ei=noisy)
         model = self._fit_objective(obs)
         if self.incumbent == "mean":
-            n = obs.X.shape[0] - obs.n_pending
             with torch.no_grad():
                 best_f = model.posterior(obs.X[:n]).mean.max()
         else:
@@ -540,11 +563,9 @@ def acquisition_terms(acq: LogEIPerCost, ranked: list[Proposal]) -> list[Proposa
     with torch.no_grad():
         acq.n_cached = torch.tensor(delta, dtype=torch.long)
         log_inv_cost = acq.log_inverse_cost(X).reshape(-1).tolist()  # B
-    # forward() drops the cost term when eta == 0 or there is no cost model.
-    use_cost = acq.cost_model is not None and acq.eta != 0.0
     terms = []
     for p, k, lic in zip(ranked, delta, log_inv_cost, strict=True):
-        cost_term = acq.eta * lic if use_cost else 0.0
+        cost_term = acq.eta * lic if acq.uses_cost else 0.0
         terms.append(
             {
                 "log_ei": float(p.acq_value) - cost_term,

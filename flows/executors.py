@@ -320,7 +320,7 @@ class _RemoteExecutor:
     run id; each publishes its outcome to the study's storage, read when the run ends.
 
     A subclass says how to start a trial (``_start``, returning the run id), how to read
-    a run (``_read_run``), and names its runs (``run_kind``: "flow run", "task run").
+    the runs in flight (``_read_runs``), and names its runs (``run_kind``: "flow run", "task run").
     """
 
     run_kind = "run"
@@ -340,9 +340,6 @@ class _RemoteExecutor:
     def _start(self, job: TrialJob) -> str:
         raise NotImplementedError
 
-    def _read_run(self, run_id: str) -> Any:
-        raise NotImplementedError
-
     def _read_runs(self, run_ids: list[str]) -> list[Any]:
         """The runs ``run_ids`` (any order; a run the server no longer has is left out)."""
         raise NotImplementedError
@@ -356,11 +353,7 @@ class _RemoteExecutor:
     def _reattach(self, job: TrialJob) -> bool:
         """Wait for the run a crashed controller started (it ran on): True, unless that
         run is gone."""
-        from prefect.exceptions import ObjectNotFound
-
-        try:
-            self._read_run(job.ref)
-        except ObjectNotFound:
+        if not self._read_runs([job.ref]):
             return False
         say(
             self.cfg,
@@ -436,9 +429,6 @@ class WorkPoolExecutor(_RemoteExecutor):
                 timeout=0,
             )
         return str(run.id)
-
-    def _read_run(self, run_id: str) -> Any:
-        return self._client.read_flow_run(run_id)
 
     def _read_runs(self, run_ids: list[str]) -> list[Any]:
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -540,9 +530,6 @@ class TaskWorkerExecutor(_RemoteExecutor):
                 }
             )
         return str(future.task_run_id)
-
-    def _read_run(self, run_id: str) -> Any:
-        return self._client.read_task_run(run_id)
 
     def _read_runs(self, run_ids: list[str]) -> list[Any]:
         from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId

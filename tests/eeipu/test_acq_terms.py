@@ -113,7 +113,7 @@ def _fake_acq(log_inv_cost, eta):
         calls.append((X.shape, acq.n_cached.tolist()))
         return torch.tensor(log_inv_cost, dtype=torch.double)
 
-    acq = SimpleNamespace(cost_model=object(), eta=eta, n_cached=0)
+    acq = SimpleNamespace(cost_model=object(), eta=eta, n_cached=0, uses_cost=eta != 0.0)
     acq.log_inverse_cost = log_inverse_cost
     return acq, calls
 

@@ -146,3 +146,24 @@ def test_fast_cost_predictor_equals_botorch_posterior(models):
     (g_fast,) = torch.autograd.grad((mean + std).sum(), X)
     (g_post,) = torch.autograd.grad((post.mean + post.variance.sqrt()).sum(), X)
     torch.testing.assert_close(g_fast, g_post, rtol=1e-7, atol=1e-9)
+
+
+def test_noisy_quality_term_keeps_the_cost_term(data, models):
+    """``log_ei=`` swaps the quality term (here BoTorch's qLogNEI: no incumbent value) and
+    leaves the memoization-aware cost term as it is."""
+    from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+    from botorch.sampling import SobolQMCNormalSampler
+
+    X_told = data[0]
+    gp, cost = models
+    nei = qLogNoisyExpectedImprovement(
+        gp, X_told, sampler=SobolQMCNormalSampler(torch.Size([64]), seed=0)
+    )
+    X = torch.rand(9, 1, D, dtype=torch.double, generator=torch.Generator().manual_seed(4))
+    acq = LogEIPerCost(gp, None, cost, eta=0.6, n_cached=1, log_ei=nei)
+    with torch.no_grad():
+        expected = nei(X) + 0.6 * cost.log_expected_inverse_cost(X.squeeze(-2), 1)
+        assert torch.allclose(acq(X), expected)
+        assert not torch.allclose(acq(X), LogEIPerCost(gp, data[1].max(), cost, 0.6, 1)(X))
+    with pytest.raises(ValueError, match="needs `best_f` or `log_ei`"):
+        LogEIPerCost(gp, None)

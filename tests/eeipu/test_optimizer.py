@@ -385,7 +385,7 @@ def test_recommend_discounts_a_lucky_draw(space):
 
 def test_incumbent_option(space):
     with pytest.raises(
-        OptimizerError, match="`incumbent` must be 'observed' or 'mean', but got 'x'"
+        OptimizerError, match="`incumbent` must be one of 'observed', 'mean', 'noisy', but got 'x'"
     ):
         Optimizer(space, method_options={**FAST, "incumbent": "x"})
     opt = Optimizer(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import eeipu._methods
 import eeipu._models
@@ -122,3 +123,33 @@ def test_pending_trials_are_fantasized_without_an_extra_gp_fit(monkeypatch):
     # Without carried hyperparameters (warm_start off) the believer fits its own GP.
     x.method.warm_start = False
     assert fits_of_an_ask(x)[0] == n0 + 1
+
+
+def test_noisy_incumbent_integrates_pending_trials_instead_of_believing_them(monkeypatch):
+    """``incumbent: noisy``: qLogNEI over the told trials, pending ones passed as
+    ``X_pending`` (integrated over), the objective GP not conditioned on fantasies."""
+    problem = SyntheticProblem()
+    opt = Optimizer(
+        _space(problem),
+        budget=1000.0,
+        n_init=3,
+        seed=0,
+        method_options={**FAST, "incumbent": "noisy"},
+    )
+    simulate(opt, problem, max_trials=6)
+    built = []
+    real = eeipu._methods.qLogNoisyExpectedImprovement
+
+    def recorded(*, model, X_baseline, X_pending, **kwargs):
+        built.append((model.train_inputs[0].shape[0], X_baseline.shape[0], X_pending))
+        return real(model=model, X_baseline=X_baseline, X_pending=X_pending, **kwargs)
+
+    monkeypatch.setattr(eeipu._methods, "qLogNoisyExpectedImprovement", recorded)
+    n = len(opt.trials)
+    a = opt.ask()
+    b = opt.ask()  # `a` is pending
+    assert a.origin == b.origin == "eeipu" and a.params != b.params
+    (fit_a, base_a, pend_a), (fit_b, base_b, pend_b) = built
+    assert (fit_a, base_a, pend_a) == (n, n, None)
+    assert (fit_b, base_b) == (n, n)  # a GP of the told trials only: no fantasy row
+    assert pend_b is not None and torch.equal(pend_b, opt.space.encode(a.params).unsqueeze(0))
