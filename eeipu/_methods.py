@@ -290,6 +290,9 @@ class CostAwareEI(WarmStartState, Method):
             joint posterior of the told trials (no incumbent value at all), with trials
             still running integrated over as ``X_pending`` instead of conditioned on their
             posterior mean (the kriging believer); ``mc_samples`` quasi-MC samples.
+        cost_weight: c ≥ 0 in ``log EI + c · η · log E[1/C]``: how many nats of log EI one
+            nat of expected inverse cost is worth (1: EI per unit cost, the paper's trade-off;
+            0: cost-blind).
     """
 
     def __init__(
@@ -308,6 +311,7 @@ class CostAwareEI(WarmStartState, Method):
         maxiter: int = 200,
         warm_start: bool = True,
         incumbent: str = "observed",
+        cost_weight: float = 1.0,
     ) -> None:
         if cost not in (None, "total", "stage"):
             raise OptimizerError(f"`cost` must be None, 'total' or 'stage', but got {cost!r}")
@@ -320,6 +324,8 @@ class CostAwareEI(WarmStartState, Method):
                 f"`incumbent` must be one of {', '.join(map(repr, INCUMBENTS))}, "
                 f"but got {incumbent!r}"
             )
+        if not (isinstance(cost_weight, int | float) and 0 <= cost_weight < math.inf):
+            raise OptimizerError(f"`cost_weight` must be a number >= 0, but got {cost_weight!r}")
         if memoize and cost != "stage":
             raise OptimizerError("`memoize=True` needs per-stage costs (cost='stage')")
         if load_eps is not None and not (load_eps > 0 and math.isfinite(load_eps)):
@@ -348,6 +354,7 @@ class CostAwareEI(WarmStartState, Method):
         self.maxiter = maxiter
         self.warm_start = warm_start
         self.incumbent = incumbent
+        self.cost_weight = float(cost_weight)
         self._init: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ models
@@ -399,7 +406,7 @@ class CostAwareEI(WarmStartState, Method):
 
     def acquisition(self, obs: Observations, n_cached: int | Tensor = 0) -> LogEIPerCost:
         """The fitted acquisition for candidates whose first ``n_cached`` stages are cached."""
-        eta = obs.eta if self.cooling else 1.0
+        eta = (obs.eta if self.cooling else 1.0) * self.cost_weight
         n = obs.X.shape[0] - obs.n_pending
         if self.incumbent == "noisy":
             model = self._fit_objective(obs, condition=False)

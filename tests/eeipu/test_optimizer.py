@@ -395,6 +395,25 @@ def test_incumbent_option(space):
     assert [t.origin for t in trials[3:]] == ["eeipu"] * 3
 
 
+def test_cost_weight_scales_the_cost_term(space):
+    """``cost_weight`` c: the acquisition is ``log EI + c * eta * log E[1/C]``, so the
+    recorded terms of the same ask (same seed, same history) carry c * eta."""
+    with pytest.raises(OptimizerError, match="`cost_weight` must be a number >= 0, but got -1"):
+        Optimizer(space, method_options={**FAST, "cost_weight": -1})
+    terms = {}
+    for c in (1.0, 0.5, 0.0):
+        opt = Optimizer(
+            space, budget=100.0, n_init=4, seed=2, method_options={**FAST, "cost_weight": c}
+        )
+        run(opt, 4)
+        eta = opt.eta
+        trial = opt.ask(cache=HistoryCacheView(space.stages, [t.params for t in opt.trials]))
+        terms[c] = trial.acq_terms
+        assert terms[c]["eta"] == pytest.approx(c * eta)
+        assert terms[c]["cost_term"] == pytest.approx(c * eta * terms[c]["log_inv_cost"])
+    assert terms[0.0]["cost_term"] == 0.0
+
+
 def test_overhead_counts_in_the_budget_not_in_the_cost_models(space):
     plain = Optimizer(space, method="random", budget=1e6, n_init=4, seed=0)
     charged = Optimizer(space, method="random", budget=1e6, n_init=4, seed=0)
