@@ -243,6 +243,7 @@ _FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 _POLL_SECONDS = 0.5
 _ATTEMPTS = 2  # a run that ends without an outcome (worker or infrastructure died) is retried
 _TASK_POLL_SECONDS = 0.1  # one cheap read for all task runs; a trial's wall time waits on it
+_WAITING = ("SCHEDULED", "PENDING")  # not started: no worker has taken the run (yet)
 
 
 @flow(name="eeipu-trial", log_prints=False, persist_result=False)
@@ -320,12 +321,19 @@ class _RemoteExecutor:
     run id; each publishes its outcome to the study's storage, read when the run ends.
 
     A subclass says how to start a trial (``_start``, returning the run id), how to read
-    the runs in flight (``_read_runs``), and names its runs (``run_kind``: "flow run", "task run").
+    the runs in flight (``_read_runs``), names its runs (``run_kind``: "flow run", "task
+    run") and says how to start a worker for them (``worker_hint``).
+
+    A run that has not started ``waiting_warn_seconds`` after it was submitted (still
+    Scheduled or Pending: no worker took it) is reported once, with ``worker_hint``: a study
+    whose workers are down would otherwise wait without a word.
     """
 
     run_kind = "run"
     where = "still running"  # said when a resumed controller waits for a run
     poll_seconds = _POLL_SECONDS
+    waiting_warn_seconds = 60.0
+    worker_hint = "is a worker running?"
 
     def __init__(self, cfg: StudyConfig) -> None:
         from prefect import get_client
@@ -335,6 +343,7 @@ class _RemoteExecutor:
         self.store = store_for(cfg)
         self._client = get_client(sync_client=True).__enter__()
         self._running: dict[str, tuple[TrialJob, int]] = {}  # run id -> (job, attempt)
+        self._since: dict[str, float] = {}  # run id -> when it was submitted (monotonic)
         self._done: deque[tuple[TrialJob, TrialOutcome]] = deque()
 
     def _start(self, job: TrialJob) -> str:
@@ -349,6 +358,7 @@ class _RemoteExecutor:
             return
         job.ref = self._start(job)
         self._running[job.ref] = (job, attempt)
+        self._since[job.ref] = time.monotonic()
 
     def _reattach(self, job: TrialJob) -> bool:
         """Wait for the run a crashed controller started (it ran on): True, unless that
@@ -360,6 +370,7 @@ class _RemoteExecutor:
             f"trial {job.trial.number}: waiting for its {self.run_kind} {job.ref}, {self.where}",
         )
         self._running[job.ref] = (job, 1)
+        self._since[job.ref] = time.monotonic()
         return True
 
     def next_outcome(self) -> tuple[TrialJob, TrialOutcome]:
@@ -368,12 +379,32 @@ class _RemoteExecutor:
             # One request for every run in flight, however many there are.
             for run in self._read_runs(list(self._running)):
                 run_id, state = str(run.id), run.state
-                if run_id in self._running and state is not None and state.type.value in _FINAL:
+                if run_id not in self._running or state is None:
+                    continue
+                if state.type.value in _FINAL:
                     self._finished(run_id, state)
+                elif state.type.value in _WAITING:
+                    self._check_waiting(run_id, state.name)
+                else:
+                    self._since.pop(run_id, None)  # started: nothing more to watch
         return self._done.popleft()
+
+    def _check_waiting(self, run_id: str, state_name: str) -> None:
+        since = self._since.get(run_id)
+        if since is None or time.monotonic() - since < self.waiting_warn_seconds:
+            return
+        del self._since[run_id]  # once per run
+        job, _ = self._running[run_id]
+        say(
+            self.cfg,
+            f"trial {job.trial.number}: its {self.run_kind} {run_id} has waited "
+            f"{self.waiting_warn_seconds:.0f} s without starting ({state_name}): "
+            f"{self.worker_hint}",
+        )
 
     def _finished(self, run_id: str, state: Any) -> None:
         job, attempt = self._running.pop(run_id)
+        self._since.pop(run_id, None)
         path = _outcome_path(self.cfg.study, run_id)
         try:
             out = json.loads(self.store.read_file(path))
@@ -405,6 +436,14 @@ class WorkPoolExecutor(_RemoteExecutor):
 
     run_kind = "flow run"
     where = "still on the pool"
+
+    @property
+    def worker_hint(self) -> str:  # type: ignore[override]
+        pool = self.cfg.work_pool
+        return (
+            f"is a worker of work pool {pool!r} running against this server? "
+            f"(`prefect worker start --pool {pool}`, or `make worker`)"
+        )
 
     def __init__(self, cfg: StudyConfig) -> None:
         self._deployment = register_trial_deployment(cfg.work_pool)
@@ -492,6 +531,10 @@ class TaskWorkerExecutor(_RemoteExecutor):
     run_kind = "task run"
     where = "still with the task workers"
     poll_seconds = _TASK_POLL_SECONDS
+    worker_hint = (
+        "is a task worker running against this server, with a free slot? "
+        "(`eeipu worker --limit N`, or `make task-worker`)"
+    )
 
     def __init__(self, cfg: StudyConfig) -> None:
         from prefect.settings import get_current_settings

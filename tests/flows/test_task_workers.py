@@ -10,9 +10,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -21,24 +23,27 @@ from tests.helpers import OPTIMIZER_FAST, ROOT, composed, stop
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def warm_workers(prefect_harness: str, tmp_path: Path) -> Iterator[list[int]]:
-    """Two warm workers talking to the session's server; yields their process ids once
-    both have subscribed."""
+def _start_worker(api_url: str, log_path: Path) -> tuple[subprocess.Popen, IO[bytes]]:
+    """``python -m flows.worker --limit 1`` against ``api_url``, its output in ``log_path``."""
     env = {
         **os.environ,
-        "PREFECT_API_URL": prefect_harness,
+        "PREFECT_API_URL": api_url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "INFO",  # "Subscribing to runs of task(s)" tells it is up
         "PYTHONPATH": str(ROOT),
     }
-    procs = []
+    log = open(log_path, "wb")  # noqa: SIM115 (the caller closes it, with stop())
+    cmd = [sys.executable, "-m", "flows.worker", "--limit", "1"]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    return proc, log
+
+
+@pytest.fixture
+def warm_workers(prefect_harness: str, tmp_path: Path) -> Iterator[list[int]]:
+    """Two warm workers talking to the session's server; yields their process ids once
+    both have subscribed."""
     logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
-    for log_path in logs:
-        log = open(log_path, "wb")  # noqa: SIM115 (closed below)
-        cmd = [sys.executable, "-m", "flows.worker", "--limit", "1"]
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        procs.append((proc, log))
+    procs = [_start_worker(prefect_harness, log_path) for log_path in logs]
     try:
         deadline = time.time() + 120
         while not all("Subscribing to runs" in p.read_text(errors="replace") for p in logs):
@@ -95,3 +100,47 @@ def test_warm_workers_run_trials_in_parallel_and_each_runs_several(
     computed = [r["keys"][s] for r in records for s in r["costs"] if s not in r["cached"]]
     assert len(computed) == len(set(computed)), "a stage key was computed twice"
     assert (tmp_path / "out" / "results.csv").exists()
+
+
+def test_a_trial_no_worker_takes_is_reported_and_runs_once_one_starts(
+    prefect_harness, tmp_path, monkeypatch, capfd
+):
+    """No task worker is up when the study starts: the waiting trial is reported once,
+    with how to start a worker, and the study goes on when one starts."""
+    from flows.executors import TaskWorkerExecutor
+    from flows.tune import run
+
+    monkeypatch.setattr(TaskWorkerExecutor, "waiting_warn_seconds", 2.0)
+    cfg = composed(
+        "n_init=2",
+        *OPTIMIZER_FAST,
+        "pipeline.target=stages.pipelines.slept:slept_synthetic_pipeline",
+        "+pipeline.kwargs.scale=0.01",
+        f"storage.url={tmp_path / 'cache'}",
+        "study=late",
+        "budget=1000",
+        "max_trials=2",
+        "parallel=1",
+        "executor=task_workers",
+    )
+    cfg["output_dir"] = str(tmp_path / "out")
+    started = []
+    # The worker starts 8 s into the study, well after the 2 s warning.
+    timer = threading.Timer(
+        8.0, lambda: started.append(_start_worker(prefect_harness, tmp_path / "worker.log"))
+    )
+    timer.start()
+    try:
+        result = run(cfg)
+    finally:
+        timer.cancel()
+        for proc, log in started:
+            stop(proc, log)
+    assert started, "the study ended before the worker started"
+    assert result.n_trials == 2
+    err = capfd.readouterr().err
+    waited = [line for line in err.splitlines() if "has waited 2 s without starting" in line]
+    assert len(waited) == 1, err[-3000:]
+    assert (
+        waited[0].startswith("trial 0: its task run ") and "`eeipu worker --limit N`" in waited[0]
+    )

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from flows import ConfigError, StudyConfig
-from stages.pipelines.ml_stacking import SPACE, ml_stacking_pipeline
+from stages.pipelines.ml_stacking import SPACE, ml_stacking_pipeline, preprocess
 from tests.helpers import FAST, composed
 
 A = {
@@ -53,7 +54,7 @@ def _config(tmp_path, *overrides: str) -> dict:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"size": "huge"}, "`size` must be 'smoke' or 'full', but got 'huge'"),
+        ({"size": "huge"}, "`size` must be 'smoke', 'full' or 'hard', but got 'huge'"),
         ({"device": "tpu"}, "`device` must be 'cpu' or 'cuda', but got 'tpu'"),
         ({"seed": "zero"}, "`seed` must be an integer, but got 'zero'"),
     ],
@@ -79,7 +80,7 @@ def test_cuda_without_a_gpu_is_refused(monkeypatch):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("size=huge", "`size` must be 'smoke' or 'full', but got 'huge'"),
+        ("size=huge", "`size` must be 'smoke', 'full' or 'hard', but got 'huge'"),
         ("device=tpu", "`device` must be 'cpu' or 'cuda', but got 'tpu'"),
     ],
 )
@@ -106,10 +107,55 @@ def test_yaml_space_is_the_stages_space(tmp_path):
 def test_size_and_seed_are_part_of_the_cache_keys():
     keys = {
         (size, seed): ml_stacking_pipeline(size=size, seed=seed).key("preprocess", A)
-        for size in ("smoke", "full")
+        for size in ("smoke", "full", "hard")
         for seed in (0, 1)
     }
-    assert len(set(keys.values())) == 4
+    assert len(set(keys.values())) == 6
+
+
+# ---------------------------------------------------------------------- size=hard
+RAW = {"scaler": "none", "n_components": 64}  # no scaling, all components: X is digits rotated
+
+
+def test_hard_flips_only_training_labels():
+    hard = ml_stacking_pipeline(size="hard", seed=0)["preprocess"](**RAW)
+    # The same rows without the noise: the subsample does not depend on the flips.
+    clean = preprocess(**RAW, n_images=1797, seed=0, n_train=800, label_noise=0.0)
+    full = ml_stacking_pipeline(size="full", seed=0)["preprocess"](**RAW)
+    assert hard["X_train"].shape == (800, 64)
+    np.testing.assert_array_equal(hard["X_train"], clean["X_train"])
+    np.testing.assert_array_equal(hard["X_val"], clean["X_val"])
+    # Validation: clean, and the very labels of size=full (same split of all 1797 images).
+    np.testing.assert_array_equal(hard["y_val"], clean["y_val"])
+    np.testing.assert_array_equal(hard["y_val"], full["y_val"])
+    # Training: exactly half of the labels moved, each to another valid class.
+    flipped = hard["y_train"] != clean["y_train"]
+    assert flipped.sum() == 400
+    assert set(np.unique(hard["y_train"])) == set(range(10))
+
+
+def test_hard_is_deterministic_from_the_seed():
+    tiny = {
+        "rf_n_estimators": 10,
+        "rf_max_depth": 2,
+        "et_n_estimators": 10,
+        "et_max_depth": 2,
+        "gb_n_estimators": 10,
+        "gb_max_depth": 2,
+        "gb_learning_rate": 0.1,
+    }
+
+    def trial(seed):
+        pipe = ml_stacking_pipeline(size="hard", seed=seed)
+        data = pipe["preprocess"](**RAW)
+        level1 = pipe["base_learners"](data=data, **tiny)
+        return data, pipe["meta_learner"](level1=level1, **A["meta_learner"])
+
+    (data0, out0), (again, out_again), (data1, _) = trial(0), trial(0), trial(1)
+    assert out0 == out_again
+    for k in data0:
+        np.testing.assert_array_equal(data0[k], again[k])
+    assert not np.array_equal(data0["y_train"], data1["y_train"])
 
 
 # ---------------------------------------------------------------------- the trial subflow
