@@ -29,9 +29,9 @@ stay clean), and 5 folds: a trial takes about 1-6 s and random configurations sc
 0.81-0.97 (docs/pipelines/ml_stacking.md).
 
 Every random choice (subsample, split, label flips, folds, the forests and the boosting) is
-seeded from ``seed``, so the same hyperparameters give the same result in any process. Every stage runs
-single-threaded (``threadpool_limits(1)``, ``n_jobs=1``) so its measured cost does not
-depend on how busy the machine's other cores are.
+seeded from ``seed``, so the same hyperparameters give the same result in any process.
+Every stage runs single-threaded (``threadpool_limits(1)``, ``n_jobs=1``) so its measured
+cost does not depend on how busy the machine's other cores are.
 
 ``device`` is validated like the other real pipelines (``cpu``, or ``cuda`` where
 ``torch.cuda.is_available()``), but scikit-learn has no GPU backend: every stage runs on the
@@ -61,6 +61,7 @@ __all__ = ["SPACE", "ml_stacking_pipeline"]
 
 #: Code version of the stages; bump it when a stage's code changes meaning.
 VERSION = "1"
+
 
 class _Size(NamedTuple):
     n_images: int  # images used (a stratified subsample when fewer than 1797)
