@@ -296,12 +296,13 @@ class Optimizer:
         self._n_asked += 1
         return trial.copy()
 
-    def expected_cost(self, trial: Trial) -> float | None:
+    def expected_cost(self, trial: Trial, loads: Iterable[str] | None = None) -> float | None:
         """What ``trial`` is expected to cost, from the told trials: per stage, a GP on the
         log compute costs of the stage (inputs: its own and upstream parameters; a constant
         when the costs do not vary), the lognormal mean ``exp(mu + sigma^2 / 2)`` for stages
         it computes, the mean measured load cost for the stages it expects to load
-        (``trial.memoized``; 1% of the stage's typical cost before any load was measured).
+        (``loads``, default ``trial.memoized``, e.g. also the stages a trial in flight is
+        computing for it; 1% of the stage's typical cost before any load was measured).
 
         None before two trials were told with costs. Used to keep trials in flight from
         overshooting the budget (a study stops submitting when what is spent plus what is
@@ -328,10 +329,11 @@ class Optimizer:
             ]
             self._expected_model = (fitted_on, fitted)
         model = self._expected_model[1]
+        loaded = set(trial.memoized if loads is None else loads)
         x = self.space.encode(trial.params).unsqueeze(0)
         total = 0.0
         for k, (stage, predictor) in enumerate(zip(stages, model.stages, strict=True)):
-            if stage in trial.memoized:
+            if stage in loaded:
                 total += math.exp(float(model.log_load[k]))
             else:
                 with torch.no_grad():

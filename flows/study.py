@@ -306,7 +306,11 @@ class StudyLoop:
         """Start ``job`` now, or hold it back until a slot is free and no trial in flight
         computes a stage key it needs."""
         if self.executor.slots > 1:
-            self.expected[job.trial_id] = self.opt.expected_cost(job.trial) or 0.0
+            # Stages a trial in flight is computing now are loaded, not computed, by this one.
+            computing = set().union(*self.uncached.values())
+            keys = self.pipeline.keys(job.trial.params)
+            loads = set(job.trial.memoized) | {s for s, k in keys.items() if k in computing}
+            self.expected[job.trial_id] = self.opt.expected_cost(job.trial, loads) or 0.0
         self.held.append(job)
         self._release_held()
 

@@ -395,6 +395,23 @@ def test_incumbent_option(space):
     assert [t.origin for t in trials[3:]] == ["eeipu"] * 3
 
 
+def test_expected_cost_charges_the_stages_it_will_load_their_load_cost(space):
+    """``loads``: stages a trial will load (e.g. ones a trial in flight is computing for it)
+    cost their load cost, not their compute cost; the default is ``trial.memoized``."""
+    opt = Optimizer(space, budget=1e6, n_init=5, seed=0)
+    run(opt, 5)
+    probe = opt.enqueue(
+        opt.trials[0].params | {"tune": {"b": 0.9}}, cache=HistoryCacheView(space.stages)
+    )
+    assert probe.memoized == ()  # an empty view: nothing cached
+    computed = opt.expected_cost(probe)
+    assert opt.expected_cost(probe, loads=()) == computed
+    loading = opt.expected_cost(probe, loads=["prep", "train"])
+    # Computed: prep 5-6.6 + train 1-1.1 + tune 0.3. Loaded: tune 0.3 + about 1% of the rest.
+    assert computed > 6.0
+    assert 0.3 < loading < 0.6
+
+
 def test_cost_weight_scales_the_cost_term(space):
     """``cost_weight`` c: the acquisition is ``log EI + c * eta * log E[1/C]``, so the
     recorded terms of the same ask (same seed, same history) carry c * eta."""
