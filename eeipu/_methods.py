@@ -106,6 +106,9 @@ class Observations:
             replay per-round random choices from the observations (``lambo``).
         n_pending: The last ``n_pending`` rows are trials still running (asked, not told):
             their ``Y`` is believed (:meth:`Method.fantasize`), their costs are NaN.
+        overhead: The mean overhead told with this study's trials (``tell(overhead=)``: the
+            cost each trial paid on top of its stages), 0 when none was told; cost models
+            charge it to every candidate.
     """
 
     space: SearchSpace
@@ -120,6 +123,7 @@ class Observations:
     stage_outputs: Tensor | None = None
     optimizer_seed: int = 0
     n_pending: int = 0
+    overhead: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -403,6 +407,7 @@ class CostAwareEI(WarmStartState, Method):
             n_samples=self.mc_samples,
             seed=obs.seed,
             init=init,
+            overhead=obs.overhead,
         )
         self._init["cost"] = [
             None if s.model is None else gp_hyperparameters(s.model) for s in model.stages

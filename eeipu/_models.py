@@ -187,6 +187,9 @@ class CostModel:
         n_samples: Number M of quasi-MC samples.
         seed: Seed of the (fixed) quasi-MC base samples, so the acquisition is deterministic
             and smooth in ``X``.
+        overhead: A cost every trial pays on top of its stages, whatever it computes or
+            loads (e.g. the measured wall time of ``ask()`` and orchestration): with it, a
+            trial that loads nearly everything is no longer nearly free.
     """
 
     def __init__(
@@ -195,9 +198,13 @@ class CostModel:
         log_load: Tensor,
         n_samples: int = 128,
         seed: int = 0,
+        overhead: float = 0.0,
     ) -> None:
+        if not (overhead >= 0 and math.isfinite(overhead)):
+            raise ValueError(f"`overhead` must be a finite number >= 0, but got {overhead!r}")
         self.stages = list(stages)
         self.log_load = log_load
+        self.overhead = float(overhead)
         engine = NormalQMCEngine(d=len(self.stages), seed=seed)
         self.z = engine.draw(n_samples, dtype=log_load.dtype)  # M x S
 
@@ -213,6 +220,7 @@ class CostModel:
         n_samples: int = 128,
         seed: int = 0,
         init: Sequence[dict[str, Tensor] | None] | None = None,
+        overhead: float = 0.0,
     ) -> CostModel:
         """Fit one log-cost GP per stage.
 
@@ -225,6 +233,7 @@ class CostModel:
                 parameters, only its own, or all columns for a total-cost model).
             load_eps: ε_k before any load was measured; default 1% of the stage's typical
                 compute cost.
+            overhead: The per-trial cost on top of the stages (see the class).
         """
         predictors, log_load = [], []
         for k, cols in enumerate(stage_cols):
@@ -247,7 +256,7 @@ class CostModel:
             else:
                 typical = float(log_c.mean()) if run.any() else 0.0
                 log_load.append(typical + math.log(0.01))
-        return cls(predictors, torch.tensor(log_load, dtype=X.dtype), n_samples, seed)
+        return cls(predictors, torch.tensor(log_load, dtype=X.dtype), n_samples, seed, overhead)
 
     def log_expected_inverse_cost(self, X: Tensor, n_cached: int | Tensor = 0) -> Tensor:
         """log I(x; δ) for ``batch x d`` (or ``batch x 1 x d``) inputs -> ``batch``.
@@ -268,4 +277,6 @@ class CostModel:
         mask = mask.unsqueeze(-2) if mask.dim() > 1 else mask  # (batch x) 1 x S
         log_c = torch.where(mask, self.log_load.to(log_c), log_c)
         log_total = torch.logsumexp(log_c, dim=-1)  # batch x M
+        if self.overhead > 0:
+            log_total = torch.logaddexp(log_total, log_total.new_tensor(math.log(self.overhead)))
         return torch.logsumexp(-log_total, dim=-1) - math.log(log_total.shape[-1])

@@ -302,7 +302,8 @@ class Optimizer:
         when the costs do not vary), the lognormal mean ``exp(mu + sigma^2 / 2)`` for stages
         it computes, the mean measured load cost for the stages it expects to load
         (``loads``, default ``trial.memoized``, e.g. also the stages a trial in flight is
-        computing for it; 1% of the stage's typical cost before any load was measured).
+        computing for it; 1% of the stage's typical cost before any load was measured), plus
+        the mean overhead told with the trials (``tell(overhead=)``), if any.
 
         None before two trials were told with costs. Used to keep trials in flight from
         overshooting the budget (a study stops submitting when what is spent plus what is
@@ -339,7 +340,7 @@ class Optimizer:
                 with torch.no_grad():
                     mean, std = predictor.mean_std(x)
                 total += math.exp(float(mean[0]) + float(std[0]) ** 2 / 2)
-        return total
+        return total + self._mean_overhead()
 
     def _params(self, x: Tensor, prefix: Prefix | None) -> dict[str, dict[str, Any]]:
         params = self.space.decode(x)
@@ -384,6 +385,12 @@ class Optimizer:
             if t.state is TrialState.FAILED and reached and stages[reached[-1]] not in t.cached:
                 costs[i, reached[-1]] = math.nan
         return costs, cached
+
+    def _mean_overhead(self) -> float:
+        """The mean overhead of this study's told trials that were charged one (0 if none):
+        what the next trial is expected to pay on top of its stages."""
+        charged = [t.overhead for t in self._told if t.overhead > 0]
+        return sum(charged) / len(charged) if charged else 0.0
 
     def _memoized(
         self, view: CacheView, params: Mapping[str, Mapping[str, Any]]
@@ -447,6 +454,7 @@ class Optimizer:
             else None,
             optimizer_seed=self.seed,
             n_pending=len(fantasies),
+            overhead=self._mean_overhead(),
         )
 
     def _prefix_pool(

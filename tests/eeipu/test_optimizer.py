@@ -431,7 +431,7 @@ def test_cost_weight_scales_the_cost_term(space):
     assert terms[0.0]["cost_term"] == 0.0
 
 
-def test_overhead_counts_in_the_budget_not_in_the_cost_models(space):
+def test_overhead_counts_in_the_budget_and_every_expected_cost_not_in_the_stage_gps(space):
     plain = Optimizer(space, method="random", budget=1e6, n_init=4, seed=0)
     charged = Optimizer(space, method="random", budget=1e6, n_init=4, seed=0)
     for _ in range(4):
@@ -443,7 +443,8 @@ def test_overhead_counts_in_the_budget_not_in_the_cost_models(space):
         assert told.to_dict()["overhead"] == 0.5
     assert charged.spent == pytest.approx(plain.spent + 2.0)
     probe = plain.ask()
-    assert charged.expected_cost(probe) == pytest.approx(plain.expected_cost(probe))
+    # The stage cost GPs are the same; the trial is expected to pay the mean overhead too.
+    assert charged.expected_cost(probe) == pytest.approx(plain.expected_cost(probe) + 0.5)
     replayed = Optimizer(space, method="random", budget=1e6, n_init=4, seed=0)
     for t in charged.trials:
         replayed.add_trial(t.params, t.objective, t.costs, overhead=t.overhead)
@@ -451,6 +452,31 @@ def test_overhead_counts_in_the_budget_not_in_the_cost_models(space):
     for bad in (-1.0, float("nan"), True, "1"):
         with pytest.raises(TellError, match="`overhead` must be a finite number >= 0"):
             charged.tell(charged.ask(), 0.0, costs, overhead=bad)
+
+
+def test_told_overhead_is_charged_to_every_candidate_in_the_acquisition(space):
+    """A trial that loads nearly everything is nearly free in stage costs (E[1/C] >> 1 with
+    these costs) but not once each trial pays a measured overhead: with an overhead of 1
+    told, E[1/(C + 1)] <= 1 for every candidate, cached prefix or not."""
+    free, charged = (
+        Optimizer(space, budget=1e6, n_init=5, seed=3, method_options=FAST) for _ in range(2)
+    )
+    for opt, overhead in ((free, 0.0), (charged, 1.0)):
+        view = HistoryCacheView(space.stages)
+        for _ in range(6):
+            t = opt.ask(cache=view)
+            obj, costs = f(t.params)
+            costs = {s: (0.01 if s in t.memoized else c) for s, c in costs.items()}
+            opt.tell(t, obj, costs, overhead=overhead)
+            view.add(t.params)
+    terms = {}
+    for name, opt in (("free", free), ("charged", charged)):
+        trial = opt.ask(cache=HistoryCacheView(space.stages, [t.params for t in opt.trials]))
+        # The winner's cost term, and the best fresh candidate's of the same ask.
+        terms[name] = (trial.acq_terms["log_inv_cost"], trial.acq_terms["log_inv_cost_fresh"])
+    assert max(terms["charged"]) <= 0.0, terms
+    # Without it, a candidate reusing the dear first stage looks cheaper than 1.
+    assert max(terms["free"]) > 0.0, terms
 
 
 def test_every_model_fit_runs_on_num_threads(space, monkeypatch):
