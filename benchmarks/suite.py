@@ -299,6 +299,8 @@ def _study_config(
         output_dir=str(storage.parent / "outputs" / study),
         progress=False,
         continue_on_failure=True,
+        # Pipeline problems may charge each trial its ask() and orchestration wall time.
+        charge_overhead=bool(problem.get("charge_overhead", False)),
     )
     options = dict(cfg["method_options"]) if method != "random" else {}
     c["optimizer"] = {"method": method, "options": options, "max_prefixes": cfg["max_prefixes"]}
@@ -314,7 +316,7 @@ def _trial_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "number": r["number"],
             "origin": r.get("origin", ""),
             "objective": r["objective"] if r["state"] == "complete" else None,
-            "cost": sum(r["costs"].values()),
+            "cost": sum(r["costs"].values()) + r.get("overhead", 0.0),
             "n_cached": len(r["cached"]),
             "seconds": r.get("ask_seconds"),
             "params": r["params"],
@@ -486,6 +488,12 @@ def write_report(
         f"({len(seeds)}), methods {', '.join(runs)}"
         + (f", cache hit cost {cfg['load_cost']:g}" if problem["kind"] == "synthetic" else "")
         + (f", max_trials {problem['max_trials']}" if problem["kind"] == "pipeline" else "")
+        + (
+            ", charge_overhead (each trial also costs its ask() and orchestration wall "
+            "seconds: the budget is wall time)"
+            if problem.get("charge_overhead")
+            else ""
+        )
         + (" (SMOKE settings: not a result)" if cfg["smoke"] else "")
         + ".",
         *_machine_facts(runs),

@@ -343,9 +343,11 @@ def test_smoke_synthetic_writes_tables_and_plot_and_reuses_runs(tmp_path, capsys
 @pytest.mark.slow
 def test_smoke_real_pipeline_through_the_flows(tmp_path, capsys, prefect_harness):
     """ml_stacking at size=smoke through flows.tune.run: the shared warm-up is copied into
-    every method's own cache and journal, so all methods start from the same trials."""
+    every method's own cache and journal, so all methods start from the same trials. With
+    ``charge_overhead`` (a problem key) every trial also costs its measured overhead."""
     args = [
         "problem=ml_stacking",
+        "+problem.charge_overhead=true",
         f"results_dir={tmp_path / 'results'}",
         f"work_dir={tmp_path / 'work'}",
         "methods=[eeipu,random]",
@@ -359,8 +361,13 @@ def test_smoke_real_pipeline_through_the_flows(tmp_path, capsys, prefect_harness
     assert len(warm) == 2
     for m in ("eeipu", "random"):
         run = json.loads((raw / f"{m}-seed0.json").read_text())
-        # The first n_init trials are the shared warm-up, measured once.
-        assert [t["cost"] for t in run["trials"][:2]] == [sum(r["costs"].values()) for r in warm]
+        # The first n_init trials are the shared warm-up, measured once; costs include the
+        # overhead each trial was charged (ask and orchestration seconds).
+        assert all(r["overhead"] > 0 for r in warm)
+        assert [t["cost"] for t in run["trials"][:2]] == [
+            sum(r["costs"].values()) + r["overhead"] for r in warm
+        ]
         assert (tmp_path / "work" / "ml_stacking" / "seed0" / m / "studies").is_dir()
     assert (tmp_path / "results" / "ml_stacking.png").exists()
-    assert "| eeipu |" in (tmp_path / "results" / "ml_stacking.md").read_text()
+    page = (tmp_path / "results" / "ml_stacking.md").read_text()
+    assert "| eeipu |" in page and "charge_overhead (each trial also costs" in page
