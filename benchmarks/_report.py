@@ -109,8 +109,9 @@ class Report:
         lines = [
             "| method | candidates (total) | candidates after warm-up | cache hits after warm-up "
             "| best at end of warm-up | best at end of budget | improvement after warm-up "
-            "| cost to target (mean over seeds reached) | reached target | ask s/trial |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| cost to target (mean over seeds reached) | reached target | ask s/trial "
+            "| budget spent | wall s/run |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for m in self.methods:
             reached = [c for c in self.to_target[m] if c is not None]
@@ -122,9 +123,15 @@ class Report:
                 f"| {_ms(self.values(m, 'final_best'), 4)} "
                 f"| {_ms(self.values(m, 'improvement'))} "
                 f"| {_ms(reached)} | {len(reached)}/{n} "
-                f"| {_ms([r['ask_seconds'] for r in self.metrics[m]], 2)} |"
+                f"| {_ms([r['ask_seconds'] for r in self.metrics[m]], 2)} "
+                f"| {_ms(self.values(m, 'spent'))} "
+                f"| {self._walls(m)} |"
             )
         return "\n".join(lines)
+
+    def _walls(self, method: str) -> str:
+        walls = [self.runs[method][s].get("wall_seconds") for s in self.seeds]
+        return "n/a" if None in walls else _ms(walls)
 
     def gain_table(self) -> str:
         ref = self.reference
@@ -309,6 +316,9 @@ def build_report(
         "method found on that seed); the mean is over the seeds where it was reached.",
         "- *ask s/trial*: mean wall seconds per trial after warm-up (ask + simulated evaluation "
         "+ tell; for real pipelines the journal's ask seconds).",
+        "- *budget spent*: cost units spent per run (warm-up included; the last trial may "
+        "overshoot). *wall s/run*: wall seconds per run on this machine, beside it (asks, "
+        "simulated or real stages, orchestration).",
         "- *prefix reuse*: trials after warm-up whose proposal fixed a cached prefix (pooled "
         "over the seeds that record it; *share per seed*: mean ± std). The acquisition is "
         "`log EI + eta * log E[1/C]`; for each reusing proposal it is compared with the best "

@@ -322,6 +322,12 @@ def test_smoke_synthetic_writes_tables_and_plot_and_reuses_runs(tmp_path, capsys
     assert "| **mean of the others** |" in md and "SMOKE" in md
     assert "every method evaluated the same 3 warm-up configurations" in md
     assert "## eeipu's prefix reuse and what it gave up" in md and "| eeipu | 1/1 |" in md
+    # Wall seconds beside the budget units, per method.
+    assert "| budget spent | wall s/run |" in md
+    eeipu_row = next(line for line in md.splitlines() if line.startswith("| eeipu | "))
+    wall = json.loads((tmp_path / "raw" / "synthetic3" / "eeipu-seed0.json").read_text())
+    shown = float(eeipu_row.split("|")[-2].split("±")[0])
+    assert shown == pytest.approx(wall["wall_seconds"], rel=0.01, abs=0.01)
     for m in ("eeipu", "ei", "random"):
         run = json.loads((tmp_path / "raw" / "synthetic3" / f"{m}-seed0.json").read_text())
         assert run["method"] == m and run["trials"] and run["budget"] == 50.0
