@@ -1,8 +1,9 @@
 """Continuing and warm-starting studies.
 
 * ``extra_budget``: a run of an *existing* study gets the budget of its previous run plus
-  ``extra_budget`` (so a scheduled deployment keeps adding budget to one study); a new study
-  starts with ``budget``. The journal's ``study.json`` keeps the budget in force.
+  ``extra_budget`` (so a scheduled deployment keeps adding budget to one study), counted from
+  what it spent instead where its last trial overshot that budget, so a run given extra
+  budget always has that much to spend; a new study starts with ``budget``. The journal's ``study.json`` keeps the budget in force.
 * ``warm_start=[names]``: earlier studies of the same pipeline and search space, on the same
   storage. Their told trials become *prior observations* of the optimizer
   (:meth:`eeipu.Optimizer.add_prior`): they train the objective and cost models, and their
@@ -21,6 +22,7 @@ from typing import Any
 from eeipu import Optimizer, SearchSpace
 from flows._config import ConfigError, StudyConfig
 from flows._journal import StudyJournal
+from flows._outputs import record_cost
 from stages import Store
 
 __all__ = ["open_study", "resolve_budget"]
@@ -30,13 +32,19 @@ _SAME = ("space", "direction", "pipeline")
 
 
 def resolve_budget(cfg: StudyConfig, store: Store) -> StudyConfig:
-    """Apply ``extra_budget``: the previous run's budget plus the extra, for an existing
-    study; ``budget`` for a new one. Returns a config without ``extra_budget`` (so applying
+    """Apply ``extra_budget``: for an existing study, the larger of the previous run's
+    budget and what the study spent (its last trial may overshoot the budget), plus the
+    extra; ``budget`` for a new one. Returns a config without ``extra_budget`` (so applying
     it again within the same run changes nothing)."""
     if cfg.extra_budget is None:
         return cfg
-    header = StudyJournal(store, cfg.study).header()
-    budget = cfg.budget if header is None else float(header["budget"]) + cfg.extra_budget
+    journal = StudyJournal(store, cfg.study)
+    header = journal.header()
+    if header is None:
+        budget = cfg.budget
+    else:
+        spent = sum(record_cost(r) for r in journal.records())
+        budget = max(float(header["budget"]), spent) + cfg.extra_budget
     return cfg.model_copy(update={"budget": budget, "extra_budget": None})
 
 

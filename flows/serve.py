@@ -6,7 +6,8 @@ controller flow ``eeipu-study`` as a deployment with that schedule on the Prefec
 ``PREFECT_API_URL``, and runs the scheduled runs in this process until stopped (Ctrl-C).
 
 Each scheduled run continues the *same* study: it resumes the journal and gets the budget
-of the previous run plus ``extra_budget`` (a new study starts with ``budget``), so nothing
+of the previous run (or what it spent, where its last trial overshot) plus ``extra_budget``
+(a new study starts with ``budget``), so nothing
 is recomputed and the optimizer keeps everything it learned. Runs of the deployment never
 overlap (``concurrency_limit: 1``).
 
