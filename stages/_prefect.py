@@ -184,12 +184,30 @@ def _saved_data_block(store: Store) -> StoreFileSystem:
     with _save_lock:
         saved: dict[str, StoreFileSystem] = store.prefect_blocks
         if api not in saved:
-            block = StoreFileSystem.for_store(store, "data")
             # Only the URL and role are saved; credentials stay in the fsspec filesystem.
             name = "eeipu-store-" + hashlib.sha256(store.url.encode()).hexdigest()[:16]
-            block.save(name, overwrite=True)
-            saved[api] = block
+            saved[api] = _load_or_save(StoreFileSystem.for_store(store, "data"), name)
         return saved[api]
+
+
+def _load_or_save(block: StoreFileSystem, name: str) -> StoreFileSystem:
+    """The block document ``name`` where the API already has it with ``block``'s fields
+    (every process after the first: workers, resumed studies), else ``block`` saved as it.
+
+    Loading first keeps the database quiet: saving over an existing document is an insert
+    that violates its unique name (PostgreSQL logs an error, Prefect answers 409 and then
+    updates). Two processes saving the first one at the same time still meet there, and
+    ``overwrite=True`` settles it.
+    """
+    try:
+        found = StoreFileSystem.load(name)
+    except ValueError:  # Prefect's answer for a name (or block type) it does not have yet
+        found = None
+    if found is not None and (found.url, found.role) == (block.url, block.role):
+        found._store = block.store
+        return found
+    block.save(name, overwrite=True)
+    return block
 
 
 def stage_task(

@@ -305,3 +305,24 @@ def test_entry_from_another_version_is_reported_recomputed_and_replaced(tmp_path
     assert len(warnings) == 1 and f"'{stage}'" in warnings[0] and key in warnings[0]
     assert again.objective == first.objective
     assert {s for s, hit in again.cached.items() if not hit} == {stage}
+
+
+def test_the_result_storage_block_is_saved_once_and_then_loaded(tmp_path):
+    from prefect import get_client
+
+    def document():
+        with get_client(sync_client=True) as client:
+            (doc,) = [
+                d
+                for d in client.read_block_documents()
+                if d.data.get("url") == Store(tmp_path).url and d.block_type.slug == "eeipu-store"
+            ]
+        return doc
+
+    first = run_pipeline(_chain(), PARAMS, Store(tmp_path))
+    saved = document()
+    # Another process (a worker, a resumed study) has a new Store of the same URL: it loads
+    # the document instead of writing it again, and its trials still share the cache.
+    again = run_pipeline(_chain(), PARAMS, Store(tmp_path))
+    assert document().updated == saved.updated and document().id == saved.id
+    assert first.cached_stages == set() and again.cached_stages == {"prep", "train", "evaluate"}
