@@ -3,6 +3,7 @@ subflow, and a tiny smoke study through flows.tune.run."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -54,7 +55,7 @@ def _bad_device() -> tuple[str, str]:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"size": "huge"}, "`size` must be 'smoke' or 'full', but got 'huge'"),
+        ({"size": "huge"}, "`size` must be 'smoke', 'full' or 'hard', but got 'huge'"),
         ({"device": "tpu"}, "`device` must be 'cpu' or 'cuda', but got 'tpu'"),
         ({"device": _bad_device()[0]}, _bad_device()[1]),
         ({"seed": "zero"}, "`seed` must be an integer, but got 'zero'"),
@@ -106,6 +107,72 @@ def test_stages_are_deterministic_and_the_checkpoint_loads():
     assert not torch.equal(other["y_val"], d1["y_val"])
     # The fine-tuning hyperparameters really change the result.
     assert pipe["finetune"](data=d1, checkpoint=c1, **A["finetune"]) != m1
+
+
+# ---------------------------------------------------------------------- size=hard
+def _hard_data(seed: int, **changes) -> dict[str, torch.Tensor]:
+    # The preprocess stage alone, at size=hard or with some of its constants changed.
+    from stages.pipelines.vision_cnn import _SETTINGS, preprocess
+
+    setting = dataclasses.replace(_SETTINGS["hard"], **changes)
+    return preprocess(**A["preprocess"], setting=setting, seed=seed)
+
+
+def test_hard_flips_only_training_labels():
+    from stages.pipelines.vision_cnn import _SETTINGS
+
+    rate, copies = _SETTINGS["hard"].label_noise, _SETTINGS["hard"].copies
+    hard = vision_cnn_pipeline(size="hard", seed=0)["preprocess"](**A["preprocess"])
+    # The same images without the noise: the split and subsample do not depend on the flips.
+    clean = _hard_data(0, label_noise=0.0)
+    for k in ("x_clean", "x_train", "x_val", "y_val"):
+        assert torch.equal(hard[k], clean[k]), k
+    n = len(hard["y_clean"])
+    assert 0 < rate < 1 and 250 <= n <= 350 and len(hard["y_val"]) > 2 * n
+    assert hard["x_clean"].shape[1:] == (1, 20, 20)
+    # Training: exactly round(rate * n) labels moved, each to another class; validation clean.
+    flipped = hard["y_clean"] != clean["y_clean"]
+    assert int(flipped.sum()) == round(rate * n)
+    assert set(hard["y_clean"].tolist()) == set(range(10))
+    # The augmented copies (after the clean images) carry their source's (noisy) label.
+    assert len(hard["y_train"]) == (1 + copies) * n
+    for c in range(1 + copies):
+        assert torch.equal(hard["y_train"][c * n : (c + 1) * n], hard["y_clean"])
+
+
+def test_flipped_labels_never_keep_their_class():
+    from stages.pipelines.vision_cnn import _flip_labels
+
+    y = torch.arange(1000) % 10
+    flipped = _flip_labels(y, 1.0, torch.Generator().manual_seed(0))
+    assert bool((flipped != y).all())
+    # Each class goes to every one of the 9 others (symmetric noise).
+    for c in range(10):
+        assert set(flipped[y == c].tolist()) == set(range(10)) - {c}
+    half = _flip_labels(y, 0.5, torch.Generator().manual_seed(0))
+    assert int((half != y).sum()) == 500
+
+
+def test_hard_is_deterministic_from_the_seed():
+    first, again, other = _hard_data(0), _hard_data(0), _hard_data(1)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    # Another seed: another split, another subsample and other flips.
+    assert not torch.equal(first["y_val"], other["y_val"])
+    assert not torch.equal(first["x_clean"], other["x_clean"])
+    flips = [
+        d["y_clean"] != _hard_data(s, label_noise=0.0)["y_clean"]
+        for s, d in ((0, first), (1, other))
+    ]
+    assert not torch.equal(flips[0], flips[1])
+
+
+def test_size_and_seed_are_part_of_the_stage_versions():
+    keys = {
+        (size, seed): vision_cnn_pipeline(size=size, seed=seed).key("preprocess", A)
+        for size in ("smoke", "full", "hard")
+        for seed in (0, 1)
+    }
+    assert len(set(keys.values())) == 6
 
 
 # ---------------------------------------------------------------------- the trial subflow
