@@ -10,8 +10,9 @@ does) and ``--workers`` workers with ``--limit`` trials each, then runs the same
 through the real CLI and prints: trials, spent budget, the CLI's wall time and wall
 seconds per budget unit, the *study's* wall seconds per budget unit (first trial asked to
 last trial told: without the ~10-15 s a CLI spends importing torch and BoTorch and
-starting its flow), the best objective, the workers used and the per-trial orchestration
-overhead (a trial's wall time, submission to told, less its ask and its stages' seconds).
+starting its flow), the best objective, the workers used, the per-trial orchestration
+overhead (a trial's wall time, submission to told, less its ask and its stages' seconds) and
+how many trials were held back because a trial in flight was computing a stage they need.
 The server's and workers' logs stay in the temporary home (printed). Set
 ``PW_PROFILE="-m cProfile -o ctrl.prof"`` to profile the controller.
 
@@ -140,7 +141,7 @@ def main() -> None:
         )
         print(
             "executor      parallel  seed  trials  spent  wall_s  wall_s/unit  study_s/unit  "
-            "best      workers  overhead_s (median, max)"
+            "best      workers  overhead_s (median, max)  held"
         )
         for kind in args.executor:
             for seed in args.seeds:
@@ -182,6 +183,7 @@ def _study(
     t0 = time.time()
     proc = subprocess.run(cmd, env=env, cwd=home, capture_output=True, text=True)
     wall = time.time() - t0
+    (home / "logs" / f"study-{kind}-{n}-{seed}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         print(proc.stderr[-3000:])
         raise SystemExit(f"{kind} parallel={n} failed")
@@ -190,6 +192,8 @@ def _study(
     spent = sum(sum(r["costs"].values()) for r in recs)
     best = max(r["objective"] for r in recs if r["state"] == "complete")
     workers = len({r.get("worker") for r in recs if r.get("worker")})
+    # Trials held back because a trial in flight was computing a stage they need.
+    held = sum(bool(r.get("waited_for")) for r in recs)
     overhead = [
         r["finished_at"] - r["started_at"] - r["ask_seconds"] - sum(r["seconds"].values())
         for r in recs
@@ -199,7 +203,7 @@ def _study(
     print(
         f"{kind:12s}  {n:8d}  {seed:4d}  {len(recs):6d}  {spent:5.1f}  {wall:6.1f}  "
         f"{wall / spent:11.2f}  {study / spent:12.2f}  {best:8.3f}  {workers:7d}  "
-        f"{statistics.median(overhead):5.2f}, {max(overhead):5.2f}",
+        f"{statistics.median(overhead):5.2f}, {max(overhead):5.2f}     {held:4d}",
         flush=True,
     )
 

@@ -504,6 +504,7 @@ def warm_trial_task(
     worker's environment holds the storage credentials, as for the work pool).
     """
     from prefect.runtime import task_run
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     cfg = StudyConfig.from_mapping(config)
     run_id = str(task_run.id)
@@ -514,7 +515,15 @@ def warm_trial_task(
         "worker": f"{socket.gethostname()}:{os.getpid()}",
     }
     trial = trial_flow.with_options(flow_run_name=f"trial-{number}")
-    return _run_and_publish(cfg, run_id, outcome, lambda: trial(cfg, number, params, adopt_after))
+
+    def run() -> dict[str, Any]:
+        # As for the controller's in-process trials (flows.tune.run): a flow run's heartbeat
+        # thread holds it up to 1 s at exit, and the task run that carries this subflow is
+        # what the controller watches.
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            return trial(cfg, number, params, adopt_after)
+
+    return _run_and_publish(cfg, run_id, outcome, run)
 
 
 class TaskWorkerExecutor(_RemoteExecutor):

@@ -74,3 +74,19 @@ def faulty_pipeline(flaky_dir: str, nan_above: float = 4.0, seed: int = 0) -> Pi
 
     stages = [base.stages[0], replace(train, func=flaky), replace(finetune, func=nan_sink)]
     return Pipeline(stages, load_cost=base.load_cost)
+
+
+def heartbeat_probe_pipeline(log: str, seed: int = 0) -> Pipeline:
+    """The synthetic pipeline whose first stage appends the flow-run heartbeat frequency
+    in force while it runs (a JSON line) to ``log``."""
+    from prefect.settings import get_current_settings
+
+    base = synthetic_pipeline(seed=seed)
+    first = base.stages[0]
+
+    def probed(**kwargs: Any) -> Any:
+        with open(log, "a") as f:
+            f.write(json.dumps(get_current_settings().flows.heartbeat_frequency) + "\n")
+        return first.func(**kwargs)
+
+    return Pipeline([replace(first, func=probed), *base.stages[1:]], load_cost=base.load_cost)

@@ -144,3 +144,30 @@ def test_a_trial_no_worker_takes_is_reported_and_runs_once_one_starts(
     assert (
         waited[0].startswith("trial 0: its task run ") and "`eeipu worker --limit N`" in waited[0]
     )
+
+
+def test_a_warm_trial_runs_its_subflow_without_a_heartbeat(prefect_harness, tmp_path):
+    """A flow run's heartbeat thread holds it up to 1 s at exit; a warm worker's trial
+    subflow runs without one (the task run carrying it is what the controller watches),
+    as the controller's in-process trials do, whatever the worker's settings say."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from eeipu import SearchSpace
+    from flows import StudyConfig
+    from flows.executors import warm_trial_task
+
+    log = tmp_path / "heartbeat.jsonl"
+    cfg = StudyConfig.from_mapping(
+        composed(
+            "pipeline.target=tests.flows.crashy.heartbeat_probe_pipeline",
+            f"+pipeline.kwargs.log={log}",
+            f"storage.url={tmp_path / 'cache'}",
+            "study=hb",
+        )
+    )
+    space = SearchSpace.from_dict(cfg.pipeline.space)
+    params = space.decode([0.5] * space.dim)  # the middle of the space
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
+        out = warm_trial_task.fn(cfg.model_dump(mode="json"), 0, params)
+    assert out["error"] is None
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [None]
