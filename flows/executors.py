@@ -57,7 +57,7 @@ from eeipu import Trial
 from flows._config import ConfigError, StudyConfig
 from flows.runtime import run_logger, say, store_for
 from flows.trial import trial_flow
-from stages import StageError, Store
+from stages import StageError, Store, result_storage_block
 
 __all__ = [
     "InlineExecutor",
@@ -341,6 +341,9 @@ class _RemoteExecutor:
         self.cfg = cfg
         self.slots = cfg.parallel
         self.store = store_for(cfg)
+        # Saved (or found) here, before any trial: workers starting their first trials at
+        # once then all load it, and none of them writes it.
+        result_storage_block(self.store)
         self._client = get_client(sync_client=True).__enter__()
         self._running: dict[str, tuple[TrialJob, int]] = {}  # run id -> (job, attempt)
         self._since: dict[str, float] = {}  # run id -> when it was submitted (monotonic)

@@ -13,7 +13,13 @@ Example:
 from stages._cache_view import StoreCacheView
 from stages._errors import PipelineError, StageError, StoreError, StoreUnavailable
 from stages._pipeline import Pipeline, Reported, Stage, merkle_key, stage
-from stages._prefect import MerkleCachePolicy, StageOutput, StoreFileSystem, stage_task
+from stages._prefect import (
+    MerkleCachePolicy,
+    StageOutput,
+    StoreFileSystem,
+    result_storage_block,
+    stage_task,
+)
 from stages._run import TrialResult, run_pipeline
 from stages._store import DEFAULT_STORE_URL, Store
 
@@ -33,6 +39,7 @@ __all__ = [
     "StoreUnavailable",
     "TrialResult",
     "merkle_key",
+    "result_storage_block",
     "run_pipeline",
     "stage",
     "stage_task",

@@ -50,7 +50,13 @@ from stages._errors import StoreError
 from stages._pipeline import Reported, Stage, merkle_key
 from stages._store import Store
 
-__all__ = ["MerkleCachePolicy", "StageOutput", "StoreFileSystem", "stage_task"]
+__all__ = [
+    "MerkleCachePolicy",
+    "StageOutput",
+    "StoreFileSystem",
+    "result_storage_block",
+    "stage_task",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -175,8 +181,13 @@ def was_entered(key: str) -> bool:
 _save_lock = threading.Lock()
 
 
-def _saved_data_block(store: Store) -> StoreFileSystem:
-    """The store's data-role block, saved to the Prefect API once per store and API."""
+def result_storage_block(store: Store) -> StoreFileSystem:
+    """The block that stage tasks on ``store`` use as ``result_storage``: loaded from the
+    Prefect API where it has it, else saved there (once per store object and API URL).
+
+    A controller whose trials run in other processes (workers) calls it before submitting
+    them, so that workers starting their first trials at once all find it and none writes.
+    """
     from prefect.settings import PREFECT_API_URL
 
     # Kept on the store itself, per API URL: another server has its own block documents.
@@ -261,7 +272,7 @@ def stage_task(
         name=stage.name,
         task_run_name=task_run_name,
         cache_policy=policy,
-        result_storage=_saved_data_block(store),
+        result_storage=result_storage_block(store),
         result_serializer="pickle",
         persist_result=True,
         cache_result_in_memory=False,  # outputs can be large; a hit must really load

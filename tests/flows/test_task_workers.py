@@ -171,3 +171,31 @@ def test_a_warm_trial_runs_its_subflow_without_a_heartbeat(prefect_harness, tmp_
         out = warm_trial_task.fn(cfg.model_dump(mode="json"), 0, params)
     assert out["error"] is None
     assert [json.loads(line) for line in log.read_text().splitlines()] == [None]
+
+
+def test_the_controller_saves_the_result_storage_block_before_any_trial(prefect_harness, tmp_path):
+    """Workers starting their first trials at once must find the store's block saved (a
+    save by each of them is a duplicate-key insert on the server): the executor saves it."""
+    from prefect import get_client
+
+    from flows import StudyConfig
+    from flows.executors import TaskWorkerExecutor
+    from stages import Store
+
+    cache = tmp_path / "cache"
+    cfg = StudyConfig.from_mapping(
+        composed(f"storage.url={cache}", "study=blk", "parallel=2", "executor=task_workers")
+    )
+
+    def documents() -> list:
+        with get_client(sync_client=True) as client:
+            return [
+                d for d in client.read_block_documents() if d.data.get("url") == Store(cache).url
+            ]
+
+    assert documents() == []
+    executor = TaskWorkerExecutor(cfg)
+    try:
+        assert [d.block_type.slug for d in documents()] == ["eeipu-store"]
+    finally:
+        executor.close()
