@@ -3,7 +3,8 @@
 * ``extra_budget``: a run of an *existing* study gets the budget of its previous run plus
   ``extra_budget`` (so a scheduled deployment keeps adding budget to one study), counted from
   what it spent instead where its last trial overshot that budget, so a run given extra
-  budget always has that much to spend; a new study starts with ``budget``. The journal's ``study.json`` keeps the budget in force.
+  budget always has that much to spend; a new study starts with ``budget``. The journal's
+  ``study.json`` keeps the budget in force.
 * ``warm_start=[names]``: earlier studies of the same pipeline and search space, on the same
   storage. Their told trials become *prior observations* of the optimizer
   (:meth:`eeipu.Optimizer.add_prior`): they train the objective and cost models, and their

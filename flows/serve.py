@@ -7,9 +7,8 @@ controller flow ``eeipu-study`` as a deployment with that schedule on the Prefec
 
 Each scheduled run continues the *same* study: it resumes the journal and gets the budget
 of the previous run (or what it spent, where its last trial overshot) plus ``extra_budget``
-(a new study starts with ``budget``), so nothing
-is recomputed and the optimizer keeps everything it learned. Runs of the deployment never
-overlap (``concurrency_limit: 1``).
+(a new study starts with ``budget``), so nothing is recomputed and the optimizer keeps
+everything it learned. Runs of the deployment never overlap (``concurrency_limit: 1``).
 
 Example:
     PREFECT_API_URL=http://127.0.0.1:4200/api \\
