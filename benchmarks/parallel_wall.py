@@ -11,8 +11,10 @@ through the real CLI and prints: trials, spent budget, the CLI's wall time and w
 seconds per budget unit, the *study's* wall seconds per budget unit (first trial asked to
 last trial told: without the ~10-15 s a CLI spends importing torch and BoTorch and
 starting its flow), the best objective, the workers used, the per-trial orchestration
-overhead (a trial's wall time, submission to told, less its ask and its stages' seconds) and
-how many trials were held back because a trial in flight was computing a stage they need.
+overhead (a trial's wall time, submission to told, less its stages' seconds), how many
+trials were held back because a trial in flight was computing a stage they need, and the
+slots' busy share (trial seconds, submission to told, over ``parallel`` x study seconds;
+with several slots the loop asks one trial ahead, so a slot that frees starts it at once).
 The server's and workers' logs stay in the temporary home (printed). Set
 ``PW_PROFILE="-m cProfile -o ctrl.prof"`` to profile the controller.
 
@@ -141,7 +143,7 @@ def main() -> None:
         )
         print(
             "executor      parallel  seed  trials  spent  wall_s  wall_s/unit  study_s/unit  "
-            "best      workers  overhead_s (median, max)  held"
+            "best      workers  overhead_s (median, max)  held  busy"
         )
         for kind in args.executor:
             for seed in args.seeds:
@@ -194,16 +196,25 @@ def _study(
     workers = len({r.get("worker") for r in recs if r.get("worker")})
     # Trials held back because a trial in flight was computing a stage they need.
     held = sum(bool(r.get("waited_for")) for r in recs)
+    # Per trial: from being handed to the executor to being told, less its stages (a trial
+    # asked ahead waits for a slot after its ask: that wait is not overhead).
     overhead = [
-        r["finished_at"] - r["started_at"] - r["ask_seconds"] - sum(r["seconds"].values())
+        r["finished_at"]
+        - (r.get("submitted_at") or r["started_at"] + r["ask_seconds"])
+        - sum(r["seconds"].values())
         for r in recs
     ]
     # The study's own wall time: first trial asked to last trial told (no CLI start).
     study = max(r["finished_at"] for r in recs) - min(r["started_at"] for r in recs)
+    running = sum(
+        r["finished_at"] - (r.get("submitted_at") or r["started_at"] + r["ask_seconds"])
+        for r in recs
+    )
     print(
         f"{kind:12s}  {n:8d}  {seed:4d}  {len(recs):6d}  {spent:5.1f}  {wall:6.1f}  "
         f"{wall / spent:11.2f}  {study / spent:12.2f}  {best:8.3f}  {workers:7d}  "
-        f"{statistics.median(overhead):5.2f}, {max(overhead):5.2f}     {held:4d}",
+        f"{statistics.median(overhead):5.2f}, {max(overhead):5.2f}     {held:4d}  "
+        f"{running / (n * study):4.2f}",
         flush=True,
     )
 

@@ -83,6 +83,8 @@ class TrialJob:
     ``ref`` is the executor's handle on the running trial (the work pool's flow run id),
     set by ``submit`` and kept in the crash marker: given one, an executor whose trials
     outlive the controller may wait for that run instead of starting the trial again.
+    ``started_at`` is when its ask began, ``submitted_at`` when the loop handed it to the
+    executor (later when it waited for a slot).
     """
 
     trial: Trial
@@ -92,6 +94,7 @@ class TrialJob:
     adopt_after: float | None = None
     waited_for: list[int] = field(default_factory=list)
     ref: str | None = None
+    submitted_at: float | None = None
 
 
 @dataclass

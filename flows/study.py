@@ -234,19 +234,21 @@ class StudyLoop:
                 job, outcome = self.executor.next_outcome()
                 self._tell(job, outcome)
                 if self.failure is not None:
-                    for held in self.held:  # nothing new starts; trials in flight finish
-                        self.expected.pop(held.trial_id, None)
-                    self.held.clear()
+                    self._drop_held()  # nothing new starts; trials in flight finish
         except StoreUnavailable as exc:
             # Not the trial's fault: stop (nothing told is lost) and resume later.
             self.failure, self.hint = str(exc), "the study resumes from there"
 
     def _room(self) -> bool:
         busy = len(self.in_flight) + len(self.held)
+        # With several slots, one trial is asked ahead while every slot is busy: the ask
+        # (a GP fit and an acquisition optimization, ~0.3 s) then overlaps the trials in
+        # flight instead of leaving the slot that frees idle while it runs.
+        ahead = 1 if self.executor.slots > 1 else 0
         return (
             self.failure is None
             and more_to_run(self.cfg, self.opt, len(self.records) + busy)
-            and busy < self.executor.slots
+            and busy < self.executor.slots + ahead
             # With trials in flight, ask more only while what is spent plus what they are
             # expected to cost leaves budget: the last trial started may overshoot, as in
             # a sequential study, but not every trial in flight.
@@ -315,6 +317,14 @@ class StudyLoop:
         self._release_held()
 
     def _release_held(self) -> None:
+        if self.held and self.opt.done:
+            # The budget was spent while these waited for a slot (asked ahead, or held back
+            # for a stage in flight): starting them now would only overshoot it.
+            self.log.info(
+                "budget spent: trial(s) %s asked but not run", [j.trial.number for j in self.held]
+            )
+            self._drop_held()
+            return
         for job in list(self.held):
             if len(self.in_flight) >= self.executor.slots:
                 return
@@ -341,7 +351,14 @@ class StudyLoop:
             self.uncached[job.trial_id] = keys
             self._start(job)
 
+    def _drop_held(self) -> None:
+        for job in self.held:
+            self.expected.pop(job.trial_id, None)
+            self.state.pop(job.trial_id, None)
+        self.held.clear()
+
     def _start(self, job: TrialJob) -> None:
+        job.submitted_at = time.time()
         self.in_flight[job.trial_id] = job
         self.executor.submit(job)
         self.journal.mark_running(
@@ -371,8 +388,9 @@ class StudyLoop:
         overhead = 0.0
         if cfg.charge_overhead:
             # The ask plus what the trial's wall time spent outside its stages (Prefect,
-            # submission, loading the pipeline): wall time a user pays for too.
-            wall = finished - job.started_at
+            # submission, loading the pipeline): wall time a user pays for too. Time spent
+            # waiting for a slot after the ask is not the trial's.
+            wall = finished - (job.submitted_at or job.started_at)
             overhead = job.ask_seconds + max(0.0, wall - sum(outcome.costs.values()))
         told = opt.tell(
             job.trial,
@@ -394,6 +412,7 @@ class StudyLoop:
             "expected_cost": expected,
             "started_at": job.started_at,
             "ask_seconds": round(job.ask_seconds, 6),
+            "submitted_at": job.submitted_at,
             "finished_at": finished,
             "optimizer_state": self.state.pop(job.trial_id),
         }

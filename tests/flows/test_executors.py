@@ -44,3 +44,19 @@ def test_local_executor_runs_trials_at_once_and_stops_within_one_trial_of_the_bu
     later = [r for r in records if r["asked_as"] >= n_init]
     assert later and all(r["started_at"] >= max(w["finished_at"] for w in warmup) for r in later)
     assert all(r["origin"] != "random" for r in later)
+    # One trial is asked ahead while every slot is busy, and waits for the first that frees:
+    # its ask overlaps the trials in flight, and no slot idles while it runs.
+    ahead = [
+        r
+        for r in records
+        if sum(o["submitted_at"] <= r["started_at"] < o["finished_at"] for o in records) == 3
+    ]
+    assert ahead
+    assert all(r["submitted_at"] >= r["started_at"] + r["ask_seconds"] for r in records)
+    assert (
+        max(
+            sum(o["submitted_at"] <= r["submitted_at"] < o["finished_at"] for o in records)
+            for r in records
+        )
+        <= 3
+    )  # never more than `parallel` trials run at once
