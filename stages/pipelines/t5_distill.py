@@ -318,6 +318,7 @@ def t5_distill_pipeline(
     seed: int = 0,
     threads: int | None = 1,
     student_labels: float = 1.0,
+    label_noise: float = 0.0,
 ) -> Pipeline:
     """The T5 distillation pipeline (see the module docstring).
 
@@ -336,13 +337,19 @@ def t5_distill_pipeline(
             teacher's greedy decodes as decoder inputs (sequence-level, Kim & Rush 2016);
             ``alpha = 0`` then trains on the labelled fraction alone (repeated, so for as many
             optimizer steps). 1.0 (the default): every student sees every target.
+        label_noise: The fraction of the *training* targets replaced by another module's
+            name (chosen at random among the training targets' other names, seeded), for
+            the teacher and the students alike; validation targets stay clean. The setting
+            in which a teacher's softened predictions can carry what noisy targets lack.
+            0.0 (the default): clean targets.
 
     Returns:
         The pipeline ``data -> teacher -> student1 -> student2 -> student3``; its sink
         returns ``{"rougeLsum": float}`` and ``metric`` is ``"rougeLsum"``.
 
     Raises:
-        ValueError: A bad ``size``, ``device``, ``seed``, ``threads`` or ``student_labels``,
+        ValueError: A bad ``size``, ``device``, ``seed``, ``threads``, ``student_labels`` or
+            ``label_noise``,
             or ``size="gpu"`` without ``device="cuda"`` (before anything runs).
 
     Example:
@@ -374,14 +381,22 @@ def t5_distill_pipeline(
         isinstance(student_labels, int | float) and 0.0 < student_labels <= 1.0
     ):
         raise ValueError(f"`student_labels` must be in (0, 1], but got {student_labels!r}")
+    if isinstance(label_noise, bool) or not (
+        isinstance(label_noise, int | float) and 0.0 <= label_noise < 1.0
+    ):
+        raise ValueError(f"`label_noise` must be in [0, 1), but got {label_noise!r}")
 
     cfg = _SIZES[size]
-    run = _Runner(cfg, torch.device(device), seed, threads, float(student_labels))
+    run = _Runner(
+        cfg, torch.device(device), seed, threads, float(student_labels), float(label_noise)
+    )
     # The corpus is the installed stdlib's source: another Python version is other data. size
     # and seed change the split and every model, so they join the version too; every later
     # stage's Merkle key includes this one, so studies of other sizes or seeds never mix.
     # "2": the docstring -> module task (1 was docstring body -> summary line).
     data_version = f"2-{size}-seed{seed}-py{sys.version_info.major}.{sys.version_info.minor}"
+    if label_noise:
+        data_version += f"-noise{float(label_noise):g}"  # other targets: another data stage
     stages = [
         Stage(run.data, "data", version=data_version, space=T5_DISTILL_SPACE["data"]),
         Stage(
@@ -411,9 +426,11 @@ class _Runner:
         seed: int,
         threads: int | None,
         student_labels: float = 1.0,
+        label_noise: float = 0.0,
     ):
         self.cfg, self.device, self.seed, self.threads = cfg, device, seed, threads
         self.student_labels = student_labels
+        self.label_noise = label_noise
 
     def data(self, batch_size: int, max_input_len: int) -> dict[str, Any]:
         """Stage 0: the tokenized split. Tensors stay on the CPU (they are cached)."""
@@ -429,6 +446,8 @@ class _Runner:
         order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(self.seed))
         picked = [examples[i] for i in order[:need].tolist()]
         train, val = picked[: cfg.n_train], picked[cfg.n_train :]
+        if self.label_noise:
+            train = _noisy_targets(train, self.label_noise, self.seed)
         tok = ByT5Tokenizer()
 
         def encode(texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -541,6 +560,25 @@ class _Runner:
 
 # ---------------------------------------------------------------------- helpers
 _TRAIN_KEYS = ("train_x", "train_mask", "train_y")
+
+
+def _noisy_targets(
+    examples: list[tuple[str, str]], fraction: float, seed: int
+) -> list[tuple[str, str]]:
+    """Symmetric label noise on (docstring, module) pairs: ``round(fraction * n)`` of them,
+    chosen at random, get one of the *other* module names among ``examples``, drawn
+    uniformly (seeded by ``seed``; deterministic)."""
+    gen = torch.Generator().manual_seed(seed * 7919 + 17)
+    names = sorted({mod for _, mod in examples})
+    if len(names) < 2:
+        return examples
+    out = list(examples)
+    rows = torch.randperm(len(out), generator=gen)[: round(fraction * len(out))]
+    offsets = torch.randint(1, len(names), (len(rows),), generator=gen)
+    for row, offset in zip(rows.tolist(), offsets.tolist(), strict=True):
+        doc, mod = out[row]
+        out[row] = (doc, names[(names.index(mod) + offset) % len(names)])
+    return out
 
 
 def _pad_right(y: torch.Tensor, width: int) -> torch.Tensor:
@@ -938,19 +976,27 @@ def _distill_sweep(
     student_lrs: list[float],
     settings: list[tuple[float, float]],
     student_labels: float = 1.0,
+    label_noise: float = 0.0,
 ) -> None:
     """One data split and one teacher (the middle of the space with ``overrides``), then the
     student chain for every student ``lr`` x (``alpha``, ``temperature``) in ``settings``;
     each distilled row is compared with ``alpha = 0`` (targets alone) at the same ``lr``.
-    ``student_labels``: as in :func:`t5_distill_pipeline`."""
-    pipe = t5_distill_pipeline(size=size, device=device, seed=seed, student_labels=student_labels)
+    ``student_labels``, ``label_noise``: as in :func:`t5_distill_pipeline`."""
+    pipe = t5_distill_pipeline(
+        size=size,
+        device=device,
+        seed=seed,
+        student_labels=student_labels,
+        label_noise=label_noise,
+    )
     cfg, dev = _SIZES[size], torch.device(device)
     params = _middle()
     for stage, section in overrides.items():
         params[stage] = {**params[stage], **section}
     print(
         f"seed {seed}; data {params['data']}; teacher {params['teacher']}; "
-        f"students see {student_labels:g} of the targets"
+        f"students see {student_labels:g} of the targets; {label_noise:g} of the training "
+        "targets are noisy"
     )
     values: dict[str, Any] = {}
     for stage in ("data", "teacher"):
@@ -1042,6 +1088,9 @@ if __name__ == "__main__":
         "--student-labels", type=float, default=1.0, help="sweep: see t5_distill_pipeline"
     )
     parser.add_argument(
+        "--label-noise", type=float, default=0.0, help="sweep: see t5_distill_pipeline"
+    )
+    parser.add_argument(
         "--pairs",
         nargs="+",
         default=["0:1", "0.5:4.5", "0.5:1", "0.9:4.5"],
@@ -1067,6 +1116,7 @@ if __name__ == "__main__":
             args.student_lr,
             pairs,
             args.student_labels,
+            args.label_noise,
         )
     elif args.learning:
         _learning(args.size, args.device)

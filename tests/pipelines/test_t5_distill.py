@@ -241,3 +241,23 @@ def test_students_can_see_a_fraction_of_the_targets():
         s2 = quarter["student2"](data=data, teacher=blob, student1=s1, **student)
         out = quarter["student3"](data=data, teacher=blob, student2=s2, **student)
         assert 0.0 <= out["rougeLsum"] <= 1.0
+
+
+def test_label_noise_replaces_a_fraction_of_the_training_targets_only():
+    with pytest.raises(ValueError, match=r"`label_noise` must be in \[0, 1\), but got 1"):
+        t5_distill_pipeline(size="smoke", label_noise=1)
+    clean = t5_distill_pipeline(size="smoke", seed=3)
+    noisy = t5_distill_pipeline(size="smoke", seed=3, label_noise=0.5)
+    assert clean["data"].version != noisy["data"].version  # other targets: other cache keys
+    a = clean["data"](**PARAMS_A["data"])
+    b = noisy["data"](**PARAMS_A["data"])
+    assert torch.equal(a["train_x"], b["train_x"])  # the same docstrings, the same split
+    assert a["val_refs"] == b["val_refs"] and torch.equal(a["val_x"], b["val_x"])
+    pairs = zip(a["train_refs"], b["train_refs"], strict=True)
+    changed = [i for i, (x, y) in enumerate(pairs) if x != y]
+    # Exactly half of the 16 targets moved, each to another training target's name.
+    assert len(changed) == round(0.5 * len(a["train_refs"]))
+    assert all(b["train_refs"][i] in set(a["train_refs"]) for i in changed)
+    assert not torch.equal(a["train_y"], b["train_y"])  # what the models train on
+    again = noisy["data"](**PARAMS_A["data"])  # deterministic
+    assert again["train_refs"] == b["train_refs"] and torch.equal(again["train_y"], b["train_y"])
