@@ -34,7 +34,9 @@ Stages (a chain; each student also reads the data and the teacher):
 
 With ``student_labels < 1`` (default 1) the students see the targets of only that fraction
 of the training examples and the rest through the distillation term alone (the teacher's
-greedy decodes as decoder inputs); measured, it did not make distillation pay either.
+greedy decodes as decoder inputs); measured, it did not make distillation pay either. With
+``label_noise > 0`` (default 0) that fraction of the training targets (teacher and students
+alike) is replaced by other module names; measured, distillation did not pay there either.
 
 Checkpoints travel between stages as ``torch.save`` bytes of the ``state_dict`` (on the
 CPU), so they live in the cache store. Sizes:
