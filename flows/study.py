@@ -91,6 +91,7 @@ class StudyResult:
     best_params: dict[str, Any] | None
     outputs: dict[str, str]
     journal_url: str
+    best_trial: int | None = None  # the best trial's number in the journal and results.csv
 
 
 def prepare(cfg: StudyConfig) -> tuple[Pipeline, Store, Optimizer, StudyJournal]:
@@ -472,6 +473,20 @@ def finish_study(
     """Write outputs and (with ``artifacts``) the Prefect artifacts, then raise
     :class:`StudyFailed` or return the result."""
     best = opt.best_trial
+    # The best trial's journal number (telling order), as results.csv and best.yaml show it:
+    # the optimizer numbers trials in ask order, which parallel trials finish out of.
+    best_number = None
+    if best is not None:
+        best_number = next(
+            (
+                r["number"]
+                for r in records
+                if r["state"] == "complete"
+                and r["params"] == best.params
+                and r["objective"] == best.objective
+            ),
+            best.number,
+        )
     recommended = recommended_record(records, opt.recommend())
     paths = write_outputs(
         cfg.output_dir, cfg.study, records, cfg.pipeline.direction, opt.warmup_spent, recommended
@@ -486,7 +501,7 @@ def finish_study(
             key=artifact_key(cfg.study, "best"),
             markdown=best_markdown(
                 cfg.study,
-                None if best is None else best.to_dict(),
+                None if best is None else {**best.to_dict(), "number": best_number},
                 opt.spent,
                 len(records),
                 recommended,
@@ -506,7 +521,7 @@ def finish_study(
         f"done: {len(records)} trials"
         + (f" on {workers} workers" if workers else "")
         + f", spent {opt.spent:.4g}/{cfg.budget:g}; best "
-        + ("-" if best is None else f"{best.objective:.6g} (trial {best.number})")
+        + ("-" if best is None else f"{best.objective:.6g} (trial {best_number})")
         + f"; outputs in {cfg.output_dir}",
     )
     return StudyResult(
@@ -517,4 +532,5 @@ def finish_study(
         best_params=None if best is None else best.params,
         outputs={k: str(v) for k, v in paths.items()},
         journal_url=journal.url,
+        best_trial=best_number,
     )
