@@ -318,14 +318,6 @@ class StudyLoop:
         self._release_held()
 
     def _release_held(self) -> None:
-        if self.held and self.opt.done:
-            # The budget was spent while these waited for a slot (asked ahead, or held back
-            # for a stage in flight): starting them now would only overshoot it.
-            self.log.info(
-                "budget spent: trial(s) %s asked but not run", [j.trial.number for j in self.held]
-            )
-            self._drop_held()
-            return
         for job in list(self.held):
             if len(self.in_flight) >= self.executor.slots:
                 return
