@@ -4,7 +4,7 @@ A pure library on BoTorch (no Prefect, Hydra or fsspec). See ``Optimizer`` for t
 loop and ``SearchSpace`` for the search-space schema.
 """
 
-from eeipu._acquisition import LogEIPerCost, cooling_eta
+from eeipu._acquisition import GittinsIndex, LogEIPerCost, cooling_eta
 from eeipu._cache import CacheView, HistoryCacheView, cached_prefix, canonical_json
 from eeipu._errors import (
     CacheError,
@@ -44,6 +44,7 @@ __all__ = [
     "EEIPUError",
     "EEIPUWarning",
     "FloatParam",
+    "GittinsIndex",
     "HistoryCacheView",
     "IntParam",
     "LaMBO",

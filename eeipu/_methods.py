@@ -47,7 +47,7 @@ from linear_operator.utils.warnings import NumericalWarning
 from torch import Tensor
 from torch.quasirandom import SobolEngine
 
-from eeipu._acquisition import LogEIPerCost
+from eeipu._acquisition import GittinsIndex, LogEIPerCost
 from eeipu._errors import OptimizerError
 from eeipu._models import CostModel, conditioned_gp, fit_gp, gp_hyperparameters
 from eeipu._space import SearchSpace
@@ -255,7 +255,9 @@ class RandomSearch(Method):
         return Proposal(torch.rand(obs.space.dim, generator=obs.rng, dtype=torch.double))
 
 
+CostAcquisition = LogEIPerCost | GittinsIndex
 INCUMBENTS = ("observed", "mean", "noisy")
+TRADEOFFS = ("ratio", "gittins")
 
 
 class CostAwareEI(WarmStartState, Method):
@@ -302,6 +304,14 @@ class CostAwareEI(WarmStartState, Method):
         cost_weight: c ≥ 0 in ``log EI + c · η · log E[1/C]``: how many nats of log EI one
             nat of expected inverse cost is worth (1: EI per unit cost, the paper's trade-off;
             0: cost-blind).
+        tradeoff: How quality and cost combine: ``"ratio"``, EI per unit expected cost
+            (``log EI + c · η · log E[1/C]``, the paper's), or ``"gittins"``, the Pandora's
+            box Gittins index (:class:`~eeipu.GittinsIndex`): the threshold whose expected
+            improvement equals λ times the expected cost, with λ half the best EI per unit
+            cost among the raw fresh candidates of the ask. The index's cost enters roughly
+            as sqrt(log C), so a dear region with high uncertainty is not priced out.
+            ``cooling`` and ``cost_weight`` apply to ``"ratio"`` only; with ``incumbent``
+            ``"noisy"`` the index improves on the best posterior mean (as ``"mean"``).
     """
 
     def __init__(
@@ -321,6 +331,7 @@ class CostAwareEI(WarmStartState, Method):
         warm_start: bool = True,
         incumbent: str = "observed",
         cost_weight: float = 1.0,
+        tradeoff: str = "ratio",
     ) -> None:
         if cost not in (None, "total", "stage"):
             raise OptimizerError(f"`cost` must be None, 'total' or 'stage', but got {cost!r}")
@@ -335,6 +346,14 @@ class CostAwareEI(WarmStartState, Method):
             )
         if not (isinstance(cost_weight, int | float) and 0 <= cost_weight < math.inf):
             raise OptimizerError(f"`cost_weight` must be a number >= 0, but got {cost_weight!r}")
+        if tradeoff not in TRADEOFFS:
+            raise OptimizerError(
+                f"`tradeoff` must be one of {', '.join(map(repr, TRADEOFFS))}, but got {tradeoff!r}"
+            )
+        if tradeoff == "gittins" and cost is None:
+            raise OptimizerError(
+                "`tradeoff='gittins'` needs a cost model (cost='total' or 'stage')"
+            )
         if memoize and cost != "stage":
             raise OptimizerError("`memoize=True` needs per-stage costs (cost='stage')")
         if load_eps is not None and not (load_eps > 0 and math.isfinite(load_eps)):
@@ -364,6 +383,7 @@ class CostAwareEI(WarmStartState, Method):
         self.warm_start = warm_start
         self.incumbent = incumbent
         self.cost_weight = float(cost_weight)
+        self.tradeoff = tradeoff
         self._init: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ models
@@ -414,10 +434,24 @@ class CostAwareEI(WarmStartState, Method):
         ]
         return model
 
-    def acquisition(self, obs: Observations, n_cached: int | Tensor = 0) -> LogEIPerCost:
+    def acquisition(self, obs: Observations, n_cached: int | Tensor = 0) -> CostAcquisition:
         """The fitted acquisition for candidates whose first ``n_cached`` stages are cached."""
         eta = (obs.eta if self.cooling else 1.0) * self.cost_weight
         n = obs.X.shape[0] - obs.n_pending
+        if self.tradeoff == "gittins":
+            model = self._fit_objective(obs)
+            if self.incumbent == "observed":
+                best_f = obs.Y.max()
+            else:
+                with torch.no_grad():
+                    best_f = model.posterior(obs.X[:n]).mean.max()
+            raw = SobolEngine(obs.space.dim, scramble=True, seed=obs.seed).draw(
+                self.raw_samples, dtype=torch.double
+            )
+            scale = obs.Y[:n].std() if n > 1 else 1.0
+            acq = GittinsIndex.calibrated(model, best_f, scale, self.cost_model(obs), raw)
+            acq.n_cached = n_cached
+            return acq
         if self.incumbent == "noisy":
             model = self._fit_objective(obs, condition=False)
             sampler = SobolQMCNormalSampler(torch.Size([self.mc_samples]), seed=obs.seed)
@@ -466,7 +500,7 @@ class CostAwareEI(WarmStartState, Method):
 
     @staticmethod
     def _rounded(
-        acq: LogEIPerCost, proposals: list[Proposal], space: SearchSpace
+        acq: CostAcquisition, proposals: list[Proposal], space: SearchSpace
     ) -> list[Proposal]:
         """The proposals at the configurations that will really run (ints rounded,
         categoricals binned, floats as decoded; a prefix's columns as cached), each
@@ -486,7 +520,7 @@ class CostAwareEI(WarmStartState, Method):
         return [replace(p, x=X[j], acq_value=float(values[j])) for j, p in enumerate(proposals)]
 
     def _starts(
-        self, obs: Observations, acq: LogEIPerCost, pool: list[Prefix | None]
+        self, obs: Observations, acq: CostAcquisition, pool: list[Prefix | None]
     ) -> list[Tensor]:
         """L-BFGS starts for each prefix of the pool (``k_i x 1 x d`` each, possibly empty):
         the best of its raw Sobol points, its fixed columns set to the cached values. The raw
@@ -521,7 +555,7 @@ class CostAwareEI(WarmStartState, Method):
 
     def _optimize_pool(
         self,
-        acq: LogEIPerCost,
+        acq: CostAcquisition,
         pool: list[Prefix | None],
         starts: list[Tensor],
         space: SearchSpace,
@@ -565,7 +599,7 @@ class CostAwareEI(WarmStartState, Method):
         return [Proposal(X[j], pool[int(owner[j])], float(vals[j])) for j in range(owner.numel())]
 
 
-def acquisition_terms(acq: LogEIPerCost, ranked: list[Proposal]) -> list[Proposal]:
+def acquisition_terms(acq: CostAcquisition, ranked: list[Proposal]) -> list[Proposal]:
     """``ranked`` (scored proposals, best first), each with its ``acq_terms``.
 
     The acquisition is ``log EI + eta * log I(x; delta)`` (:class:`LogEIPerCost`), so one
@@ -583,9 +617,15 @@ def acquisition_terms(acq: LogEIPerCost, ranked: list[Proposal]) -> list[Proposa
     cost_term_fresh`` (it won); ``log_ei_fresh - log_ei`` is the quality it gave up for
     ``log_inv_cost - log_inv_cost_fresh``, the log of how many times cheaper it is expected
     to be (in expected inverse cost).
+
+    For the Gittins index (:class:`GittinsIndex`, no sum of terms) the keys are ``index``
+    (``acq_value``: the standardized threshold above the incumbent), ``log_inv_cost``,
+    ``lam`` (λ) and ``prefix_stages``, with ``index_fresh`` and ``log_inv_cost_fresh``.
     """
     if not ranked:
         return ranked
+    if isinstance(acq, GittinsIndex):
+        return _gittins_terms(acq, ranked)
     X = torch.stack([p.x for p in ranked]).unsqueeze(-2)  # B x 1 x d
     delta = [0 if p.prefix is None else p.prefix.n_stages for p in ranked]
     with torch.no_grad():
@@ -606,6 +646,30 @@ def acquisition_terms(acq: LogEIPerCost, ranked: list[Proposal]) -> list[Proposa
     fresh = next((t for t, k in zip(terms, delta, strict=True) if k == 0), None)
     if fresh is not None:
         fresh = {f"{key}_fresh": fresh[key] for key in ("log_ei", "cost_term", "log_inv_cost")}
+        for t in terms:
+            t.update(fresh)
+    return [replace(p, acq_terms=t) for p, t in zip(ranked, terms, strict=True)]
+
+
+def _gittins_terms(acq: GittinsIndex, ranked: list[Proposal]) -> list[Proposal]:
+    """:func:`acquisition_terms` for the Gittins index."""
+    X = torch.stack([p.x for p in ranked]).unsqueeze(-2)  # B x 1 x d
+    delta = [0 if p.prefix is None else p.prefix.n_stages for p in ranked]
+    with torch.no_grad():
+        acq.n_cached = torch.tensor(delta, dtype=torch.long)
+        log_inv_cost = acq.log_inverse_cost(X).reshape(-1).tolist()  # B
+    terms = [
+        {
+            "index": float(p.acq_value),
+            "log_inv_cost": float(lic),
+            "lam": acq.lam,
+            "prefix_stages": k,
+        }
+        for p, k, lic in zip(ranked, delta, log_inv_cost, strict=True)
+    ]
+    fresh = next((t for t, k in zip(terms, delta, strict=True) if k == 0), None)
+    if fresh is not None:
+        fresh = {f"{key}_fresh": fresh[key] for key in ("index", "log_inv_cost")}
         for t in terms:
             t.update(fresh)
     return [replace(p, acq_terms=t) for p, t in zip(ranked, terms, strict=True)]
@@ -663,7 +727,7 @@ class _PrefixPool(AcquisitionFunction):
 
     def __init__(
         self,
-        acq: LogEIPerCost,
+        acq: CostAcquisition,
         values: Tensor,
         n_fixed: Tensor,
         n_cached: Tensor,

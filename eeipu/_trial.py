@@ -26,7 +26,8 @@ class Trial:
         memoized: Stages the optimizer expects to load from the cache (a leading run of
             stages, in pipeline order).
         origin: ``"warmup"`` or the method that proposed it.
-        acq_value: The (log) acquisition value of the proposal, where there is one.
+        acq_value: The acquisition value of the proposal, where there is one (in nats for
+            the EI-based ones; the standardized index for ``tradeoff='gittins'``).
         state: pending, complete or failed.
         objective: The objective (None while pending or when failed).
         costs: What each stage really cost (a cached stage: its load cost).
@@ -40,8 +41,8 @@ class Trial:
         acq_terms: For memoization-aware methods (``eeipu``), ``acq_value`` split into its
             quality term (``log_ei``) and cost term (``cost_term``), beside those of the best
             candidate of the same ask that reuses no prefix (``log_ei_fresh``,
-            ``cost_term_fresh``); see :func:`eeipu._methods.acquisition_terms` for every
-            key. None when not recorded.
+            ``cost_term_fresh``), or the Gittins index's terms; see
+            :func:`eeipu._methods.acquisition_terms` for every key. None when not recorded.
     """
 
     number: int

@@ -9,8 +9,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from scipy.stats import norm
 
-from eeipu import HistoryCacheView, Method, Optimizer, Prefix, Proposal, SearchSpace, make_method
+from eeipu import (
+    GittinsIndex,
+    HistoryCacheView,
+    Method,
+    Optimizer,
+    Prefix,
+    Proposal,
+    SearchSpace,
+    make_method,
+)
 from eeipu._methods import acquisition_terms
 
 SPACE = SearchSpace.from_dict(
@@ -26,13 +36,13 @@ def objective(params):
 
 
 class Spy(Method):
-    """EEIPU, recording each proposal and the acquisition it was chosen by."""
+    """EEIPU (with ``options``), recording each proposal and the acquisition it was chosen by."""
 
     name = "spy"
     uses_prefixes = True
 
-    def __init__(self):
-        self.inner = make_method("eeipu", warm_start=False, **OPTIONS)
+    def __init__(self, **options):
+        self.inner = make_method("eeipu", warm_start=False, **OPTIONS, **options)
         self.seen = []
 
     def propose(self, obs):
@@ -41,8 +51,8 @@ class Spy(Method):
         return proposal
 
 
-def study(method, n=12, n_init=6):
-    opt = Optimizer(SPACE, method=method, budget=1e6, n_init=n_init, seed=2)
+def study(method, n=12, n_init=6, seed=2):
+    opt = Optimizer(SPACE, method=method, budget=1e6, n_init=n_init, seed=seed)
     view = HistoryCacheView(SPACE.stages)
     for _ in range(n):
         t = opt.ask(cache=view)
@@ -153,3 +163,64 @@ def test_acquisition_terms_by_hand():
     acq, _ = _fake_acq([0.0], eta=1.0)
     (only,) = acquisition_terms(acq, ranked[:1])
     assert "log_ei_fresh" not in only.acq_terms
+
+
+# The Pandora's box Gittins index (tradeoff="gittins"): its terms, its equation, its λ.
+
+
+def test_the_index_solves_its_equation_and_a_cached_prefix_raises_it():
+    spy = Spy(tradeoff="gittins")
+    study(spy, n=9, seed=1)
+    reused = 0
+    for winner, acq in spy.seen:
+        assert isinstance(acq, GittinsIndex) and acq.lam > 0
+        X = torch.rand(
+            5, 1, SPACE.dim, dtype=torch.double, generator=torch.Generator().manual_seed(0)
+        )
+        for delta in (0, 1, 2):
+            acq.n_cached = delta
+            with torch.no_grad():
+                g = acq(X)
+                post = acq.model.posterior(X)
+                mu = (post.mean.reshape(-1) - acq.best_f) / acq.scale
+                sigma = post.variance.sqrt().reshape(-1) / acq.scale
+                cost = torch.exp(-acq.log_inverse_cost(X))
+            # E[max(f - g, 0)] for f ~ N(mu, sigma^2), in closed form with scipy, is λ·C.
+            for m, s, gi, c in zip(
+                mu.tolist(), sigma.tolist(), g.tolist(), cost.tolist(), strict=True
+            ):
+                z = (m - gi) / s
+                ei = s * (norm.pdf(z) + z * norm.cdf(z))
+                assert ei == pytest.approx(acq.lam * c, rel=1e-6)
+        # The same point with its first stage cached is cheaper, so its index is higher.
+        acq.n_cached = 0
+        fresh = acq(X)
+        acq.n_cached = 1
+        assert bool((acq(X) > fresh).all())
+        terms = winner.acq_terms
+        assert terms["index"] == pytest.approx(winner.acq_value)
+        assert terms["lam"] == acq.lam
+        if "index_fresh" in terms:
+            assert terms["index"] >= terms["index_fresh"] - 1e-9  # the winner has the top index
+        if winner.prefix is not None:
+            reused += 1
+            assert terms["log_inv_cost"] > terms["log_inv_cost_fresh"]
+    assert reused >= 1, "the study should reuse a prefix, or this test checks less"
+
+
+def test_lambda_is_half_the_best_ei_per_unit_cost_so_that_point_indexes_above_the_incumbent():
+    spy = Spy(tradeoff="gittins")
+    study(spy, n=8, seed=1)
+    raw = torch.rand(64, SPACE.dim, dtype=torch.double, generator=torch.Generator().manual_seed(3))
+    acq = spy.seen[-1][1]
+    cal = GittinsIndex.calibrated(acq.model, acq.best_f, acq.scale, acq.cost_model, raw)
+    with torch.no_grad():
+        post = cal.model.posterior(raw.unsqueeze(-2))
+        mu = (post.mean.reshape(-1) - cal.best_f) / cal.scale
+        sigma = post.variance.sqrt().reshape(-1) / cal.scale
+        z = mu / sigma
+        ei = sigma * torch.from_numpy(norm.pdf(z.numpy()) + z.numpy() * norm.cdf(z.numpy()))
+        eipu = ei * torch.exp(cal.log_inverse_cost(raw.unsqueeze(-2)))
+        best = int(eipu.argmax())
+        assert cal.lam == pytest.approx(float(eipu.max()) / 2, rel=1e-6)
+        assert float(cal(raw[best].view(1, 1, -1))) > 0.0  # above the incumbent
