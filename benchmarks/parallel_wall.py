@@ -196,20 +196,16 @@ def _study(
     workers = len({r.get("worker") for r in recs if r.get("worker")})
     # Trials held back because a trial in flight was computing a stage they need.
     held = sum(bool(r.get("waited_for")) for r in recs)
-    # Per trial: from being handed to the executor to being told, less its stages (a trial
-    # asked ahead waits for a slot after its ask: that wait is not overhead).
-    overhead = [
-        r["finished_at"]
-        - (r.get("submitted_at") or r["started_at"] + r["ask_seconds"])
-        - sum(r["seconds"].values())
-        for r in recs
-    ]
-    # The study's own wall time: first trial asked to last trial told (no CLI start).
-    study = max(r["finished_at"] for r in recs) - min(r["started_at"] for r in recs)
-    running = sum(
+    # Per trial: from being handed to the executor to being told (a trial asked ahead waits
+    # for a slot after its ask: that wait is not overhead), and that less its stages.
+    in_flight = [
         r["finished_at"] - (r.get("submitted_at") or r["started_at"] + r["ask_seconds"])
         for r in recs
-    )
+    ]
+    overhead = [f - sum(r["seconds"].values()) for f, r in zip(in_flight, recs, strict=True)]
+    # The study's own wall time: first trial asked to last trial told (no CLI start).
+    study = max(r["finished_at"] for r in recs) - min(r["started_at"] for r in recs)
+    running = sum(in_flight)
     print(
         f"{kind:12s}  {n:8d}  {seed:4d}  {len(recs):6d}  {spent:5.1f}  {wall:6.1f}  "
         f"{wall / spent:11.2f}  {study / spent:12.2f}  {best:8.3f}  {workers:7d}  "

@@ -22,6 +22,7 @@ __all__ = [
     "progress_line",
     "recommended_record",
     "record_cost",
+    "record_of",
     "trial_rows",
     "write_outputs",
 ]
@@ -145,6 +146,27 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def record_of(
+    records: Sequence[dict[str, Any]],
+    params: dict[str, dict[str, Any]],
+    objective: float | None = None,
+) -> dict[str, Any] | None:
+    """The first complete record with these ``params`` (and, if given, this ``objective``);
+    None if there is none. Records are matched by configuration, not by trial number: the
+    optimizer numbers trials in ask order, the journal in telling order, and a replayed run
+    renumbers them."""
+    return next(
+        (
+            r
+            for r in records
+            if r["state"] == "complete"
+            and r["params"] == params
+            and (objective is None or r["objective"] == objective)
+        ),
+        None,
+    )
+
+
 def recommended_record(
     records: Sequence[dict[str, Any]], recommendation: tuple[Any, float] | None
 ) -> dict[str, Any] | None:
@@ -157,9 +179,7 @@ def recommended_record(
     if recommendation is None:
         return None
     trial, posterior_mean = recommendation
-    rec = next(
-        (r for r in records if r["state"] == "complete" and r["params"] == trial.params), None
-    )
+    rec = record_of(records, trial.params)
     if rec is None:
         return None
     return {

@@ -54,6 +54,7 @@ from flows._outputs import (
     best_so_far,
     progress_line,
     recommended_record,
+    record_of,
     trial_rows,
     write_outputs,
 )
@@ -469,16 +470,8 @@ def finish_study(
     # the optimizer numbers trials in ask order, which parallel trials finish out of.
     best_number = None
     if best is not None:
-        best_number = next(
-            (
-                r["number"]
-                for r in records
-                if r["state"] == "complete"
-                and r["params"] == best.params
-                and r["objective"] == best.objective
-            ),
-            best.number,
-        )
+        rec = record_of(records, best.params, best.objective)
+        best_number = best.number if rec is None else rec["number"]
     recommended = recommended_record(records, opt.recommend())
     paths = write_outputs(
         cfg.output_dir, cfg.study, records, cfg.pipeline.direction, opt.warmup_spent, recommended
