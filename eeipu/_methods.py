@@ -436,7 +436,6 @@ class CostAwareEI(WarmStartState, Method):
 
     def acquisition(self, obs: Observations, n_cached: int | Tensor = 0) -> CostAcquisition:
         """The fitted acquisition for candidates whose first ``n_cached`` stages are cached."""
-        eta = (obs.eta if self.cooling else 1.0) * self.cost_weight
         n = obs.X.shape[0] - obs.n_pending
         if self.tradeoff == "gittins":
             model = self._fit_objective(obs)
@@ -452,6 +451,7 @@ class CostAwareEI(WarmStartState, Method):
             acq = GittinsIndex.calibrated(model, best_f, scale, self.cost_model(obs), raw)
             acq.n_cached = n_cached
             return acq
+        eta = (obs.eta if self.cooling else 1.0) * self.cost_weight
         if self.incumbent == "noisy":
             model = self._fit_objective(obs, condition=False)
             sampler = SobolQMCNormalSampler(torch.Size([self.mc_samples]), seed=obs.seed)
@@ -624,52 +624,35 @@ def acquisition_terms(acq: CostAcquisition, ranked: list[Proposal]) -> list[Prop
     """
     if not ranked:
         return ranked
+    X = torch.stack([p.x for p in ranked]).unsqueeze(-2)  # B x 1 x d
+    delta = [0 if p.prefix is None else p.prefix.n_stages for p in ranked]
+    with torch.no_grad():
+        acq.n_cached = torch.tensor(delta, dtype=torch.long)
+        log_inv_cost = acq.log_inverse_cost(X).reshape(-1).tolist()  # B
     if isinstance(acq, GittinsIndex):
-        return _gittins_terms(acq, ranked)
-    X = torch.stack([p.x for p in ranked]).unsqueeze(-2)  # B x 1 x d
-    delta = [0 if p.prefix is None else p.prefix.n_stages for p in ranked]
-    with torch.no_grad():
-        acq.n_cached = torch.tensor(delta, dtype=torch.long)
-        log_inv_cost = acq.log_inverse_cost(X).reshape(-1).tolist()  # B
-    terms = []
-    for p, k, lic in zip(ranked, delta, log_inv_cost, strict=True):
-        cost_term = acq.eta * lic if acq.uses_cost else 0.0
-        terms.append(
-            {
-                "log_ei": float(p.acq_value) - cost_term,
-                "cost_term": cost_term,
-                "log_inv_cost": float(lic),
-                "eta": acq.eta,
-                "prefix_stages": k,
-            }
-        )
+        compared = ("index", "log_inv_cost")
+        terms = [
+            {"index": float(p.acq_value), "log_inv_cost": float(lic), "lam": acq.lam}
+            for p, lic in zip(ranked, log_inv_cost, strict=True)
+        ]
+    else:
+        compared = ("log_ei", "cost_term", "log_inv_cost")
+        terms = []
+        for p, lic in zip(ranked, log_inv_cost, strict=True):
+            cost_term = acq.eta * lic if acq.uses_cost else 0.0
+            terms.append(
+                {
+                    "log_ei": float(p.acq_value) - cost_term,
+                    "cost_term": cost_term,
+                    "log_inv_cost": float(lic),
+                    "eta": acq.eta,
+                }
+            )
+    for t, k in zip(terms, delta, strict=True):
+        t["prefix_stages"] = k
     fresh = next((t for t, k in zip(terms, delta, strict=True) if k == 0), None)
     if fresh is not None:
-        fresh = {f"{key}_fresh": fresh[key] for key in ("log_ei", "cost_term", "log_inv_cost")}
-        for t in terms:
-            t.update(fresh)
-    return [replace(p, acq_terms=t) for p, t in zip(ranked, terms, strict=True)]
-
-
-def _gittins_terms(acq: GittinsIndex, ranked: list[Proposal]) -> list[Proposal]:
-    """:func:`acquisition_terms` for the Gittins index."""
-    X = torch.stack([p.x for p in ranked]).unsqueeze(-2)  # B x 1 x d
-    delta = [0 if p.prefix is None else p.prefix.n_stages for p in ranked]
-    with torch.no_grad():
-        acq.n_cached = torch.tensor(delta, dtype=torch.long)
-        log_inv_cost = acq.log_inverse_cost(X).reshape(-1).tolist()  # B
-    terms = [
-        {
-            "index": float(p.acq_value),
-            "log_inv_cost": float(lic),
-            "lam": acq.lam,
-            "prefix_stages": k,
-        }
-        for p, k, lic in zip(ranked, delta, log_inv_cost, strict=True)
-    ]
-    fresh = next((t for t, k in zip(terms, delta, strict=True) if k == 0), None)
-    if fresh is not None:
-        fresh = {f"{key}_fresh": fresh[key] for key in ("index", "log_inv_cost")}
+        fresh = {f"{key}_fresh": fresh[key] for key in compared}
         for t in terms:
             t.update(fresh)
     return [replace(p, acq_terms=t) for p, t in zip(ranked, terms, strict=True)]
