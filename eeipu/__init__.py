@@ -4,7 +4,7 @@ A pure library on BoTorch (no Prefect, Hydra or fsspec). See ``Optimizer`` for t
 loop and ``SearchSpace`` for the search-space schema.
 """
 
-from eeipu._acquisition import GittinsIndex, LogEIPerCost, cooling_eta
+from eeipu._acquisition import GittinsIndex, LogEIPerCost, LogSuccessWeighted, cooling_eta
 from eeipu._cache import CacheView, HistoryCacheView, cached_prefix, canonical_json
 from eeipu._errors import (
     CacheError,
@@ -49,6 +49,7 @@ __all__ = [
     "IntParam",
     "LaMBO",
     "LogEIPerCost",
+    "LogSuccessWeighted",
     "Method",
     "Observations",
     "Optimizer",

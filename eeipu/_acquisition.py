@@ -26,7 +26,15 @@ from torch import Tensor
 
 from eeipu._models import CostModel
 
-__all__ = ["GittinsIndex", "LogEIPerCost", "cooling_eta", "log_h", "log_h_inverse"]
+__all__ = [
+    "GittinsIndex",
+    "LogEIPerCost",
+    "LogSuccessWeighted",
+    "cooling_eta",
+    "log_h",
+    "log_h_inverse",
+    "log_success",
+]
 
 
 def cooling_eta(budget: float, spent: float, warmup_spent: float | None) -> float:
@@ -85,6 +93,12 @@ class LogEIPerCost(AcquisitionFunction):
         self.n_cached = n_cached
 
     @property
+    def success(self) -> Model | None:
+        """The GP on outcome labels when the quality term is weighted by P(success)
+        (:class:`LogSuccessWeighted`), else None."""
+        return self.log_ei.success if isinstance(self.log_ei, LogSuccessWeighted) else None
+
+    @property
     def uses_cost(self) -> bool:
         """Whether the cost term counts (a cost model and η ≠ 0)."""
         return self.cost_model is not None and self.eta != 0.0
@@ -103,6 +117,49 @@ class LogEIPerCost(AcquisitionFunction):
         if self.cost_model is None:
             return torch.zeros(X.shape[:-2], dtype=X.dtype)
         return self.cost_model.log_expected_inverse_cost(X.squeeze(-2), self.n_cached)
+
+
+def log_success(success: Model, X: Tensor) -> Tensor:
+    """log P(success | x) = log Φ(μ/σ) of ``success``, a GP on +1 / -1 outcome labels, at
+    ``batch x 1 x d`` -> ``batch``: the probability that its latent function is positive."""
+    posterior = success.posterior(X)
+    mu = posterior.mean.reshape(X.shape[:-2])
+    sigma = posterior.variance.clamp_min(1e-12).sqrt().reshape(X.shape[:-2])
+    return torch.special.log_ndtr(mu / sigma)
+
+
+class LogSuccessWeighted(AcquisitionFunction):
+    """log a(x) + log P(success | x): a log-space acquisition times the probability that the
+    configuration runs to the end (the probability of feasibility of constrained EI,
+    Gardner et al. 2014; Gelbart et al. 2014).
+
+    ``success`` models the outcome label, +1 for a complete trial and -1 for a failed one
+    (a GP regression on the labels); P(success | x) = Φ(μ(x) / σ(x)) from its latent
+    posterior, the probability that the label's latent function is positive there.
+
+    Args:
+        log_acq: The quality term, ``batch x 1 x d`` -> ``batch`` in log space (e.g. LogEI).
+        success: The GP on the +1 / -1 labels of the told trials.
+
+    Example:
+        >>> acq = LogSuccessWeighted(LogExpectedImprovement(gp, best_f), success_gp)
+        >>> acq(X)  # X: batch x 1 x d -> batch
+    """
+
+    def __init__(self, log_acq: AcquisitionFunction, success: Model) -> None:
+        super().__init__(model=log_acq.model)
+        self.log_acq = log_acq
+        self.success = success
+
+    def log_success(self, X: Tensor) -> Tensor:
+        """log P(success | x), ``batch x 1 x d`` -> ``batch``."""
+        return log_success(self.success, X)
+
+    @t_batch_mode_transform(expected_q=1)
+    def forward(self, X: Tensor) -> Tensor:
+        """``batch x 1 x d`` -> ``batch``."""
+        value = self.log_acq(X)
+        return value + self.log_success(X).to(value)
 
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -148,7 +205,9 @@ class GittinsIndex(AcquisitionFunction):
     """The Pandora's box Gittins index g(x; δ), in units of the objective's spread above
     the incumbent: the g with  E[max(f(x) - g, 0)] = λ · C(x; δ).
 
-    With f(x) ~ N(μ, σ²) this is σ·h((μ - g)/σ) = λ·C, so g = μ - σ·h⁻¹(λC/σ). μ, σ and g
+    With f(x) ~ N(μ, σ²) this is σ·h((μ - g)/σ) = λ·C, so g = μ - σ·h⁻¹(λC/σ). With a
+    model of failures (``success``), a box that fails (probability 1 - p) pays nothing, so
+    the equation is p·E[max(f(x) - g, 0)] = λ·C and g = μ - σ·h⁻¹(λC/(pσ)). μ, σ and g
     are standardized, (· - best_f) / scale; C(x; δ) = 1 / I(x; δ) is the memoization-aware
     expected cost (``cost_model``, δ cached stages) and λ (per unit of cost) trades the two.
     A candidate whose EI over the incumbent is exactly 2λ·C has index above the incumbent:
@@ -162,6 +221,8 @@ class GittinsIndex(AcquisitionFunction):
         cost_model: Expected-inverse-cost model.
         lam: λ > 0, in standardized objective per unit of cost.
         n_cached: δ, the number of leading stages that are cached for these candidates.
+        success: A GP on +1 / -1 outcome labels (p = P(success), see :func:`log_success`),
+            or None when no trial failed (p = 1).
 
     Example:
         >>> acq = GittinsIndex.calibrated(gp, Y.max(), Y.std(), costs, X_raw)
@@ -179,6 +240,7 @@ class GittinsIndex(AcquisitionFunction):
         cost_model: CostModel,
         lam: float,
         n_cached: int | Tensor = 0,
+        success: Model | None = None,
     ) -> None:
         if not (lam > 0 and math.isfinite(lam)):
             raise ValueError(f"GittinsIndex needs a positive, finite `lam`, but got {lam!r}")
@@ -188,6 +250,7 @@ class GittinsIndex(AcquisitionFunction):
         self.cost_model = cost_model
         self.lam = float(lam)
         self.n_cached = n_cached
+        self.success = success
 
     @classmethod
     def calibrated(
@@ -198,13 +261,15 @@ class GittinsIndex(AcquisitionFunction):
         cost_model: CostModel,
         X: Tensor,
         n_cached: int | Tensor = 0,
+        success: Model | None = None,
     ) -> GittinsIndex:
-        """The index with λ = max over ``X`` (``n x d``, δ = ``n_cached``) of EI per unit
-        expected cost, halved."""
-        acq = cls(model, best_f, scale, cost_model, lam=1.0, n_cached=n_cached)
+        """The index with λ = max over ``X`` (``n x d``, δ = ``n_cached``) of EI (times
+        P(success) with ``success``) per unit expected cost, halved."""
+        acq = cls(model, best_f, scale, cost_model, lam=1.0, n_cached=n_cached, success=success)
         with torch.no_grad():
             mu, sigma = acq._standardized(X.unsqueeze(-2))
             log_eipu = sigma.log() + log_h(mu / sigma) + acq.log_inverse_cost(X.unsqueeze(-2))
+            log_eipu = log_eipu + acq.log_success(X.unsqueeze(-2))
         acq.lam = float(torch.exp(log_eipu.max()) / 2)
         if not (acq.lam > 0 and math.isfinite(acq.lam)):
             acq.lam = 1e-300  # no point improves at all: the index is the upper tail alone
@@ -222,9 +287,16 @@ class GittinsIndex(AcquisitionFunction):
         """``batch x 1 x d`` -> ``batch``: g(x; δ), standardized."""
         mu, sigma = self._standardized(X)
         log_cost = -self.log_inverse_cost(X).to(mu)
-        u = log_h_inverse(math.log(self.lam) + log_cost - sigma.log())
+        log_p = self.log_success(X).to(mu)
+        u = log_h_inverse(math.log(self.lam) + log_cost - log_p - sigma.log())
         return mu - sigma * u
 
     def log_inverse_cost(self, X: Tensor) -> Tensor:
         """log I(x; δ), ``batch x 1 x d`` -> ``batch``."""
         return self.cost_model.log_expected_inverse_cost(X.squeeze(-2), self.n_cached)
+
+    def log_success(self, X: Tensor) -> Tensor:
+        """log P(success | x), ``batch x 1 x d`` -> ``batch`` (zero without ``success``)."""
+        if self.success is None:
+            return torch.zeros(X.shape[:-2], dtype=X.dtype)
+        return log_success(self.success, X)

@@ -6,7 +6,8 @@ A method turns the observations into one proposal. Methods are looked up by name
 =========  ==================================================================  =========
 name       acquisition                                                          cost model
 =========  ==================================================================  =========
-eeipu      log NEI + η·log E[1/C(x; δ)], best over the prefix pool              per stage
+eeipu      log (NEI · P(success)) + η·log E[1/C(x; δ)], best over the prefix    per stage
+           pool (P(success): a GP on the outcome labels, once a trial failed)
 ms_carbo   log EI + η·log E[1/C(x; 0)] (no memoization: empty prefix only)      per stage
 carbo      log EI + η·log E[1/C(x)]                                             total
 eips       log EI + log E[1/C(x)] (no cooling)                                  total
@@ -20,7 +21,9 @@ random     uniform sampling                                                     
 
 The cost-aware EI family shares :class:`CostAwareEI`; ``eeipu`` uses noisy EI
 (``incumbent="noisy"``, BoTorch's qLogNEI) by default, the others LogEI on the best
-observed value (``incumbent="observed"``), as in the literature.
+observed value (``incumbent="observed"``), as in the literature. ``eeipu`` also models
+failed trials (``failures="model"``: EI times the probability of success); the others
+impute them with the worst observed value, as the literature's code does.
 
 ``ms_bo`` lives in ``eeipu/_ms_bo.py`` and ``lambo`` in ``eeipu/_lambo.py``; both register
 themselves here when ``eeipu`` is imported.
@@ -37,6 +40,7 @@ from typing import Any
 
 import torch
 from botorch.acquisition import AcquisitionFunction
+from botorch.acquisition.analytic import LogExpectedImprovement
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from botorch.exceptions.warnings import OptimizationWarning
 from botorch.generation import gen as botorch_gen
@@ -47,7 +51,7 @@ from linear_operator.utils.warnings import NumericalWarning
 from torch import Tensor
 from torch.quasirandom import SobolEngine
 
-from eeipu._acquisition import GittinsIndex, LogEIPerCost
+from eeipu._acquisition import GittinsIndex, LogEIPerCost, LogSuccessWeighted, log_success
 from eeipu._errors import OptimizerError
 from eeipu._models import CostModel, conditioned_gp, fit_gp, gp_hyperparameters
 from eeipu._space import SearchSpace
@@ -109,6 +113,8 @@ class Observations:
         overhead: The mean overhead told with this study's trials (``tell(overhead=)``: the
             cost each trial paid on top of its stages), 0 when none was told; cost models
             charge it to every candidate.
+        failed: ``n_told`` bool, the told rows (before the pending ones) whose trial failed
+            (their ``Y`` is the imputed worst value); None when none failed.
     """
 
     space: SearchSpace
@@ -124,6 +130,7 @@ class Observations:
     optimizer_seed: int = 0
     n_pending: int = 0
     overhead: float = 0.0
+    failed: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -258,6 +265,7 @@ class RandomSearch(Method):
 CostAcquisition = LogEIPerCost | GittinsIndex
 INCUMBENTS = ("observed", "mean", "noisy")
 TRADEOFFS = ("ratio", "gittins")
+FAILURES = ("impute", "model")
 
 
 class CostAwareEI(WarmStartState, Method):
@@ -312,6 +320,14 @@ class CostAwareEI(WarmStartState, Method):
             as sqrt(log C), so a dear region with high uncertainty is not priced out.
             ``cooling`` and ``cost_weight`` apply to ``"ratio"`` only; with ``incumbent``
             ``"noisy"`` the index improves on the best posterior mean (as ``"mean"``).
+        failures: What failed trials teach: ``"impute"``, the worst observed value as their
+            objective (the objective GP steers away from them), or ``"model"``: the
+            objective GP sees complete trials only, a second GP regresses the outcome
+            labels (+1 complete, -1 failed), and the quality term is multiplied by the
+            probability of success, P = Φ(μ/σ) of that GP (constrained EI's probability
+            of feasibility; :class:`~eeipu.LogSuccessWeighted`); with ``tradeoff="gittins"``
+            a box that may fail pays p·EI, so the index solves p·EI_g = λ·C. Both are the
+            same until a trial fails.
     """
 
     def __init__(
@@ -332,6 +348,7 @@ class CostAwareEI(WarmStartState, Method):
         incumbent: str = "observed",
         cost_weight: float = 1.0,
         tradeoff: str = "ratio",
+        failures: str = "impute",
     ) -> None:
         if cost not in (None, "total", "stage"):
             raise OptimizerError(f"`cost` must be None, 'total' or 'stage', but got {cost!r}")
@@ -349,6 +366,10 @@ class CostAwareEI(WarmStartState, Method):
         if tradeoff not in TRADEOFFS:
             raise OptimizerError(
                 f"`tradeoff` must be one of {', '.join(map(repr, TRADEOFFS))}, but got {tradeoff!r}"
+            )
+        if failures not in FAILURES:
+            raise OptimizerError(
+                f"`failures` must be one of {', '.join(map(repr, FAILURES))}, but got {failures!r}"
             )
         if tradeoff == "gittins" and cost is None:
             raise OptimizerError(
@@ -384,6 +405,7 @@ class CostAwareEI(WarmStartState, Method):
         self.incumbent = incumbent
         self.cost_weight = float(cost_weight)
         self.tradeoff = tradeoff
+        self.failures = failures
         self._init: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ models
@@ -393,13 +415,34 @@ class CostAwareEI(WarmStartState, Method):
         rank-p update of the fitted GP: fantasies would drag a fit away from the warm start
         (several times the L-BFGS steps) and teach the hyperparameters nothing."""
         n = obs.X.shape[0] - obs.n_pending
+        rows = self._fitted_rows(obs)
         init = self._init.get("objective") if self.warm_start else None
-        model = fit_gp(obs.X[:n], obs.Y[:n], init)
+        model = fit_gp(obs.X[rows], obs.Y[rows], init)
         self._init["objective"] = gp_hyperparameters(model)
         if obs.n_pending and condition:
             with torch.no_grad():
                 model.posterior(obs.X[n:])  # fills the caches that conditioning updates
             model = model.condition_on_observations(obs.X[n:], obs.Y[n:])
+        return model
+
+    def _fitted_rows(self, obs: Observations) -> Tensor:
+        """The told rows the objective GP learns from: all of them (failed ones imputed), or
+        with ``failures="model"`` the complete trials only."""
+        n = obs.X.shape[0] - obs.n_pending
+        if self.failures == "model" and obs.failed is not None:
+            return (~obs.failed).nonzero().squeeze(-1)
+        return torch.arange(n)
+
+    def _fit_success(self, obs: Observations) -> SingleTaskGP | None:
+        """With ``failures="model"`` and a failed trial told: the GP on the told trials'
+        outcome labels, +1 complete and -1 failed (else None)."""
+        if self.failures != "model" or obs.failed is None:
+            return None
+        n = obs.failed.numel()
+        labels = torch.where(obs.failed, -1.0, 1.0).to(obs.Y).unsqueeze(-1)
+        init = self._init.get("success") if self.warm_start else None
+        model = fit_gp(obs.X[:n], labels, init)
+        self._init["success"] = gp_hyperparameters(model)
         return model
 
     def cost_model(self, obs: Observations) -> CostModel | None:
@@ -437,18 +480,22 @@ class CostAwareEI(WarmStartState, Method):
     def acquisition(self, obs: Observations, n_cached: int | Tensor = 0) -> CostAcquisition:
         """The fitted acquisition for candidates whose first ``n_cached`` stages are cached."""
         n = obs.X.shape[0] - obs.n_pending
+        rows = self._fitted_rows(obs)
+        success = self._fit_success(obs)
         if self.tradeoff == "gittins":
             model = self._fit_objective(obs)
             if self.incumbent == "observed":
                 best_f = obs.Y.max()
             else:
                 with torch.no_grad():
-                    best_f = model.posterior(obs.X[:n]).mean.max()
+                    best_f = model.posterior(obs.X[rows]).mean.max()
             raw = SobolEngine(obs.space.dim, scramble=True, seed=obs.seed).draw(
                 self.raw_samples, dtype=torch.double
             )
-            scale = obs.Y[:n].std() if n > 1 else 1.0
-            acq = GittinsIndex.calibrated(model, best_f, scale, self.cost_model(obs), raw)
+            scale = obs.Y[rows].std() if rows.numel() > 1 else 1.0
+            acq = GittinsIndex.calibrated(
+                model, best_f, scale, self.cost_model(obs), raw, success=success
+            )
             acq.n_cached = n_cached
             return acq
         eta = (obs.eta if self.cooling else 1.0) * self.cost_weight
@@ -459,21 +506,24 @@ class CostAwareEI(WarmStartState, Method):
             # seeded here, the acquisition is a function of the observations alone.
             with torch.random.fork_rng():
                 torch.manual_seed(obs.seed)
-                noisy = qLogNoisyExpectedImprovement(
+                quality = qLogNoisyExpectedImprovement(
                     model=model,
-                    X_baseline=obs.X[:n],
+                    X_baseline=obs.X[rows],
                     sampler=sampler,
                     X_pending=obs.X[n:] if obs.n_pending else None,
                     prune_baseline=True,
                 )
-            return LogEIPerCost(model, None, self.cost_model(obs), eta, n_cached, log_ei=noisy)
-        model = self._fit_objective(obs)
-        if self.incumbent == "mean":
-            with torch.no_grad():
-                best_f = model.posterior(obs.X[:n]).mean.max()
         else:
-            best_f = obs.Y.max()
-        return LogEIPerCost(model, best_f, self.cost_model(obs), eta, n_cached)
+            model = self._fit_objective(obs)
+            if self.incumbent == "mean":
+                with torch.no_grad():
+                    best_f = model.posterior(obs.X[rows]).mean.max()
+            else:
+                best_f = obs.Y.max()
+            quality = LogExpectedImprovement(model=model, best_f=best_f)
+        if success is not None:
+            quality = LogSuccessWeighted(quality, success)
+        return LogEIPerCost(model, None, self.cost_model(obs), eta, n_cached, log_ei=quality)
 
     # ------------------------------------------------------------------ proposal
     def propose(self, obs: Observations) -> Proposal:
@@ -605,7 +655,10 @@ def acquisition_terms(acq: CostAcquisition, ranked: list[Proposal]) -> list[Prop
     The acquisition is ``log EI + eta * log I(x; delta)`` (:class:`LogEIPerCost`), so one
     batched call of the cost term alone splits every ``acq_value`` into its two terms. Keys:
 
-    - ``log_ei``: the quality term log EI(x), in nats.
+    - ``log_ei``: the quality term log EI(x), in nats (with ``failures="model"``, once a
+      trial failed, log EI(x) + log P(success | x)).
+    - ``log_success``: log P(success | x), with ``failures="model"`` once a trial failed
+      (for both trade-offs), with ``log_success_fresh``.
     - ``cost_term``: ``eta * log I(x; delta)``, what the cost added to the acquisition.
     - ``log_inv_cost``: log I(x; delta) = log E[1/C(x; delta)], uncooled.
     - ``eta``: the cost-cooling exponent of this ask; ``prefix_stages``: delta.
@@ -626,9 +679,11 @@ def acquisition_terms(acq: CostAcquisition, ranked: list[Proposal]) -> list[Prop
         return ranked
     X = torch.stack([p.x for p in ranked]).unsqueeze(-2)  # B x 1 x d
     delta = [0 if p.prefix is None else p.prefix.n_stages for p in ranked]
+    success = acq.success
     with torch.no_grad():
         acq.n_cached = torch.tensor(delta, dtype=torch.long)
         log_inv_cost = acq.log_inverse_cost(X).reshape(-1).tolist()  # B
+        log_p = None if success is None else log_success(success, X).reshape(-1).tolist()
     if isinstance(acq, GittinsIndex):
         compared = ("index", "log_inv_cost")
         terms = [
@@ -648,6 +703,10 @@ def acquisition_terms(acq: CostAcquisition, ranked: list[Proposal]) -> list[Prop
                     "eta": acq.eta,
                 }
             )
+    if log_p is not None:
+        compared += ("log_success",)
+        for t, lp in zip(terms, log_p, strict=True):
+            t["log_success"] = float(lp)
     for t, k in zip(terms, delta, strict=True):
         t["prefix_stages"] = k
     fresh = next((t for t, k in zip(terms, delta, strict=True) if k == 0), None)
@@ -769,6 +828,9 @@ register_method("ms_carbo")(lambda **kw: CostAwareEI(cost="stage", cooling=True,
 # observed incumbent on the six synthetic problems (README, "How EEIPU works here").
 register_method("eeipu")(
     lambda **kw: CostAwareEI(
-        cost="stage", cooling=True, memoize=True, **{"incumbent": "noisy", **kw}
+        cost="stage",
+        cooling=True,
+        memoize=True,
+        **{"incumbent": "noisy", "failures": "model", **kw},
     )
 )

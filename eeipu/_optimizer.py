@@ -408,8 +408,10 @@ class Optimizer:
         y = [sign * t.objective if t.state is TrialState.COMPLETE else math.nan for t in told]
         Y = torch.tensor(y, dtype=torch.double).unsqueeze(-1)
         ok = ~torch.isnan(Y)
+        failed = ~ok.squeeze(-1) if ok.any() and not ok.all() else None
         if ok.any():
-            # Failed trials count as the worst observed value: the GP then steers away.
+            # Failed trials count as the worst observed value: the GP then steers away
+            # (a method may model them instead: ``failed`` marks them).
             Y = torch.where(ok, Y, Y[ok].min())
         else:
             X, Y = X[:0], Y[:0]
@@ -455,6 +457,7 @@ class Optimizer:
             optimizer_seed=self.seed,
             n_pending=len(fantasies),
             overhead=self._mean_overhead(),
+            failed=failed,
         )
 
     def _prefix_pool(

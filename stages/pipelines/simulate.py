@@ -57,14 +57,21 @@ def simulate(
         hits = cache.lookup(trial.params)
         objective, costs = problem.evaluate(trial.params)
         costs = {s: (load_cost if s in hits else c) for s, c in costs.items()}
+        outputs: dict[str, float] | None = problem.stage_outputs(trial.params)
+        failed = problem.failed_stage(trial.params)
+        if failed is not None:  # it crashed part-way; the stages after it did not run
+            ran = problem.names[: problem.names.index(failed) + 1]
+            costs = {s: costs[s] for s in ran}
+            costs[failed] *= problem.fail_cost
+            objective, outputs = None, {s: outputs[s] for s in ran[:-1]} or None
         told = optimizer.tell(
             trial,
             objective=objective,
             costs=costs,
             cached=hits,
-            stage_outputs=problem.stage_outputs(trial.params),
+            stage_outputs=outputs,
         )
-        cache.add(trial.params)
+        cache.add(trial.params, [s for s in problem.names if s in costs and s != failed])
         if on_trial is not None:
             on_trial(told, optimizer)
     return optimizer.trials

@@ -72,6 +72,12 @@ class SyntheticProblem:
             ``f - f*`` over the stage's domain. 0 (default) for none: with ``log(8)`` the
             stage costs up to 8x more near its optimum, so the cheap region is not where
             the best values are.
+        fail_share: Per stage, the share of its domain where it fails (raises, as a
+            diverging training run does): a half-space of its unit cube, ``w · u > q`` with
+            ``w`` a direction drawn from ``seed`` and ``q`` the ``1 - share`` quantile of
+            ``w · u`` over the cube. 0 (default) for none. A configuration fails at the
+            first stage that fails (:meth:`failed_stage`); the stages after it do not run.
+        fail_cost: The share of its cost a failing stage is charged (it crashes part-way).
     """
 
     dims: Sequence[int] = (2, 3, 2)
@@ -81,11 +87,16 @@ class SyntheticProblem:
     cost_variation: float = 0.5
     noise_sd: float = 0.0
     cost_trap: Sequence[float] | None = None
+    fail_share: Sequence[float] | None = None
+    fail_cost: float = 0.5
     _functions: list[SyntheticTestFunction] = field(init=False, repr=False, compare=False)
     _cost_coef: list[tuple[torch.Tensor, torch.Tensor]] = field(
         init=False, repr=False, compare=False
     )
     _trap_scale: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    _fail_rule: tuple[tuple[torch.Tensor, float] | None, ...] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         dims = tuple(int(d) for d in self.dims)
@@ -135,6 +146,27 @@ class SyntheticProblem:
             gap = fn.evaluate_true(lo + u * (hi - lo)) - float(fn.optimal_value)
             scales.append(float(gap.median()) / 4)
         object.__setattr__(self, "_trap_scale", tuple(scales))
+        share = (
+            (0.0,) * len(dims) if self.fail_share is None else tuple(map(float, self.fail_share))
+        )
+        if len(share) != len(dims) or any(not 0 <= f < 1 for f in share):
+            raise ValueError(f"fail_share must be {len(dims)} numbers in [0, 1), but got {share}")
+        if not 0 < self.fail_cost <= 1:
+            raise ValueError(f"fail_cost must be in (0, 1], but got {self.fail_cost}")
+        object.__setattr__(self, "fail_share", share)
+        rules: list[tuple[torch.Tensor, float] | None] = []
+        for k, (d, f) in enumerate(zip(dims, share, strict=True)):
+            if f == 0.0:
+                rules.append(None)
+                continue
+            gen = torch.Generator().manual_seed(self.seed * 1009 + k + 7919)
+            w = torch.randn(d, generator=gen, dtype=torch.double)
+            w = w / w.norm()
+            u = torch.quasirandom.SobolEngine(d, scramble=True, seed=0).draw(
+                4096, dtype=torch.double
+            )
+            rules.append((w, float(torch.quantile(u @ w, 1.0 - f))))
+        object.__setattr__(self, "_fail_rule", tuple(rules))
 
     # ------------------------------------------------------------------ search space
     def space_dict(self) -> dict[str, dict[str, dict[str, Any]]]:
@@ -182,6 +214,21 @@ class SyntheticProblem:
             gap = float(fn.evaluate_true(self._x(k, params).unsqueeze(0))) - float(fn.optimal_value)
             log_factor += self.cost_trap[k] * math.exp(-max(gap, 0.0) / self._trap_scale[k])
         return float(self.base_costs[k] * math.exp(log_factor))
+
+    def stage_fails(self, stage: str, params: Mapping[str, Any]) -> bool:
+        """Whether this stage fails (raises) with these parameters (see ``fail_share``)."""
+        k = self._index(stage)
+        rule = self._fail_rule[k]
+        if rule is None:
+            return False
+        fn = self._functions[k]
+        lo, hi = fn.bounds[0].double(), fn.bounds[1].double()
+        u = (self._x(k, params) - lo) / (hi - lo)
+        return float(u @ rule[0]) > rule[1]
+
+    def failed_stage(self, params: Mapping[str, Mapping[str, Any]]) -> str | None:
+        """The first stage that fails for this configuration, None when it runs to the end."""
+        return next((s for s in self.names if self.stage_fails(s, params[s])), None)
 
     def run_stage(
         self, stage: str, upstream: float, params: Mapping[str, Any]
@@ -249,6 +296,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "base_costs": tuple(_TOTAL * w / 15.0 for w in (8.0, 4.0, 2.0, 1.0)),
         "cost_trap": (math.log(8.0), 0.0, 0.0, 0.0),
     },
+    # synthetic3 with failing stages: train fails in a quarter of its domain and finetune
+    # in another quarter (half-spaces drawn per seed), so ~44% of random configurations
+    # fail; a failing stage is charged half its cost and the stages after it do not run.
+    "failures": {"dims": (2, 3, 2), "fail_share": (0.0, 0.25, 0.25)},
 }
 
 
@@ -328,6 +379,8 @@ def _stage_function(
         upstream = float(kwargs.pop(previous)) if previous else 0.0
         if fail_above is not None and kwargs["x0"] > fail_above:
             raise RuntimeError(f"injected failure: x0={kwargs['x0']} > {fail_above}")
+        if problem.stage_fails(name, kwargs):
+            raise RuntimeError(f"simulated failure of stage {name!r} (the problem's fail_share)")
         value, cost = problem.run_stage(name, upstream, kwargs)
         return Reported(value, cost=cost)
 

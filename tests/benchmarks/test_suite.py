@@ -281,6 +281,46 @@ def test_cost_trap_makes_the_first_stage_dear_at_its_optimum():
         SyntheticProblem(noise_sd=-1.0)
 
 
+def test_failures_variant_fails_a_share_of_each_stage_and_simulate_tells_what_ran():
+    import torch
+
+    from eeipu import Optimizer, SearchSpace, TrialState
+    from stages.pipelines import simulate
+
+    p = synthetic_variant("failures", seed=3)
+    space = SearchSpace.from_dict(p.space_dict())
+    u = torch.quasirandom.SobolEngine(space.dim, scramble=True, seed=11).draw(2048).double()
+    configs = [space.decode(x) for x in u]
+    first = [p.failed_stage(c) for c in configs]
+    share = {s: first.count(s) / len(first) for s in ("prep", "train", "finetune", None)}
+    assert share["prep"] == 0.0
+    assert share["train"] == pytest.approx(0.25, abs=0.03)  # its quarter of the domain
+    assert share["finetune"] == pytest.approx(0.75 * 0.25, abs=0.03)  # of what gets there
+    # The region is a property of the seed: the same seed, the same failures.
+    assert [synthetic_variant("failures", seed=3).failed_stage(c) for c in configs[:50]] == first[
+        :50
+    ]
+    assert [synthetic_variant("failures", seed=4).failed_stage(c) for c in configs] != first
+
+    opt = Optimizer(space, method="random", budget=120.0, n_init=4, seed=0)
+    trials = simulate(opt, p, load_cost=0.01)
+    failed = [t for t in trials if t.state is TrialState.FAILED]
+    assert failed and len(failed) < len(trials)
+    for t in trials:
+        stage = p.failed_stage(t.params)
+        _, full = p.evaluate(t.params)
+        if stage is None:
+            assert t.state is TrialState.COMPLETE and set(t.costs) == set(p.names)
+            continue
+        ran = p.names[: p.names.index(stage) + 1]
+        assert t.objective is None and tuple(t.costs) == ran  # nothing after the failure
+        assert t.costs[stage] == pytest.approx(p.fail_cost * full[stage])
+    with pytest.raises(ValueError, match=r"fail_share must be 3 numbers in \[0, 1\)"):
+        SyntheticProblem(fail_share=(0.0, 1.0, 0.0))
+    with pytest.raises(ValueError, match=r"fail_cost must be in \(0, 1\]"):
+        SyntheticProblem(fail_cost=0.0)
+
+
 def test_noisy_runs_are_scored_by_the_truth_of_the_best_looking_trial():
     """The second trial *looks* best (observed 9) but is truly 1: the run's best is 1."""
     trials = [

@@ -36,7 +36,8 @@ def objective(params):
 
 
 class Spy(Method):
-    """EEIPU (with ``options``), recording each proposal and the acquisition it was chosen by."""
+    """EEIPU (with ``options``), recording each proposal and the acquisition it was chosen by
+    (``seen``), and the observations of each ask (``obs``)."""
 
     name = "spy"
     uses_prefixes = True
@@ -44,10 +45,12 @@ class Spy(Method):
     def __init__(self, **options):
         self.inner = make_method("eeipu", warm_start=False, **OPTIONS, **options)
         self.seen = []
+        self.obs = []
 
     def propose(self, obs):
         proposal = self.inner.propose(obs)
         self.seen.append((proposal, self.inner.acquisition(obs)))
+        self.obs.append(obs)
         return proposal
 
 
@@ -123,7 +126,9 @@ def _fake_acq(log_inv_cost, eta):
         calls.append((X.shape, acq.n_cached.tolist()))
         return torch.tensor(log_inv_cost, dtype=torch.double)
 
-    acq = SimpleNamespace(cost_model=object(), eta=eta, n_cached=0, uses_cost=eta != 0.0)
+    acq = SimpleNamespace(
+        cost_model=object(), eta=eta, n_cached=0, uses_cost=eta != 0.0, success=None
+    )
     acq.log_inverse_cost = log_inverse_cost
     return acq, calls
 
@@ -168,6 +173,24 @@ def test_acquisition_terms_by_hand():
 # The Pandora's box Gittins index (tradeoff="gittins"): its terms, its equation, its λ.
 
 
+def index_equation(acq, X):
+    """Both sides of the Gittins index's equation at ``X`` (``batch x 1 x d``), one pair per
+    point: p·E[max(f - g, 0)] for f ~ N(mu, sigma^2), in closed form with scipy, and λ·C
+    (p = P(success), 1 when failures are not modelled)."""
+    with torch.no_grad():
+        g = acq(X)
+        post = acq.model.posterior(X)
+        mu = (post.mean.reshape(-1) - acq.best_f) / acq.scale
+        sigma = post.variance.sqrt().reshape(-1) / acq.scale
+        cost = torch.exp(-acq.log_inverse_cost(X))
+        p = acq.log_success(X).exp()
+    sides = []
+    for m, s, gi, c, pi in zip(*(t.tolist() for t in (mu, sigma, g, cost, p)), strict=True):
+        z = (m - gi) / s
+        sides.append((pi * s * (norm.pdf(z) + z * norm.cdf(z)), acq.lam * c))
+    return sides
+
+
 def test_the_index_solves_its_equation_and_a_cached_prefix_raises_it():
     spy = Spy(tradeoff="gittins")
     study(spy, n=9, seed=1)
@@ -179,19 +202,8 @@ def test_the_index_solves_its_equation_and_a_cached_prefix_raises_it():
         )
         for delta in (0, 1, 2):
             acq.n_cached = delta
-            with torch.no_grad():
-                g = acq(X)
-                post = acq.model.posterior(X)
-                mu = (post.mean.reshape(-1) - acq.best_f) / acq.scale
-                sigma = post.variance.sqrt().reshape(-1) / acq.scale
-                cost = torch.exp(-acq.log_inverse_cost(X))
-            # E[max(f - g, 0)] for f ~ N(mu, sigma^2), in closed form with scipy, is λ·C.
-            for m, s, gi, c in zip(
-                mu.tolist(), sigma.tolist(), g.tolist(), cost.tolist(), strict=True
-            ):
-                z = (m - gi) / s
-                ei = s * (norm.pdf(z) + z * norm.cdf(z))
-                assert ei == pytest.approx(acq.lam * c, rel=1e-6)
+            for ei, lam_c in index_equation(acq, X):
+                assert ei == pytest.approx(lam_c, rel=1e-6)
         # The same point with its first stage cached is cheaper, so its index is higher.
         acq.n_cached = 0
         fresh = acq(X)

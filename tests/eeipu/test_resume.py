@@ -12,9 +12,18 @@ from stages.pipelines import SimulatedCache, SyntheticProblem
 FAST = {"num_restarts": 2, "raw_samples": 32, "mc_samples": 128, "maxiter": 30}
 
 
-@pytest.mark.parametrize("method", ["eeipu", "carbo"])
-def test_replay_plus_state_reproduces_the_next_ask(method):
-    problem = SyntheticProblem()
+def _completed(problem, params):
+    """The stages a trial completed: all, or those before the one that failed."""
+    failed = problem.failed_stage(params)
+    return list(problem.names if failed is None else problem.names[: problem.names.index(failed)])
+
+
+@pytest.mark.parametrize(
+    ("method", "fail_share"),
+    [("eeipu", None), ("carbo", None), ("eeipu", (0.0, 0.4, 0.4))],  # the last: failures modelled
+)
+def test_replay_plus_state_reproduces_the_next_ask(method, fail_share):
+    problem = SyntheticProblem(fail_share=fail_share)
     space = SearchSpace.from_dict(problem.space_dict())
 
     def optimizer() -> Optimizer:
@@ -29,8 +38,11 @@ def test_replay_plus_state_reproduces_the_next_ask(method):
         hits = cache.lookup(trial.params)
         objective, costs = problem.evaluate(trial.params)
         costs = {s: (0.01 if s in hits else c) for s, c in costs.items()}
+        done = _completed(problem, trial.params)
+        if len(done) < len(problem.names):  # failed: charged the stages it reached
+            objective, costs = None, {s: costs[s] for s in problem.names[: len(done) + 1]}
         told.append(opt.tell(trial, objective=objective, costs=costs, cached=hits))
-        cache.add(trial.params)
+        cache.add(trial.params, done)
 
     drifted = []
     for k in range(5, 9):  # resume after k trials (GP fits warm-started by then)
@@ -39,10 +51,12 @@ def test_replay_plus_state_reproduces_the_next_ask(method):
         for t in told[:k]:
             for o in (resumed, cold):
                 o.add_trial(t.params, t.objective, t.costs, cached=t.cached)
-            view.add(t.params)
+            view.add(t.params, _completed(problem, t.params))
         resumed.load_state_dict(states[k - 1])
         assert resumed.ask(cache=view).params == told[k].params
         drifted.append(cold.ask(cache=view).params != told[k].params)
+    if fail_share is not None:
+        assert any(t.objective is None for t in told[:5])  # the model of failures is fitted
     # Evidence that the state matters: without it the first fit starts cold and at least
     # one of these proposals drifts.
     assert any(drifted)

@@ -250,6 +250,29 @@ def test_synthetic_pipeline_matches_the_problem(tmp_path):
     assert pipe.space_dict() == problem.space_dict()
 
 
+def test_synthetic_pipeline_fails_where_the_problem_fails(tmp_path):
+    problem = SyntheticProblem(seed=1, fail_share=(0.0, 0.5, 0.0))
+    pipe = synthetic_pipeline(problem)
+    space = pipe.space_dict()
+    grid = [
+        {
+            s: {x: v["low"] + (v["high"] - v["low"]) * f for x, v in sec.items()}
+            for s, sec in space.items()
+        }
+        for f in (0.1, 0.3, 0.5, 0.7, 0.9)
+    ]
+    outcomes = {problem.failed_stage(p) for p in grid}
+    assert outcomes == {None, "train"}  # this grid crosses the boundary
+    for i, params in enumerate(grid):
+        if problem.failed_stage(params) is None:
+            assert run_pipeline(pipe, params, Store(tmp_path / str(i))).objective == pytest.approx(
+                problem.evaluate(params)[0]
+            )
+        else:
+            with pytest.raises(Exception, match="simulated failure of stage 'train'"):
+                run_pipeline(pipe, params, Store(tmp_path / str(i)))
+
+
 def test_retries_rerun_a_flaky_stage(tmp_path):
     def flaky(prep, lr):
         CALLS["flaky"] += 1
