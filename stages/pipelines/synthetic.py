@@ -35,6 +35,13 @@ __all__ = ["VARIANTS", "SyntheticProblem", "synthetic_pipeline", "synthetic_vari
 _DEFAULT_NAMES = ("prep", "train", "finetune")
 
 
+def _generator(key: Any) -> torch.Generator:
+    """A torch generator seeded by the canonical JSON of ``key`` (a draw that reproduces in
+    any process)."""
+    text = json.dumps(key, sort_keys=True)
+    return torch.Generator().manual_seed(int(hashlib.sha256(text.encode()).hexdigest()[:15], 16))
+
+
 def _test_function(k: int, dim: int) -> SyntheticTestFunction:
     """Stage k's test function: Branin, Hartmann, Styblinski-Tang, Ackley in turn, falling
     back to a dimension-agnostic function where the preferred one has a fixed dimension."""
@@ -78,6 +85,11 @@ class SyntheticProblem:
             ``w · u`` over the cube. 0 (default) for none. A configuration fails at the
             first stage that fails (:meth:`failed_stage`); the stages after it do not run.
         fail_cost: The share of its cost a failing stage is charged (it crashes part-way).
+        fail_random: The probability that a configuration fails whatever its parameters
+            (a preempted or out-of-memory run): each stage fails with probability
+            ``1 - (1 - fail_random) ** (1 / n_stages)``, drawn from ``seed`` and the
+            configuration up to it (:meth:`stage_fails`), so it reproduces exactly, in
+            :func:`stages.pipelines.simulate` and in :func:`synthetic_pipeline` alike.
     """
 
     dims: Sequence[int] = (2, 3, 2)
@@ -89,6 +101,7 @@ class SyntheticProblem:
     cost_trap: Sequence[float] | None = None
     fail_share: Sequence[float] | None = None
     fail_cost: float = 0.5
+    fail_random: float = 0.0
     _functions: list[SyntheticTestFunction] = field(init=False, repr=False, compare=False)
     _cost_coef: list[tuple[torch.Tensor, torch.Tensor]] = field(
         init=False, repr=False, compare=False
@@ -151,6 +164,8 @@ class SyntheticProblem:
         )
         if len(share) != len(dims) or any(not 0 <= f < 1 for f in share):
             raise ValueError(f"fail_share must be {len(dims)} numbers in [0, 1), but got {share}")
+        if not 0 <= self.fail_random < 1:
+            raise ValueError(f"fail_random must be in [0, 1), but got {self.fail_random}")
         if not 0 < self.fail_cost <= 1:
             raise ValueError(f"fail_cost must be in (0, 1], but got {self.fail_cost}")
         object.__setattr__(self, "fail_share", share)
@@ -215,20 +230,34 @@ class SyntheticProblem:
             log_factor += self.cost_trap[k] * math.exp(-max(gap, 0.0) / self._trap_scale[k])
         return float(self.base_costs[k] * math.exp(log_factor))
 
-    def stage_fails(self, stage: str, params: Mapping[str, Any]) -> bool:
-        """Whether this stage fails (raises) with these parameters (see ``fail_share``)."""
+    def stage_fails(self, stage: str, params: Mapping[str, Any], upstream: float = 0.0) -> bool:
+        """Whether this stage fails (raises) with these parameters: in its failing region
+        (``fail_share``), or at random (``fail_random``: each stage with the probability
+        that makes the whole pipeline fail with ``fail_random``, drawn from ``seed``, the
+        stage, its parameters and ``upstream``, the running objective sum it receives,
+        which stands for the upstream configuration)."""
         k = self._index(stage)
         rule = self._fail_rule[k]
-        if rule is None:
+        if rule is not None:
+            fn = self._functions[k]
+            lo, hi = fn.bounds[0].double(), fn.bounds[1].double()
+            u = (self._x(k, params) - lo) / (hi - lo)
+            if float(u @ rule[0]) > rule[1]:
+                return True
+        if not self.fail_random:
             return False
-        fn = self._functions[k]
-        lo, hi = fn.bounds[0].double(), fn.bounds[1].double()
-        u = (self._x(k, params) - lo) / (hi - lo)
-        return float(u @ rule[0]) > rule[1]
+        per_stage = 1.0 - (1.0 - self.fail_random) ** (1.0 / len(self.names))
+        key = [self.seed, "fail", stage, dict(params), repr(float(upstream))]
+        return float(torch.rand(1, generator=_generator(key), dtype=torch.double)) < per_stage
 
     def failed_stage(self, params: Mapping[str, Mapping[str, Any]]) -> str | None:
         """The first stage that fails for this configuration, None when it runs to the end."""
-        return next((s for s in self.names if self.stage_fails(s, params[s])), None)
+        total = 0.0
+        for name in self.names:
+            if self.stage_fails(name, params[name], total):
+                return name
+            total += self.stage_value(name, params[name])
+        return None
 
     def run_stage(
         self, stage: str, upstream: float, params: Mapping[str, Any]
@@ -251,9 +280,10 @@ class SyntheticProblem:
         """The observation noise of this configuration (0.0 when ``noise_sd`` is 0)."""
         if not self.noise_sd:
             return 0.0
-        key = json.dumps([self.seed, {n: dict(params[n]) for n in self.names}], sort_keys=True)
-        gen = torch.Generator().manual_seed(int(hashlib.sha256(key.encode()).hexdigest()[:15], 16))
-        return self.noise_sd * float(torch.randn(1, generator=gen, dtype=torch.double))
+        config = {n: dict(params[n]) for n in self.names}
+        return self.noise_sd * float(
+            torch.randn(1, generator=_generator([self.seed, config]), dtype=torch.double)
+        )
 
     def stage_outputs(self, params: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
         """Each stage's scalar output: the running objective sum after it, so the last
@@ -300,6 +330,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # in another quarter (half-spaces drawn per seed), so ~44% of random configurations
     # fail; a failing stage is charged half its cost and the stages after it do not run.
     "failures": {"dims": (2, 3, 2), "fail_share": (0.0, 0.25, 0.25)},
+    # synthetic3 where 20% of the configurations fail at random (a stage drawn uniformly),
+    # whatever their parameters: nothing to learn about where failures are.
+    "flaky": {"dims": (2, 3, 2), "fail_random": 0.2},
 }
 
 
@@ -379,8 +412,8 @@ def _stage_function(
         upstream = float(kwargs.pop(previous)) if previous else 0.0
         if fail_above is not None and kwargs["x0"] > fail_above:
             raise RuntimeError(f"injected failure: x0={kwargs['x0']} > {fail_above}")
-        if problem.stage_fails(name, kwargs):
-            raise RuntimeError(f"simulated failure of stage {name!r} (the problem's fail_share)")
+        if problem.stage_fails(name, kwargs, upstream):
+            raise RuntimeError(f"simulated failure of stage {name!r} (fail_share, fail_random)")
         value, cost = problem.run_stage(name, upstream, kwargs)
         return Reported(value, cost=cost)
 

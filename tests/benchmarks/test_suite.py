@@ -321,6 +321,30 @@ def test_failures_variant_fails_a_share_of_each_stage_and_simulate_tells_what_ra
         SyntheticProblem(fail_cost=0.0)
 
 
+def test_flaky_variant_fails_a_fifth_of_configurations_anywhere():
+    import torch
+
+    from eeipu import SearchSpace
+
+    p = synthetic_variant("flaky", seed=2)
+    space = SearchSpace.from_dict(p.space_dict())
+    u = torch.quasirandom.SobolEngine(space.dim, scramble=True, seed=5).draw(3000).double()
+    first = [p.failed_stage(space.decode(x)) for x in u]
+    assert sum(f is not None for f in first) / len(first) == pytest.approx(0.2, abs=0.025)
+    # Every stage fails with the same probability, so later stages see slightly fewer runs.
+    q = 1 - 0.8 ** (1 / 3)
+    expected = [len(first) * q * (1 - q) ** k for k in range(3)]  # 215, 200, 185
+    counts = [first.count(s) for s in p.names]
+    assert all(abs(c - e) < 45 for c, e in zip(counts, expected, strict=True)), counts  # ~3 sd
+    # Anywhere: as often in each half of the first parameter's range.
+    low = [f for x, f in zip(u, first, strict=True) if x[0] < 0.5]
+    high = [f for x, f in zip(u, first, strict=True) if x[0] >= 0.5]
+    share = [sum(f is not None for f in h) / len(h) for h in (low, high)]
+    assert abs(share[0] - share[1]) < 0.04
+    with pytest.raises(ValueError, match=r"fail_random must be in \[0, 1\)"):
+        SyntheticProblem(fail_random=1.0)
+
+
 def test_noisy_runs_are_scored_by_the_truth_of_the_best_looking_trial():
     """The second trial *looks* best (observed 9) but is truly 1: the run's best is 1."""
     trials = [

@@ -251,7 +251,7 @@ def test_synthetic_pipeline_matches_the_problem(tmp_path):
 
 
 def test_synthetic_pipeline_fails_where_the_problem_fails(tmp_path):
-    problem = SyntheticProblem(seed=1, fail_share=(0.0, 0.5, 0.0))
+    problem = SyntheticProblem(seed=1, fail_share=(0.0, 0.5, 0.0), fail_random=0.5)
     pipe = synthetic_pipeline(problem)
     space = pipe.space_dict()
     grid = [
@@ -259,17 +259,18 @@ def test_synthetic_pipeline_fails_where_the_problem_fails(tmp_path):
             s: {x: v["low"] + (v["high"] - v["low"]) * f for x, v in sec.items()}
             for s, sec in space.items()
         }
-        for f in (0.1, 0.3, 0.5, 0.7, 0.9)
+        for f in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     ]
     outcomes = {problem.failed_stage(p) for p in grid}
-    assert outcomes == {None, "train"}  # this grid crosses the boundary
+    assert outcomes == {None, "prep", "train", "finetune"}  # by region and at random
     for i, params in enumerate(grid):
         if problem.failed_stage(params) is None:
             assert run_pipeline(pipe, params, Store(tmp_path / str(i))).objective == pytest.approx(
                 problem.evaluate(params)[0]
             )
         else:
-            with pytest.raises(Exception, match="simulated failure of stage 'train'"):
+            stage = problem.failed_stage(params)
+            with pytest.raises(Exception, match=f"simulated failure of stage '{stage}'"):
                 run_pipeline(pipe, params, Store(tmp_path / str(i)))
 
 
