@@ -55,19 +55,19 @@ $(STAMP): pyproject.toml
 	rm -rf $(VENV)
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
-	$(UV) pip install -q -p $(BIN)/python -e '.[dev,examples]'
+	$(UV) pip install -q --compile-bytecode -p $(BIN)/python -e '.[dev,examples]'
 	touch $(STAMP)
 
 .venv-%/.installed-stamp: pyproject.toml $(STAMP)
 	$(call need_python,$(PY$(subst .,,$*)),$*)
 	$(UV) venv -q --clear -p $(PY$(subst .,,$*)) .venv-$*
-	$(UV) pip install -q -p .venv-$*/bin/python -e '.[dev,examples]'
+	$(UV) pip install -q --compile-bytecode -p .venv-$*/bin/python -e '.[dev,examples]'
 	touch $@
 
 .venv-oldest/.installed-stamp: pyproject.toml $(STAMP)
 	$(call need_python,$(PY311),3.11)
 	$(UV) venv -q --clear -p $(PY311) .venv-oldest
-	$(UV) pip install -q -p .venv-oldest/bin/python --resolution lowest-direct -e '.[dev,examples]'
+	$(UV) pip install -q --compile-bytecode -p .venv-oldest/bin/python --resolution lowest-direct -e '.[dev,examples]'
 	touch $@
 
 install: $(STAMP)

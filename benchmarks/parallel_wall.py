@@ -14,7 +14,12 @@ starting its flow), the best objective, the workers used, the per-trial orchestr
 overhead (a trial's wall time, submission to told, less its stages' seconds), how many
 trials were held back because a trial in flight was computing a stage they need, and the
 slots' busy share (trial seconds, submission to told, over ``parallel`` x study seconds;
-with several slots the loop asks one trial ahead, so a slot that frees starts it at once).
+with several slots the loop asks one trial ahead, so a slot that frees starts it at once),
+then the overhead's parts (medians over trials, from when the worker began and ended each
+trial, ``ran_from`` / ``ran_to`` in the journal): ``dispatch`` (submitted to begun),
+``in_worker`` (the worker's Prefect work: begun to ended, less the stages' seconds),
+``to_told`` (ended to told: the controller noticing it, or still busy asking another trial)
+and the median ``ask_s``.
 The server's and workers' logs stay in the temporary home (printed). Set
 ``PW_PROFILE="-m cProfile -o ctrl.prof"`` to profile the controller.
 
@@ -143,7 +148,8 @@ def main() -> None:
         )
         print(
             "executor      parallel  seed  trials  spent  wall_s  wall_s/unit  study_s/unit  "
-            "best      workers  overhead_s (median, max)  held  busy"
+            "best      workers  overhead_s (median, max)  held  busy  dispatch  in_worker  "
+            "to_told  ask_s"
         )
         for kind in args.executor:
             for seed in args.seeds:
@@ -206,11 +212,28 @@ def _study(
     # The study's own wall time: first trial asked to last trial told (no CLI start).
     study = max(r["finished_at"] for r in recs) - min(r["started_at"] for r in recs)
     running = sum(in_flight)
+    # Where the overhead goes (medians), from when the worker began and ended each trial:
+    # submitted -> began (dispatch), began -> ended less its stages (the worker's Prefect
+    # work), ended -> told (the controller noticing and telling it, or busy asking).
+    ran = [r for r in recs if r.get("ran_from") is not None]
+    phases = (
+        [
+            statistics.median(x)
+            for x in (
+                [r["ran_from"] - r["submitted_at"] for r in ran],
+                [r["ran_to"] - r["ran_from"] - sum(r["seconds"].values()) for r in ran],
+                [r["finished_at"] - r["ran_to"] for r in ran],
+            )
+        ]
+        if ran
+        else [float("nan")] * 3
+    )
     print(
         f"{kind:12s}  {n:8d}  {seed:4d}  {len(recs):6d}  {spent:5.1f}  {wall:6.1f}  "
         f"{wall / spent:11.2f}  {study / spent:12.2f}  {best:8.3f}  {workers:7d}  "
         f"{statistics.median(overhead):5.2f}, {max(overhead):5.2f}     {held:4d}  "
-        f"{running / (n * study):4.2f}",
+        f"{running / (n * study):4.2f}  {phases[0]:8.2f}  {phases[1]:9.2f}  {phases[2]:9.2f}  "
+        f"{statistics.median(r['ask_seconds'] for r in recs):5.2f}",
         flush=True,
     )
 

@@ -245,7 +245,7 @@ class LocalExecutor:
 _FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 _POLL_SECONDS = 0.5
 _ATTEMPTS = 2  # a run that ends without an outcome (worker or infrastructure died) is retried
-_TASK_POLL_SECONDS = 0.1  # one cheap read for all task runs; a trial's wall time waits on it
+_TASK_POLL_SECONDS = 0.1  # one listing of the outcomes; a trial's wall time waits on it
 _WAITING = ("SCHEDULED", "PENDING")  # not started: no worker has taken the run (yet)
 
 
@@ -275,20 +275,27 @@ def remote_trial_flow(
 def _run_and_publish(
     config: StudyConfig, run_id: str, outcome: dict[str, Any], run: Any
 ) -> dict[str, Any]:
-    """``run()`` the trial and publish ``outcome`` with what it returned (or its failure)."""
+    """``run()`` the trial and publish ``outcome`` with what it returned (or its failure),
+    and when the worker began and ended it (``ran_from``, ``ran_to``: Unix seconds)."""
+    outcome["ran_from"] = time.time()
     try:
         out = run()
     except StageError as exc:
         outcome.update(error=str(exc), costs=dict(exc.costs), seconds=dict(exc.seconds))
+        outcome["ran_to"] = time.time()
         _publish(store_for(config), config.study, run_id, outcome)
         raise
-    outcome.update(out, error=None)
+    outcome.update(out, error=None, ran_to=time.time())
     _publish(store_for(config), config.study, run_id, outcome)
     return outcome
 
 
+def _outcome_folder(study: str) -> str:
+    return f"studies/{study}/outcomes"
+
+
 def _outcome_path(study: str, run_id: str) -> str:
-    return f"studies/{study}/outcomes/{run_id}.json"
+    return f"{_outcome_folder(study)}/{run_id}.json"
 
 
 def _publish(store: Store, study: str, run_id: str, outcome: dict[str, Any]) -> None:
@@ -327,14 +334,18 @@ class _RemoteExecutor:
     the runs in flight (``_read_runs``), names its runs (``run_kind``: "flow run", "task
     run") and says how to start a worker for them (``worker_hint``).
 
-    A run that has not started ``waiting_warn_seconds`` after it was submitted (still
-    Scheduled or Pending: no worker took it) is reported once, with ``worker_hint``: a study
-    whose workers are down would otherwise wait without a word.
+    A trial is done once its outcome is published: every ``poll_seconds`` one listing of the
+    outcomes folder finds those that are. Every ``state_seconds`` the runs in flight are read
+    (one request) for those that ended without publishing one (retried once) and those that
+    have not started ``waiting_warn_seconds`` after they were submitted (still Scheduled or
+    Pending: no worker took it), reported once with ``worker_hint``: a study whose workers
+    are down would otherwise wait without a word.
     """
 
     run_kind = "run"
     where = "still running"  # said when a resumed controller waits for a run
     poll_seconds = _POLL_SECONDS
+    state_seconds = 1.0
     waiting_warn_seconds = 60.0
     worker_hint = "is a worker running?"
 
@@ -351,6 +362,7 @@ class _RemoteExecutor:
         self._running: dict[str, tuple[TrialJob, int]] = {}  # run id -> (job, attempt)
         self._since: dict[str, float] = {}  # run id -> when it was submitted (monotonic)
         self._done: deque[tuple[TrialJob, TrialOutcome]] = deque()
+        self._states_read = time.monotonic()  # when the runs in flight were last read
 
     def _start(self, job: TrialJob) -> str:
         raise NotImplementedError
@@ -382,18 +394,32 @@ class _RemoteExecutor:
     def next_outcome(self) -> tuple[TrialJob, TrialOutcome]:
         while not self._done:
             time.sleep(self.poll_seconds)
-            # One request for every run in flight, however many there are.
-            for run in self._read_runs(list(self._running)):
-                run_id, state = str(run.id), run.state
-                if run_id not in self._running or state is None:
-                    continue
-                if state.type.value in _FINAL:
-                    self._finished(run_id, state)
-                elif state.type.value in _WAITING:
-                    self._check_waiting(run_id, state.name)
-                else:
-                    self._since.pop(run_id, None)  # started: nothing more to watch
+            # A trial's published outcome is its result, there before its run ends (and
+            # before the server has recorded a task run's final state, which it receives as
+            # an event and writes later): one listing finds every trial that has finished,
+            # with no request to the server.
+            published = set(self.store.list_files(_outcome_folder(self.cfg.study)))
+            for run_id in [r for r in self._running if f"{r}.json" in published]:
+                self._finished(run_id, None)
+            now = time.monotonic()
+            if self._running and now - self._states_read >= self.state_seconds:
+                self._states_read = now
+                self._check_states()
         return self._done.popleft()
+
+    def _check_states(self) -> None:
+        """Read every run in flight (one request): a run that ended without publishing an
+        outcome (its worker died) is retried, one that no worker took is reported."""
+        for run in self._read_runs(list(self._running)):
+            run_id, state = str(run.id), run.state
+            if run_id not in self._running or state is None:
+                continue
+            if state.type.value in _FINAL:
+                self._finished(run_id, state)
+            elif state.type.value in _WAITING:
+                self._check_waiting(run_id, state.name)
+            else:
+                self._since.pop(run_id, None)  # started: nothing more to watch
 
     def _check_waiting(self, run_id: str, state_name: str) -> None:
         since = self._since.get(run_id)
@@ -409,12 +435,17 @@ class _RemoteExecutor:
         )
 
     def _finished(self, run_id: str, state: Any) -> None:
+        """Take the outcome of run ``run_id``: published (``state`` None: not read), or
+        ended in the final ``state``."""
         job, attempt = self._running.pop(run_id)
         self._since.pop(run_id, None)
         path = _outcome_path(self.cfg.study, run_id)
         try:
             out = json.loads(self.store.read_file(path))
         except FileNotFoundError:
+            if state is None:  # listed but gone: wait for the run's final state instead
+                self._running[run_id] = (job, attempt)
+                return
             if attempt < _ATTEMPTS:
                 run_logger().warning(
                     "trial %d: %s %s ended %s without an outcome (%s); retrying it",
@@ -430,7 +461,12 @@ class _RemoteExecutor:
                 "error": f"{self.run_kind} {run_id} ended {state.name} without an outcome: "
                 f"{state.message}"
             }
-        facts = {"worker": out.get("worker"), f"{self.run_kind.replace(' ', '_')}_id": run_id}
+        facts = {
+            "worker": out.get("worker"),
+            f"{self.run_kind.replace(' ', '_')}_id": run_id,
+            "ran_from": out.get("ran_from"),
+            "ran_to": out.get("ran_to"),
+        }
         self._done.append((job, TrialOutcome.of(out, **facts)))
 
     def close(self) -> None:
