@@ -26,6 +26,9 @@ The server's and workers' logs stay in the temporary home (printed). Set
     .venv/bin/python benchmarks/parallel_wall.py --executor task_workers --parallel 1 2 4 \
         --workers 4 --seeds 0 1 2 --scale 1.0 --budget 60 --db postgres
     .venv/bin/python benchmarks/parallel_wall.py --scale 4 --budget 60 --limit 1
+
+``--override`` passes more overrides to every study, e.g. an optimizer option:
+``--override +optimizer.options.refit_every=3``.
 """
 
 from __future__ import annotations
@@ -99,6 +102,13 @@ def main() -> None:
         help="the server's database: SQLite in its home, or PostgreSQL (tools/pg-prefect)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument(
+        "--override",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more overrides for every study, e.g. +optimizer.options.refit_every=3",
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="eeipu-bench-"))
     port = _free_port()
@@ -145,6 +155,7 @@ def main() -> None:
         print(
             f"scale {args.scale} s/unit, budget {args.budget:g}, n_init {args.n_init}, "
             f"{args.workers} workers with --limit {limit}, {args.db} server"
+            + (f", overrides {' '.join(args.override)}" if args.override else "")
         )
         print(
             "executor      parallel  seed  trials  spent  wall_s  wall_s/unit  study_s/unit  "
@@ -187,6 +198,7 @@ def _study(
         f"study=wall-p{n}",
         f"storage.url={cache}",
         "progress=false",
+        *args.override,
     ]
     t0 = time.time()
     proc = subprocess.run(cmd, env=env, cwd=home, capture_output=True, text=True)
