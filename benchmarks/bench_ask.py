@@ -16,6 +16,8 @@ With ``--pending N [N ...]`` it times instead ``ask()`` on one fixed history (n 
 and the method state of a warm ask) with no trial pending and with N trials pending
 (enqueued random configurations, as in a parallel study): each ask starts from a fresh copy
 of that history, so every ask does the same work; medians over ``--asks`` asks.
+The method state comes from an ask on the same told trials, so the timed asks reuse its GP
+hyperparameters (no fit: a parallel study's asks in a row with no trial told in between).
 
     .venv/bin/python benchmarks/bench_ask.py --pending 1 3 --asks 5
 

@@ -28,7 +28,7 @@ The server's and workers' logs stay in the temporary home (printed). Set
     .venv/bin/python benchmarks/parallel_wall.py --scale 4 --budget 60 --limit 1
 
 ``--override`` passes more overrides to every study, e.g. an optimizer option:
-``--override +optimizer.options.refit_every=3``.
+``--override +optimizer.options.mc_samples=64``.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def main() -> None:
         nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="more overrides for every study, e.g. +optimizer.options.refit_every=3",
+        help="more overrides for every study, e.g. +optimizer.options.mc_samples=64",
     )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="eeipu-bench-"))

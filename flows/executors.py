@@ -3,6 +3,7 @@
     executor.slots                 how many trials it runs at once
     executor.submit(job)           start a trial (never blocks for long)
     executor.next_outcome()        wait for the next trial to finish: (job, outcome)
+    executor.next_outcome(0)       one that has finished already, else None
     executor.close()               release threads, clients
 
 ``executor_for(cfg)`` picks one from ``executor`` and ``parallel``:
@@ -141,7 +142,9 @@ class TrialExecutor(Protocol):
 
     def submit(self, job: TrialJob) -> None: ...
 
-    def next_outcome(self) -> tuple[TrialJob, TrialOutcome]: ...
+    def next_outcome(self, timeout: float | None = None) -> tuple[TrialJob, TrialOutcome] | None:
+        """A finished trial and its outcome, waiting for one (``timeout`` None) or at most
+        ``timeout`` seconds (None if none finished by then; 0: one that already has)."""
 
     def close(self) -> None: ...
 
@@ -189,7 +192,9 @@ class InlineExecutor:
     def submit(self, job: TrialJob) -> None:
         self._queue.append(job)
 
-    def next_outcome(self) -> tuple[TrialJob, TrialOutcome]:
+    def next_outcome(self, timeout: float | None = None) -> tuple[TrialJob, TrialOutcome] | None:
+        if timeout is not None:
+            return None  # a trial runs only when waited for
         job = self._queue.popleft()
         return job, _run_here(self.cfg, job)
 
@@ -226,10 +231,12 @@ class LocalExecutor:
             torch.cuda.set_device(slot % torch.cuda.device_count())
         return _run_here(self.cfg, job)
 
-    def next_outcome(self) -> tuple[TrialJob, TrialOutcome]:
+    def next_outcome(self, timeout: float | None = None) -> tuple[TrialJob, TrialOutcome] | None:
         done, _ = concurrent.futures.wait(
-            self._running, return_when=concurrent.futures.FIRST_COMPLETED
+            self._running, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED
         )
+        if not done:
+            return None
         # The earliest submitted among those done: a stable order when several finish.
         future = min(done, key=lambda f: self._running[f][0].trial.number)
         job, slot = self._running.pop(future)
@@ -391,21 +398,31 @@ class _RemoteExecutor:
         self._since[job.ref] = time.monotonic()
         return True
 
-    def next_outcome(self) -> tuple[TrialJob, TrialOutcome]:
+    def next_outcome(self, timeout: float | None = None) -> tuple[TrialJob, TrialOutcome] | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not self._done:
+            # Looked for at once, then every poll: the loop asks for the next outcome right
+            # after its last ask, and trials often finished meanwhile.
+            self._poll()
+            if self._done:
+                break
+            if deadline is not None and time.monotonic() + self.poll_seconds > deadline:
+                return None
             time.sleep(self.poll_seconds)
-            # A trial's published outcome is its result, there before its run ends (and
-            # before the server has recorded a task run's final state, which it receives as
-            # an event and writes later): one listing finds every trial that has finished,
-            # with no request to the server.
-            published = set(self.store.list_files(_outcome_folder(self.cfg.study)))
-            for run_id in [r for r in self._running if f"{r}.json" in published]:
-                self._finished(run_id, None)
-            now = time.monotonic()
-            if self._running and now - self._states_read >= self.state_seconds:
-                self._states_read = now
-                self._check_states()
         return self._done.popleft()
+
+    def _poll(self) -> None:
+        # A trial's published outcome is its result, there before its run ends (and before
+        # the server has recorded a task run's final state, which it receives as an event
+        # and writes later): one listing finds every trial that has finished, with no
+        # request to the server.
+        published = set(self.store.list_files(_outcome_folder(self.cfg.study)))
+        for run_id in [r for r in self._running if f"{r}.json" in published]:
+            self._finished(run_id, None)
+        now = time.monotonic()
+        if self._running and now - self._states_read >= self.state_seconds:
+            self._states_read = now
+            self._check_states()
 
     def _check_states(self) -> None:
         """Read every run in flight (one request): a run that ended without publishing an

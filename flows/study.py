@@ -233,10 +233,16 @@ class StudyLoop:
                     self._ask_and_submit()
                 if not self.in_flight:
                     break
-                job, outcome = self.executor.next_outcome()
-                self._tell(job, outcome)
-                if self.failure is not None:
-                    self._drop_held()  # nothing new starts; trials in flight finish
+                done = self.executor.next_outcome()
+                while done is not None:
+                    self._tell(*done)
+                    if self.failure is not None:
+                        self._drop_held()  # nothing new starts; trials in flight finish
+                    self._release_held()  # a slot freed: start the trial asked ahead
+                    # Every trial that has finished too is told before the next ask: the
+                    # ask learns from all of them, and asks in a row (one per freed slot)
+                    # share their GP fits.
+                    done = self.executor.next_outcome(timeout=0) if self.in_flight else None
         except StoreUnavailable as exc:
             # Not the trial's fault: stop (nothing told is lost) and resume later.
             self.failure, self.hint = str(exc), "the study resumes from there"

@@ -153,3 +153,59 @@ def test_noisy_incumbent_integrates_pending_trials_instead_of_believing_them(mon
     assert (fit_a, base_a, pend_a) == (n, n, None)
     assert (fit_b, base_b) == (n, n)  # a GP of the told trials only: no fantasy row
     assert pend_b is not None and torch.equal(pend_b, opt.space.encode(a.params).unsqueeze(0))
+
+
+def test_asks_with_no_trial_told_in_between_reuse_the_fitted_hyperparameters(monkeypatch):
+    """A parallel study asks once per freed slot: asks with the same told trials (only the
+    pending ones differ) condition GPs with the hyperparameters the first one fitted, no
+    L-BFGS; a tell refits; a resumed optimizer (state restored) does as an uninterrupted
+    one, so its proposal is the same."""
+    problem = SyntheticProblem()
+    x = _told(seed=3, budget=1000.0)
+    fits = []
+    lbfgs = eeipu._models.fit_gpytorch_mll
+
+    def counted(*args, **kwargs):
+        fits.append(1)
+        return lbfgs(*args, **kwargs)
+
+    monkeypatch.setattr(eeipu._models, "fit_gpytorch_mll", counted)
+    a = x.ask()
+    assert fits  # new told trials: the objective and cost GPs are fitted
+    state = x.state_dict()
+    fits.clear()
+    b = x.ask()  # `a` pending, the same told trials
+    assert fits == [] and b.params != a.params
+    # A resumed optimizer: the told trials, `a` re-enqueued, the state after asking `a`.
+    resumed = Optimizer(x.space, budget=1000.0, n_init=3, seed=3, method_options=FAST)
+    for t in x.trials:
+        resumed.add_trial(t.params, t.objective, t.costs, cached=t.cached)
+    resumed.load_state_dict(state)
+    resumed.enqueue(a.params)
+    assert resumed.ask().params == b.params and fits == []
+    # One more told trial: new data, new fits (from the last hyperparameters).
+    obj, costs = problem.evaluate(a.params)
+    x.tell(a, objective=obj, costs=costs)
+    x.ask()
+    assert fits
+
+
+def test_fit_gp_reuses_hyperparameters_only_for_the_data_they_were_fitted_on(monkeypatch):
+    X = torch.rand(12, 3, generator=torch.Generator().manual_seed(0), dtype=torch.double)
+    Y = (X * torch.tensor([1.0, -2.0, 0.5], dtype=torch.double)).sum(-1, keepdim=True).sin()
+    fitted = eeipu._models.fit_gp(X, Y)
+    init = eeipu._models.gp_hyperparameters(fitted)
+    fits = []
+    lbfgs = eeipu._models.fit_gpytorch_mll
+    monkeypatch.setattr(
+        eeipu._models, "fit_gpytorch_mll", lambda *a, **k: (fits.append(1), lbfgs(*a, **k))[1]
+    )
+    again = eeipu._models.fit_gp(X.clone(), Y.clone(), init)
+    assert fits == []
+    with torch.no_grad():
+        assert torch.equal(again.posterior(X).mean, fitted.posterior(X).mean)
+    # Any other data (one value moved by 1e-12, one point more) is fitted.
+    eeipu._models.fit_gp(X, Y + torch.eye(12, 1, dtype=torch.double) * 1e-12, init)
+    assert len(fits) == 1
+    eeipu._models.fit_gp(torch.cat([X, X[:1] / 2]), torch.cat([Y, Y[:1]]), init)
+    assert len(fits) == 2

@@ -4,10 +4,12 @@ test_parallel.py; the fault tests run with every executor, see ``tests.helpers.E
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 
-from tests.helpers import journal, run_study
+from flows.executors import LocalExecutor
+from tests.helpers import FAST, composed, journal, run_study
 
 
 def test_local_executor_runs_trials_at_once_and_stops_within_one_trial_of_the_budget(
@@ -64,3 +66,64 @@ def test_local_executor_runs_trials_at_once_and_stops_within_one_trial_of_the_bu
         )
         <= 3
     )  # never more than `parallel` trials run at once
+
+
+class TogetherExecutor(LocalExecutor):
+    """Trials that finish together: waiting for one waits for every trial in flight, then
+    hands them out one at a time (the others to calls that do not wait). Records when a
+    batch was complete and when its last trial was handed out."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.waiting: list = []
+        self.n_running = 0
+        self.batches: list[list[float]] = []  # [complete at, last handed out at, size]
+
+    def submit(self, job):
+        super().submit(job)
+        self.n_running += 1
+
+    def next_outcome(self, timeout=None):
+        if timeout is None and not self.waiting:
+            while self.n_running:
+                self.waiting.append(super().next_outcome())
+                self.n_running -= 1
+            self.batches.append([time.time(), 0.0, len(self.waiting)])
+        if not self.waiting:
+            return None
+        self.batches[-1][1] = time.time()
+        return self.waiting.pop(0)
+
+
+def test_trials_that_finished_together_are_all_told_before_the_next_ask(prefect_harness, tmp_path):
+    """When the loop learns that a trial finished, it tells every other trial that has
+    finished too (``next_outcome(timeout=0)``) before it asks again."""
+    from prefect import flow
+
+    from flows._config import StudyConfig
+    from flows.study import run_study as run_loop
+
+    cfg = StudyConfig.from_mapping(
+        composed(
+            *FAST,
+            f"storage.url={tmp_path / 'cache'}",
+            f"output_dir={tmp_path / 'out'}",
+            "study=together",
+            "executor=local",
+            "parallel=3",
+        )
+    )
+    executor = TogetherExecutor(cfg)
+
+    @flow
+    def controller():
+        return run_loop(cfg, executor)
+
+    controller()
+    records = journal(tmp_path, "together")
+    batches = [b[:2] for b in executor.batches if b[2] >= 2]  # trials that finished together
+    assert len(batches) >= 2
+    for complete, last in batches:
+        asked = [r["asked_as"] for r in records if complete < r["started_at"] < last]
+        assert asked == [], (complete, last, asked)
+    assert sorted(r["asked_as"] for r in records) == list(range(len(records)))
