@@ -176,6 +176,13 @@ class Method(ABC):
         model = fit_gp(X, Y)
         return _posterior_mean(model, X_pending).to(Y)
 
+    def cost_hyperparameters(self) -> list[dict[str, Any] | None] | None:
+        """The hyperparameters of the per-stage log-cost GPs this method fitted in its last
+        ask, stage k's GP on the columns of stages 1..k (None for a stage with a constant
+        cost), or None if it fits no such model. :meth:`Optimizer.expected_cost` starts its
+        fits from them: on the same told trials they are its fit, and it runs no L-BFGS."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state that carries from one ask to the next (e.g. the fitted GP
         hyperparameters a warm-started fit starts from). A resumed study restores it, so
@@ -476,6 +483,11 @@ class CostAwareEI(WarmStartState, Method):
             None if s.model is None else gp_hyperparameters(s.model) for s in model.stages
         ]
         return model
+
+    def cost_hyperparameters(self) -> list[dict[str, Any] | None] | None:
+        if self.cost != "stage" or self.cost_inputs != "prefix":
+            return None  # another model than Optimizer.expected_cost's
+        return self._init.get("cost")
 
     def acquisition(self, obs: Observations, n_cached: int | Tensor = 0) -> CostAcquisition:
         """The fitted acquisition for candidates whose first ``n_cached`` stages are cached."""

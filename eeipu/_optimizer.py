@@ -308,8 +308,10 @@ class Optimizer:
         None before two trials were told with costs. Used to keep trials in flight from
         overshooting the budget (a study stops submitting when what is spent plus what is
         in flight is expected to reach it). The model is fitted once per set of told trials
-        (calls between two tells share it), each fit starting from the previous one's
-        hyperparameters: a few L-BFGS steps, not a cold fit per call.
+        (calls between two tells share it), each fit starting from the hyperparameters of the
+        method's own per-stage cost GPs (:meth:`Method.cost_hyperparameters`; fitted on the
+        same trials by the ask just made, they are the fit, with no L-BFGS run) or else from
+        the previous call's: a few L-BFGS steps, not a cold fit per call.
         """
         told = [t for t in self._told if t.costs]
         if len(told) < 2:
@@ -320,11 +322,12 @@ class Optimizer:
             X = torch.stack([self.space.encode(t.params) for t in told])
             costs, cached = self._cost_rows(told)
             cols = [slice(0, self.space.prefix_dim(k + 1)) for k in range(len(stages))]
+            # The method's cost GPs of its last ask are the same model: fitted on these
+            # trials (a parallel study asks, then calls this), they are reused unfitted.
+            init = self.method.cost_hyperparameters() or self._expected_init
             with self._threads(), torch.random.fork_rng():
                 torch.manual_seed(self.seed)
-                fitted = CostModel.fit(
-                    X, costs, cached, cols, n_samples=1, init=self._expected_init
-                )
+                fitted = CostModel.fit(X, costs, cached, cols, n_samples=1, init=init)
             self._expected_init = [
                 None if s.model is None else gp_hyperparameters(s.model) for s in fitted.stages
             ]

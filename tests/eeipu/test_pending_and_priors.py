@@ -190,6 +190,29 @@ def test_asks_with_no_trial_told_in_between_reuse_the_fitted_hyperparameters(mon
     assert fits
 
 
+def test_expected_cost_after_an_ask_reuses_the_methods_cost_gps(monkeypatch):
+    """A parallel study asks, then prices the trial (``expected_cost``) for its budget rule:
+    the method's per-stage cost GPs of that ask were fitted on the same told trials, so
+    the price fits nothing and equals (to the fit's tolerance) the one a separate fit gives;
+    a method without such GPs leaves ``expected_cost`` fitting its own."""
+    x = _told(seed=3, budget=1000.0)
+    fits = []
+    lbfgs = eeipu._models.fit_gpytorch_mll
+    monkeypatch.setattr(
+        eeipu._models, "fit_gpytorch_mll", lambda *a, **k: (fits.append(1), lbfgs(*a, **k))[1]
+    )
+    a = x.ask()
+    fits.clear()
+    price = x.expected_cost(a)
+    assert fits == [] and price > 0
+    own = Optimizer(x.space, method="random", budget=1000.0, n_init=3, seed=3)
+    for t in x.trials:
+        own.add_trial(t.params, t.objective, t.costs, cached=t.cached)
+    assert own.method.cost_hyperparameters() is None
+    assert own.expected_cost(a) == pytest.approx(price, rel=1e-3)
+    assert fits  # fitted from scratch
+
+
 def test_fit_gp_reuses_hyperparameters_only_for_the_data_they_were_fitted_on(monkeypatch):
     X = torch.rand(12, 3, generator=torch.Generator().manual_seed(0), dtype=torch.double)
     Y = (X * torch.tensor([1.0, -2.0, 0.5], dtype=torch.double)).sum(-1, keepdim=True).sin()
