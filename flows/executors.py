@@ -40,6 +40,7 @@ other exception from ``next_outcome`` stops the study (e.g. ``StoreUnavailable``
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import contextvars
 import json
 import math
@@ -316,13 +317,15 @@ def register_trial_deployment(pool: str) -> str:
     from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.deployments.runner import EntrypointType
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
             client.read_work_pool(pool)
         except ObjectNotFound:
-            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            # A worker starting meanwhile may have created it (`prefect worker start` does).
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
     deployment = remote_trial_flow.to_deployment(
         name=pool,
         work_pool_name=pool,

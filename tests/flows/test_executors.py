@@ -127,3 +127,34 @@ def test_trials_that_finished_together_are_all_told_before_the_next_ask(prefect_
         asked = [r["asked_as"] for r in records if complete < r["started_at"] < last]
         assert asked == [], (complete, last, asked)
     assert sorted(r["asked_as"] for r in records) == list(range(len(records)))
+
+
+def test_trial_deployment_registers_when_a_worker_creates_the_pool_meanwhile(
+    prefect_harness, monkeypatch
+):
+    """Workers (`prefect worker start --pool P`) create their pool if it is missing: one
+    that starts with the controller can create it between the controller's read (not
+    found) and its create. Registering must then go on with the pool the worker made."""
+    from prefect import get_client
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    from flows.executors import register_trial_deployment
+
+    pool = "raced-pool"
+    read = SyncPrefectClient.read_work_pool
+
+    def read_then_worker_creates(self, work_pool_name):
+        try:
+            return read(self, work_pool_name)
+        except ObjectNotFound:
+            with get_client(sync_client=True) as worker:  # the worker, just in between
+                worker.create_work_pool(WorkPoolCreate(name=work_pool_name, type="process"))
+            raise
+
+    monkeypatch.setattr(SyncPrefectClient, "read_work_pool", read_then_worker_creates)
+    name = register_trial_deployment(pool)
+    monkeypatch.undo()
+    with get_client(sync_client=True) as client:
+        assert client.read_deployment_by_name(name).work_pool_name == pool
