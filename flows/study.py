@@ -228,8 +228,6 @@ class StudyLoop:
         try:
             self._resume_interrupted()
             while True:
-                # Held trials were released when they were asked (`_submit`) and after each
-                # tell below: nothing to release here.
                 while self._room():
                     self._ask_and_submit()
                 if not self.in_flight:

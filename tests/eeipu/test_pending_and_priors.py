@@ -21,6 +21,20 @@ FAST = {
 }
 
 
+@pytest.fixture
+def lbfgs_calls(monkeypatch) -> list[int]:
+    """One entry per hyperparameter fit (L-BFGS on a GP's marginal likelihood) from here on."""
+    calls: list[int] = []
+    lbfgs = eeipu._models.fit_gpytorch_mll
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return lbfgs(*args, **kwargs)
+
+    monkeypatch.setattr(eeipu._models, "fit_gpytorch_mll", counted)
+    return calls
+
+
 def _space(problem: SyntheticProblem) -> SearchSpace:
     return SearchSpace.from_dict(problem.space_dict())
 
@@ -160,80 +174,63 @@ def test_noisy_incumbent_integrates_pending_trials_instead_of_believing_them(mon
     assert pend_b is not None and torch.equal(pend_b, opt.space.encode(a.params).unsqueeze(0))
 
 
-def test_asks_with_no_trial_told_in_between_reuse_the_fitted_hyperparameters(monkeypatch):
+def test_asks_with_no_trial_told_in_between_reuse_the_fitted_hyperparameters(lbfgs_calls):
     """A parallel study asks once per freed slot: asks with the same told trials (only the
     pending ones differ) condition GPs with the hyperparameters the first one fitted, no
     L-BFGS; a tell refits; a resumed optimizer (state restored) does as an uninterrupted
     one, so its proposal is the same."""
     problem = SyntheticProblem()
     x = _told(seed=3, budget=1000.0)
-    fits = []
-    lbfgs = eeipu._models.fit_gpytorch_mll
-
-    def counted(*args, **kwargs):
-        fits.append(1)
-        return lbfgs(*args, **kwargs)
-
-    monkeypatch.setattr(eeipu._models, "fit_gpytorch_mll", counted)
     a = x.ask()
-    assert fits  # new told trials: the objective and cost GPs are fitted
+    assert lbfgs_calls  # new told trials: the objective and cost GPs are fitted
     state = x.state_dict()
-    fits.clear()
+    lbfgs_calls.clear()
     b = x.ask()  # `a` pending, the same told trials
-    assert fits == [] and b.params != a.params
+    assert lbfgs_calls == [] and b.params != a.params
     # A resumed optimizer: the told trials, `a` re-enqueued, the state after asking `a`.
     resumed = Optimizer(x.space, budget=1000.0, n_init=3, seed=3, method_options=FAST)
     for t in x.trials:
         resumed.add_trial(t.params, t.objective, t.costs, cached=t.cached)
     resumed.load_state_dict(state)
     resumed.enqueue(a.params)
-    assert resumed.ask().params == b.params and fits == []
+    assert resumed.ask().params == b.params and lbfgs_calls == []
     # One more told trial: new data, new fits (from the last hyperparameters).
     obj, costs = problem.evaluate(a.params)
     x.tell(a, objective=obj, costs=costs)
     x.ask()
-    assert fits
+    assert lbfgs_calls
 
 
-def test_expected_cost_after_an_ask_reuses_the_methods_cost_gps(monkeypatch):
+def test_expected_cost_after_an_ask_reuses_the_methods_cost_gps(lbfgs_calls):
     """A parallel study asks, then prices the trial (``expected_cost``) for its budget rule:
     the method's per-stage cost GPs of that ask were fitted on the same told trials, so
     the price fits nothing and equals (to the fit's tolerance) the one a separate fit gives;
     a method without such GPs leaves ``expected_cost`` fitting its own."""
     x = _told(seed=3, budget=1000.0)
-    fits = []
-    lbfgs = eeipu._models.fit_gpytorch_mll
-    monkeypatch.setattr(
-        eeipu._models, "fit_gpytorch_mll", lambda *a, **k: (fits.append(1), lbfgs(*a, **k))[1]
-    )
     a = x.ask()
-    fits.clear()
+    lbfgs_calls.clear()
     price = x.expected_cost(a)
-    assert fits == [] and price > 0
+    assert lbfgs_calls == [] and price > 0
     own = Optimizer(x.space, method="random", budget=1000.0, n_init=3, seed=3)
     for t in x.trials:
         own.add_trial(t.params, t.objective, t.costs, cached=t.cached)
     assert own.method.cost_hyperparameters() is None
     assert own.expected_cost(a) == pytest.approx(price, rel=1e-3)
-    assert fits  # fitted from scratch
+    assert lbfgs_calls  # fitted from scratch
 
 
-def test_fit_gp_reuses_hyperparameters_only_for_the_data_they_were_fitted_on(monkeypatch):
+def test_fit_gp_reuses_hyperparameters_only_for_the_data_they_were_fitted_on(lbfgs_calls):
     X = torch.rand(12, 3, generator=torch.Generator().manual_seed(0), dtype=torch.double)
     Y = (X * torch.tensor([1.0, -2.0, 0.5], dtype=torch.double)).sum(-1, keepdim=True).sin()
     fitted = eeipu._models.fit_gp(X, Y)
     init = eeipu._models.gp_hyperparameters(fitted)
-    fits = []
-    lbfgs = eeipu._models.fit_gpytorch_mll
-    monkeypatch.setattr(
-        eeipu._models, "fit_gpytorch_mll", lambda *a, **k: (fits.append(1), lbfgs(*a, **k))[1]
-    )
+    lbfgs_calls.clear()
     again = eeipu._models.fit_gp(X.clone(), Y.clone(), init)
-    assert fits == []
+    assert lbfgs_calls == []
     with torch.no_grad():
         assert torch.equal(again.posterior(X).mean, fitted.posterior(X).mean)
     # Any other data (one value moved by 1e-12, one point more) is fitted.
     eeipu._models.fit_gp(X, Y + torch.eye(12, 1, dtype=torch.double) * 1e-12, init)
-    assert len(fits) == 1
+    assert len(lbfgs_calls) == 1
     eeipu._models.fit_gp(torch.cat([X, X[:1] / 2]), torch.cat([Y, Y[:1]]), init)
-    assert len(fits) == 2
+    assert len(lbfgs_calls) == 2
