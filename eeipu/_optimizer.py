@@ -152,6 +152,14 @@ class Optimizer:
         return self._warmup_spent
 
     @property
+    def model_ready(self) -> bool:
+        """Whether an ask past the warm-up fits models: once two told trials (priors
+        included) have different objective values. Until then it proposes a random trial
+        (a parallel study's loop waits for one more warm-up trial instead)."""
+        values = {t.objective for t in self._prior + self._told if t.state is TrialState.COMPLETE}
+        return len(values) >= 2
+
+    @property
     def eta(self) -> float:
         """Current cost-cooling exponent η."""
         return cooling_eta(self.budget, self._spent, self._warmup_spent)
@@ -231,7 +239,7 @@ class Optimizer:
         else:
             with self._threads():
                 obs = self._observations(view, number)  # fantasizes pending trials: a GP
-                if obs.X.shape[0] < 2 or not bool((obs.Y[0] != obs.Y).any()):
+                if not self.model_ready:
                     proposal = None
                 else:
                     with torch.random.fork_rng():

@@ -260,13 +260,15 @@ class StudyLoop:
             # expected to cost leaves budget: the last trial started may overshoot, as in
             # a sequential study, but not every trial in flight.
             and (busy == 0 or self.opt.spent + sum(self.expected.values()) < self.cfg.budget)
-            # Past the warm-up, ask only once every warm-up trial is told: with some still
-            # in flight the models have too few points and the ask falls back to a random
-            # trial (a fresh, full-price one), where waiting costs a few idle seconds.
+            # Past the warm-up trials, ask once the told ones can train the models: before
+            # that the ask falls back to a random trial (a fresh, full-price one), where
+            # waiting for the next warm-up trial costs a few idle seconds. Waiting for all of
+            # them would idle every other slot behind the dearest one.
             and not (
                 busy
                 and self.opt.warmup_spent is None
                 and len(self.records) + busy >= self.opt.n_init
+                and not self.opt.model_ready
             )
         )
 

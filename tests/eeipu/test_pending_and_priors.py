@@ -234,3 +234,23 @@ def test_fit_gp_reuses_hyperparameters_only_for_the_data_they_were_fitted_on(lbf
     assert len(lbfgs_calls) == 1
     eeipu._models.fit_gp(torch.cat([X, X[:1] / 2]), torch.cat([Y, Y[:1]]), init)
     assert len(lbfgs_calls) == 2
+
+
+def test_model_ready_once_two_told_trials_differ_and_asks_before_that_are_random():
+    problem = SyntheticProblem()
+    opt = Optimizer(_space(problem), budget=100.0, n_init=2, seed=0, method_options=FAST)
+    first, second = opt.ask(), opt.ask()
+    third = opt.ask()  # past the warm-up, nothing told: random
+    assert not opt.model_ready and third.origin == "random"
+    stages = opt.space.stages
+    opt.tell(first, objective=1.0, costs={s: 1.0 for s in stages})
+    assert not opt.model_ready and opt.ask().origin == "random"  # one told, others pending
+    opt.tell(second, objective=1.0, costs={s: 1.0 for s in stages})
+    assert not opt.model_ready  # two told, one value: nothing to model
+    opt.tell(third, objective=2.0, costs={s: 1.0 for s in stages})
+    assert opt.model_ready and opt.ask().origin == "eeipu"
+    # Priors (a warm start) count: a new study models past its warm-up at once.
+    warm = Optimizer(opt.space, budget=100.0, n_init=1, seed=1, method_options=FAST)
+    for t in opt.trials:
+        warm.add_prior(t.params, t.objective, t.costs, t.cached)
+    assert warm.model_ready and warm.ask().origin == "warmup" and warm.ask().origin == "eeipu"

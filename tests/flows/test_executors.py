@@ -4,11 +4,16 @@ test_parallel.py; the fault tests run with every executor, see ``tests.helpers.E
 from __future__ import annotations
 
 import itertools
+import threading
 import time
+from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from flows.executors import LocalExecutor
+from stages import Pipeline
+from stages.pipelines import synthetic_pipeline
 from tests.helpers import FAST, composed, journal, run_study
 
 
@@ -42,13 +47,14 @@ def test_local_executor_runs_trials_at_once_and_stops_within_one_trial_of_the_bu
             assert spent + sum(o["expected_cost"] or 0.0 for o in running) < 60.0, r["number"]
     assert checked >= len(records) // 2
     assert sum(1 for r in records if r["expected_cost"]) >= len(records) // 2  # cost GP at work
-    # Past the warm-up (n_init trials), trials are asked once every warm-up trial was told:
-    # none falls back to a random trial for want of observations.
+    # Past the warm-up (n_init trials), trials are asked once two told warm-up trials can
+    # train the models: none falls back to a random trial for want of observations.
     n_init = 3  # tests.helpers' default
     warmup = [r for r in records if r["asked_as"] < n_init]
     assert len(warmup) == n_init
+    second_told = sorted(w["finished_at"] for w in warmup)[1]
     later = [r for r in records if r["asked_as"] >= n_init]
-    assert later and all(r["started_at"] >= max(w["finished_at"] for w in warmup) for r in later)
+    assert later and all(r["started_at"] >= second_told for r in later)
     assert all(r["origin"] != "random" for r in later)
     # One trial is asked ahead while every slot is busy, and waits for the first that frees:
     # its ask overlaps the trials in flight, and no slot idles while it runs.
@@ -158,3 +164,59 @@ def test_trial_deployment_registers_when_a_worker_creates_the_pool_meanwhile(
     monkeypatch.undo()
     with get_client(sync_client=True) as client:
         assert client.read_deployment_by_name(name).work_pool_name == pool
+
+
+# A pipeline whose dearest warm-up trial (seed 2: prep costs 4.86, 8.37, 4.62) waits in its
+# prep stage until a third trial has finished its last stage, i.e. until a trial asked
+# past the warm-up has run beside it (the loop in-process: LocalExecutor threads).
+_FINISHED = threading.Condition()
+_GATE: dict[str, Any] = {}
+
+
+def gated_synthetic_pipeline() -> Pipeline:
+    base = synthetic_pipeline()
+    prep, train, finetune = base.stages
+
+    def gated_prep(**kwargs: Any) -> Any:
+        out = prep.func(**kwargs)
+        if out.cost > 6.0:
+            with _FINISHED:
+                _GATE["passed"] = _FINISHED.wait_for(lambda: _GATE["finished"] >= 3, 60.0)
+        return out
+
+    def counted_finetune(**kwargs: Any) -> Any:
+        out = finetune.func(**kwargs)
+        with _FINISHED:
+            _GATE["finished"] += 1
+            _FINISHED.notify_all()
+        return out
+
+    stages = [replace(prep, func=gated_prep), train, replace(finetune, func=counted_finetune)]
+    return Pipeline(stages, metric=base.metric, load_cost=base.load_cost)
+
+
+def test_parallel_study_asks_past_the_warm_up_without_waiting_for_its_dearest_trial(
+    prefect_harness, tmp_path
+):
+    """Once two warm-up trials are told the models can be fitted: a freed slot runs a
+    model-based trial while the third (dearest) warm-up trial still runs, instead of idling
+    until it ends."""
+    _GATE.update(finished=0, passed=None)
+    run_study(
+        tmp_path,
+        "study=early",
+        "seed=2",
+        "executor=local",
+        "parallel=3",
+        f"pipeline.target={__name__}:gated_synthetic_pipeline",
+    )
+    assert _GATE["passed"] is True  # False: the dearest trial waited 60 s for company
+    records = journal(tmp_path, "early")
+    warmup = sorted((r for r in records if r["origin"] == "warmup"), key=lambda r: r["finished_at"])
+    assert len(warmup) == 3 and warmup[2]["costs"]["prep"] > 6.0
+    beside = [r for r in records if r["submitted_at"] < warmup[2]["finished_at"]]
+    assert {r["origin"] for r in beside} == {"warmup", "eeipu"}
+    later = [r for r in records if r["origin"] != "warmup"]
+    assert all(
+        r["origin"] == "eeipu" and r["started_at"] >= warmup[1]["finished_at"] for r in later
+    )
