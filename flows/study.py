@@ -247,7 +247,7 @@ class StudyLoop:
             self.failure, self.hint = str(exc), "the study resumes from there"
 
     def _room(self) -> bool:
-        busy = len(self.in_flight) + len(self.held)
+        busy = len(self.in_flight) + len(self.held)  # asked, not told
         # With several slots, one trial is asked ahead while every slot is busy: the ask
         # (a GP fit and an acquisition optimization, ~0.3 s) then overlaps the trials in
         # flight instead of leaving the slot that frees idle while it runs.
@@ -255,7 +255,7 @@ class StudyLoop:
         return (
             self.failure is None
             and more_to_run(self.cfg, self.opt, len(self.records) + busy)
-            and busy < self.executor.slots + ahead
+            and busy - self._inheriting() < self.executor.slots + ahead
             # With trials in flight, ask more only while what is spent plus what they are
             # expected to cost leaves budget: the last trial started may overshoot, as in
             # a sequential study, but not every trial in flight.
@@ -271,6 +271,15 @@ class StudyLoop:
                 and not self.opt.model_ready
             )
         )
+
+    def _inheriting(self) -> int:
+        """Held trials that need no slot of their own: one per trial in flight that holds
+        some back (they wait for stage keys it computes). The first of them starts in that
+        trial's slot when it ends; counting it as busy would idle a slot for that long."""
+        running = {job.trial.number for job in self.in_flight.values()}
+        blocked = [job for job in self.held if running.intersection(job.waited_for)]
+        blockers = {n for job in blocked for n in job.waited_for if n in running}
+        return min(len(blocked), len(blockers))
 
     def _progress(self) -> float:
         return min(100.0, 100.0 * self.opt.spent / self.cfg.budget)

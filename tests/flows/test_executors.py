@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from flows.executors import LocalExecutor
-from stages import Pipeline
+from stages import Pipeline, Reported, stage
 from stages.pipelines import synthetic_pipeline
 from tests.helpers import FAST, composed, journal, run_study
 
@@ -220,3 +220,58 @@ def test_parallel_study_asks_past_the_warm_up_without_waiting_for_its_dearest_tr
     assert all(
         r["origin"] == "eeipu" and r["started_at"] >= warmup[1]["finished_at"] for r in later
     )
+
+
+# A pipeline whose first stage has two values only, so warm-up trials share its keys: with
+# seed 0 they are a, b, b, a, a, b. Trial 0's first stage (a) waits until three trials
+# have finished, which happens only if the trials held back for it (3 and 4, which need
+# its key) leave the second slot to another trial (5, b: cached by then).
+_SCORED = threading.Condition()
+_SHARED: dict[str, Any] = {}
+
+
+@stage(space={"mode": {"type": "categorical", "choices": ["a", "b"]}})
+def shared(mode: str) -> Reported:
+    if mode == "a":
+        with _SCORED:
+            _SHARED["passed"] = _SCORED.wait_for(lambda: _SHARED["scored"] >= 3, 60.0)
+    return Reported({"mode": mode}, cost=4.0)
+
+
+@stage(inputs=["shared"], space={"x": {"type": "float", "low": 0.0, "high": 1.0}})
+def score(shared: dict, x: float) -> Reported:
+    with _SCORED:
+        _SHARED["scored"] += 1
+        _SCORED.notify_all()
+    return Reported(x + (0.5 if shared["mode"] == "a" else 0.0), cost=1.0)
+
+
+def shared_key_pipeline() -> Pipeline:
+    return Pipeline([shared, score], load_cost=0.01)
+
+
+def test_trials_held_back_for_a_trial_in_flight_leave_its_slot_free(prefect_harness, tmp_path):
+    """Trials that need a stage key a trial in flight is computing wait for it, and the
+    first of them starts in its slot when it ends: meanwhile the other slot runs trials
+    that need nothing from it, instead of idling behind the held ones."""
+    _SHARED.update(scored=0, passed=None)
+    run_study(
+        tmp_path,
+        "study=shared",
+        "seed=0",
+        "n_init=6",
+        "budget=20",
+        "executor=local",
+        "parallel=2",
+        "pipeline.name=shared",
+        f"pipeline.target={__name__}:shared_key_pipeline",
+        "pipeline.space=null",
+    )
+    assert _SHARED["passed"] is True  # False: trial 0 waited 60 s, one slot idle
+    records = {r["asked_as"]: r for r in journal(tmp_path, "shared")}
+    modes = [records[n]["params"]["shared"]["mode"] for n in range(6)]
+    assert modes == ["a", "b", "b", "a", "a", "b"]
+    first = records[0]
+    assert records[3]["waited_for"] == [0] and records[4]["waited_for"] == [0]
+    assert records[3]["cached"] == records[4]["cached"] == ["shared"]
+    assert records[5]["waited_for"] == [] and records[5]["finished_at"] < first["finished_at"]
