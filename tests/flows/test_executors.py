@@ -166,11 +166,31 @@ def test_trial_deployment_registers_when_a_worker_creates_the_pool_meanwhile(
         assert client.read_deployment_by_name(name).work_pool_name == pool
 
 
+class _Gate:
+    """A stage that waits (up to 60 s) until ``n`` stages have passed :meth:`count`;
+    ``passed`` says whether they did (the loop runs in-process: LocalExecutor threads)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.reset()
+
+    def reset(self) -> None:
+        self.counted, self.passed = 0, None
+
+    def count(self) -> None:
+        with self._cond:
+            self.counted += 1
+            self._cond.notify_all()
+
+    def wait(self, n: int) -> None:
+        with self._cond:
+            self.passed = self._cond.wait_for(lambda: self.counted >= n, 60.0)
+
+
 # A pipeline whose dearest warm-up trial (seed 2: prep costs 4.86, 8.37, 4.62) waits in its
 # prep stage until a third trial has finished its last stage, i.e. until a trial asked
-# past the warm-up has run beside it (the loop in-process: LocalExecutor threads).
-_FINISHED = threading.Condition()
-_GATE: dict[str, Any] = {}
+# past the warm-up has run beside it.
+_FINISHED = _Gate()
 
 
 def gated_synthetic_pipeline() -> Pipeline:
@@ -180,15 +200,12 @@ def gated_synthetic_pipeline() -> Pipeline:
     def gated_prep(**kwargs: Any) -> Any:
         out = prep.func(**kwargs)
         if out.cost > 6.0:
-            with _FINISHED:
-                _GATE["passed"] = _FINISHED.wait_for(lambda: _GATE["finished"] >= 3, 60.0)
+            _FINISHED.wait(3)
         return out
 
     def counted_finetune(**kwargs: Any) -> Any:
         out = finetune.func(**kwargs)
-        with _FINISHED:
-            _GATE["finished"] += 1
-            _FINISHED.notify_all()
+        _FINISHED.count()
         return out
 
     stages = [replace(prep, func=gated_prep), train, replace(finetune, func=counted_finetune)]
@@ -201,7 +218,7 @@ def test_parallel_study_asks_past_the_warm_up_without_waiting_for_its_dearest_tr
     """Once two warm-up trials are told the models can be fitted: a freed slot runs a
     model-based trial while the third (dearest) warm-up trial still runs, instead of idling
     until it ends."""
-    _GATE.update(finished=0, passed=None)
+    _FINISHED.reset()
     run_study(
         tmp_path,
         "study=early",
@@ -210,7 +227,7 @@ def test_parallel_study_asks_past_the_warm_up_without_waiting_for_its_dearest_tr
         "parallel=3",
         f"pipeline.target={__name__}:gated_synthetic_pipeline",
     )
-    assert _GATE["passed"] is True  # False: the dearest trial waited 60 s for company
+    assert _FINISHED.passed is True  # False: the dearest trial waited 60 s for company
     records = journal(tmp_path, "early")
     warmup = sorted((r for r in records if r["origin"] == "warmup"), key=lambda r: r["finished_at"])
     assert len(warmup) == 3 and warmup[2]["costs"]["prep"] > 6.0
@@ -226,23 +243,19 @@ def test_parallel_study_asks_past_the_warm_up_without_waiting_for_its_dearest_tr
 # seed 0 they are a, b, b, a, a, b. Trial 0's first stage (a) waits until three trials
 # have finished, which happens only if the trials held back for it (3 and 4, which need
 # its key) leave the second slot to another trial (5, b: cached by then).
-_SCORED = threading.Condition()
-_SHARED: dict[str, Any] = {}
+_SCORED = _Gate()
 
 
 @stage(space={"mode": {"type": "categorical", "choices": ["a", "b"]}})
 def shared(mode: str) -> Reported:
     if mode == "a":
-        with _SCORED:
-            _SHARED["passed"] = _SCORED.wait_for(lambda: _SHARED["scored"] >= 3, 60.0)
+        _SCORED.wait(3)
     return Reported({"mode": mode}, cost=4.0)
 
 
 @stage(inputs=["shared"], space={"x": {"type": "float", "low": 0.0, "high": 1.0}})
 def score(shared: dict, x: float) -> Reported:
-    with _SCORED:
-        _SHARED["scored"] += 1
-        _SCORED.notify_all()
+    _SCORED.count()
     return Reported(x + (0.5 if shared["mode"] == "a" else 0.0), cost=1.0)
 
 
@@ -254,7 +267,7 @@ def test_trials_held_back_for_a_trial_in_flight_leave_its_slot_free(prefect_harn
     """Trials that need a stage key a trial in flight is computing wait for it, and the
     first of them starts in its slot when it ends: meanwhile the other slot runs trials
     that need nothing from it, instead of idling behind the held ones."""
-    _SHARED.update(scored=0, passed=None)
+    _SCORED.reset()
     run_study(
         tmp_path,
         "study=shared",
@@ -267,7 +280,7 @@ def test_trials_held_back_for_a_trial_in_flight_leave_its_slot_free(prefect_harn
         f"pipeline.target={__name__}:shared_key_pipeline",
         "pipeline.space=null",
     )
-    assert _SHARED["passed"] is True  # False: trial 0 waited 60 s, one slot idle
+    assert _SCORED.passed is True  # False: trial 0 waited 60 s, one slot idle
     records = {r["asked_as"]: r for r in journal(tmp_path, "shared")}
     modes = [records[n]["params"]["shared"]["mode"] for n in range(6)]
     assert modes == ["a", "b", "b", "a", "a", "b"]
