@@ -57,6 +57,7 @@ from prefect import flow, tags, task
 
 from eeipu import Trial
 from flows._config import ConfigError, StudyConfig
+from flows._interrupt import interrupted, is_temporary_server
 from flows.runtime import run_logger, say, store_for
 from flows.trial import trial_flow
 from stages import StageError, Store, result_storage_block
@@ -245,8 +246,10 @@ class LocalExecutor:
         return job, future.result()
 
     def close(self) -> None:
-        # Trials still running (the study stopped) finish; nothing new starts.
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        # Trials still running (the study stopped) finish; nothing new starts. After an
+        # interrupt they are abandoned instead (a thread cannot be stopped half-way): the
+        # process exits without them and the re-run re-runs them (flows/_interrupt.py).
+        self._pool.shutdown(wait=interrupted() is None, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------- Prefect work pool
@@ -490,6 +493,8 @@ class _RemoteExecutor:
         self._done.append((job, TrialOutcome.of(out, **facts)))
 
     def close(self) -> None:
+        # Runs in flight go on, after an interrupt too: their work is kept (a resumed
+        # controller waits for them by their ``ref`` in the crash marker).
         self._client.__exit__(None, None, None)
 
 
@@ -610,7 +615,8 @@ class TaskWorkerExecutor(_RemoteExecutor):
     def __init__(self, cfg: StudyConfig) -> None:
         from prefect.settings import get_current_settings
 
-        if get_current_settings().api.url is None:
+        url = get_current_settings().api.url
+        if url is None or is_temporary_server(url):
             raise ConfigError(
                 "`executor` task_workers needs a Prefect server that the workers reach too, "
                 "but PREFECT_API_URL is not set; start one (`make server`), export "

@@ -47,6 +47,7 @@ from prefect.artifacts import (
 from eeipu import Optimizer, SearchSpace, TrialState
 from flows._config import StudyConfig
 from flows._eviction import reuse_value
+from flows._interrupt import StudyInterrupted, interrupted, journaled, stop_by
 from flows._journal import StudyJournal
 from flows._outputs import (
     artifact_key,
@@ -65,6 +66,7 @@ from stages import Pipeline, Store, StoreCacheView, StoreUnavailable
 
 __all__ = [
     "StudyFailed",
+    "StudyInterrupted",
     "StudyLoop",
     "StudyResult",
     "more_to_run",
@@ -225,17 +227,21 @@ class StudyLoop:
             key=artifact_key(cfg.study, "progress"),
             description=f"Budget spent by study {cfg.study}",
         )
+        journaled(self.journaled)
         try:
             self._resume_interrupted()
             while True:
-                while self._room():
+                while interrupted() is None and self._room():
                     self._ask_and_submit()
+                if (signum := interrupted()) is not None:
+                    self._stop_interrupted(signum)
                 if not self.in_flight:
                     break
                 done = self.executor.next_outcome()
                 while done is not None:
                     self._tell(*done)
-                    if self.failure is not None:
+                    journaled(self.journaled)
+                    if self.failure is not None or interrupted() is not None:
                         self._drop_held()  # nothing new starts; trials in flight finish
                     self._release_held()  # a slot freed: start the trial asked ahead
                     # Every trial that has finished too is told before the next ask: the
@@ -245,6 +251,26 @@ class StudyLoop:
         except StoreUnavailable as exc:
             # Not the trial's fault: stop (nothing told is lost) and resume later.
             self.failure, self.hint = str(exc), "the study resumes from there"
+
+    def _stop_interrupted(self, signum: int) -> None:
+        """After SIGINT or SIGTERM (:mod:`flows._interrupt`): ask nothing more, tell the
+        trials in flight that finish by the deadline, then raise :class:`StudyInterrupted`.
+
+        A sequential trial runs in this thread, so it has finished (or not yet started)
+        when this runs; trials still running at the deadline are left to the crash marker:
+        the re-run re-runs them, or waits for a worker's run that is still going.
+        """
+        self.stop_reason = "interrupted"
+        self._drop_held()
+        deadline = stop_by() or time.monotonic()
+        while self.in_flight and time.monotonic() < deadline:
+            # The inline executor answers None at once: its trial has not started.
+            done = self.executor.next_outcome(timeout=max(0.0, deadline - time.monotonic()))
+            if done is None:
+                break
+            self._tell(*done)
+            journaled(self.journaled)
+        raise StudyInterrupted(signum, self.journaled)
 
     def _room(self) -> bool:
         busy = len(self.in_flight) + len(self.held)  # asked, not told

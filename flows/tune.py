@@ -35,6 +35,7 @@ def run(cfg_dict: dict) -> object:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from flows._config import StudyConfig
+    from flows._interrupt import prefect_api
     from flows._warm import resolve_budget
     from flows.runtime import store_for
     from flows.study import more_to_run, prepare, report_finished, tune_flow
@@ -51,7 +52,8 @@ def run(cfg_dict: dict) -> object:
         # Prefect's temporary server (~10 s) and a flow run that does nothing.
         return report_finished(cfg, opt, records, journal)
     # The heartbeat thread makes every flow run wait ~1 s at exit: one per trial subflow.
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    # Prefect's temporary server (no PREFECT_API_URL) is ours, out of the terminal's reach.
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), prefect_api():
         return tune_flow.with_options(flow_run_name=cfg.study)(cfg)
 
 
@@ -60,12 +62,19 @@ def main(cfg: DictConfig) -> float | None:
     # Hydra's logging setup routes Prefect's HTTP client chatter to the console.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from eeipu import EEIPUError
+    from flows import _interrupt
     from flows.study import StudyFailed
     from stages import PipelineError, StageError, StoreError
 
     try:
         cfg_dict = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-        result = run(cfg_dict)
+        # The study runs in a thread; this one stops it on SIGINT / SIGTERM (_interrupt).
+        grace = _interrupt.SEQUENTIAL_GRACE
+        if cfg_dict.get("parallel", 1) != 1:
+            grace = _interrupt.PARALLEL_GRACE
+        result = _interrupt.run_watched(run, cfg_dict, grace=grace)
+    except _interrupt.StudyInterrupted as exc:
+        _interrupt.exit_interrupted(exc)  # one line, exit code 130 / 143
     except (EEIPUError, PipelineError, StageError, StoreError, StudyFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
