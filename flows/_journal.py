@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from eeipu import Optimizer, SearchSpace
-from flows._config import ConfigError, StudyConfig
-from stages import Store
+if TYPE_CHECKING:  # reading a journal (`eeipu studies`, `show`) loads neither torch nor Prefect
+    from eeipu import Optimizer, SearchSpace
+    from flows._config import StudyConfig
+    from stages import Store
 
 __all__ = ["StudyJournal"]
 
@@ -71,6 +72,8 @@ class StudyJournal:
         except FileNotFoundError:
             existing = None
         if existing is not None:
+            from flows._config import ConfigError
+
             differ = [k for k in _IDENTITY if existing.get(k) != json.loads(json.dumps(header[k]))]
             if differ:
                 raise ConfigError(
@@ -93,6 +96,8 @@ class StudyJournal:
 
     def replay(self, optimizer: Optimizer) -> list[dict[str, Any]]:
         """Tell ``optimizer`` every journaled trial, in order; returns the records."""
+        from flows._config import ConfigError
+
         records = self.records()
         for i, rec in enumerate(records):
             if rec["number"] != i:

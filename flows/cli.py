@@ -9,7 +9,10 @@ serve       serve the study flow on a cron schedule (= ``python -m flows.serve``
 worker      a warm worker running the trials of ``executor=task_workers`` studies
             (= ``python -m flows.worker``)
 studies     list the studies on a storage: trials, spent/budget, best, last update
-show        one study's trials, its best configuration and its best-vs-cost plot
+show        one study's trials and its best and recommended configurations (prints only;
+            ``--write DIR`` writes results.csv, best.yaml and the best-vs-cost plot)
+best        a study's best (``--recommended``: recommended) configuration as YAML, with the
+            ``pipeline.fixed`` override that pins it
 cache       the stage cache's size per stage, and what ``--max-bytes`` would evict
 ==========  ==========================================================================
 
@@ -20,6 +23,7 @@ Example:
     $ eeipu tune --config-dir conf pipeline=mine budget=100
     $ eeipu studies
     $ eeipu show mine-eeipu-seed0
+    $ eeipu best mine-eeipu-seed0 > best.yaml
 """
 
 from __future__ import annotations
@@ -72,7 +76,8 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "serve": ("serve the study flow on a cron schedule", _hydra("flows.serve")),
     "worker": ("a warm worker for executor=task_workers studies", _worker),
     "studies": ("list the studies on a storage", _inspect("studies")),
-    "show": ("a study's trials, best configuration and plot", _inspect("show")),
+    "show": ("a study's trials, best and recommended configurations", _inspect("show")),
+    "best": ("a study's best configuration as YAML to feed back", _inspect("best")),
     "cache": ("cache size per stage; what --max-bytes would evict", _inspect("cache")),
 }
 

@@ -5,12 +5,18 @@ the subcommand's name and returns the exit code: 0, or 2 after one ``error: ...`
 stderr when the input is bad (an unknown study, an unusable storage, a bad size)::
 
     eeipu studies [--storage URL]                                   one row per study
-    eeipu show STUDY [--storage URL] [--out DIR]                    trials, best, outputs
+    eeipu show STUDY [--storage URL] [--outputs DIR] [--write DIR]  trials, best, recommended
+    eeipu best STUDY [--storage URL] [--outputs DIR] [--recommended]  YAML to feed back
     eeipu cache [--storage URL] [--max-bytes SIZE] [--study NAME]   sizes, eviction dry run
 
 The storage is opened as a study opens it (``stages.Store``): a local folder, or
 ``s3://bucket/prefix`` with credentials and endpoint from the standard ``AWS_*`` variables.
-Nothing here writes to the storage.
+Nothing here writes to the storage, and nothing writes files but ``show --write DIR``.
+The recommended configuration (the best posterior mean, ``eeipu.Optimizer.recommend``) is
+read from the ``best.yaml`` that the study's run wrote (``--outputs``, default
+``outputs/STUDY``), not recomputed: that would load torch and fit a model. None of these
+commands imports torch or Prefect (``cache --max-bytes`` rebuilds the studies' pipelines,
+which may).
 
 Example:
     >>> import tempfile
@@ -23,25 +29,39 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pydantic import TypeAdapter, ValidationError
+import yaml
 
-from flows._config import Bytes, PipelineConfig
-from flows._eviction import reuse_value
 from flows._journal import StudyJournal
-from flows._outputs import record_cost, trial_rows, write_outputs
-from stages import Pipeline, Stage, Store, StoreError, merkle_key
+from flows._outputs import record_cost, record_of, trial_rows, write_outputs
+from stages import Store, StoreError
 
-__all__ = ["DEFAULT_STORAGE", "cache_main", "human_bytes", "show_main", "studies_main"]
+if TYPE_CHECKING:
+    from stages import Pipeline, Stage
+
+# Reading a journal and a store needs neither torch nor Prefect, so these commands answer
+# at once: what imports them (the config models, a study's pipeline, eviction's ranking)
+# is imported where `cache --max-bytes` needs it.
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "best_main",
+    "cache_main",
+    "human_bytes",
+    "show_main",
+    "studies_main",
+]
 
 # The storage URL of the shipped default config, flows/conf/storage/local.yaml.
 DEFAULT_STORAGE = ".eeipu/cache"
@@ -88,7 +108,10 @@ def studies_main(argv: Sequence[str]) -> int:
 
 
 def show_main(argv: Sequence[str]) -> int:
-    """``eeipu show STUDY``: the trials table and best configuration; writes the outputs.
+    """``eeipu show STUDY``: the trials table and the best and recommended configurations.
+
+    Prints only; ``--write DIR`` also writes ``results.csv``, ``best.yaml`` and
+    ``best_vs_cost.png`` into ``DIR``, with the recommended configuration the study wrote.
 
     Args:
         argv: The arguments after ``show``.
@@ -96,16 +119,46 @@ def show_main(argv: Sequence[str]) -> int:
     Returns:
         The exit code: 0, or 2 for an unknown study or an unusable storage.
     """
-    parser = _parser(
-        "show", "Print one study's trials and best configuration and write its outputs."
+    parser = _study_parser(
+        "show",
+        "Print one study's trials and its best and recommended configurations; "
+        "writes nothing unless --write is given.",
     )
-    parser.add_argument("study", metavar="STUDY", help="the study's name (see `eeipu studies`)")
     parser.add_argument(
-        "--out",
+        "--write",
         metavar="DIR",
-        help="folder for results.csv, best.yaml and best_vs_cost.png (default: outputs/STUDY)",
+        help="also write results.csv, best.yaml and best_vs_cost.png into DIR "
+        "(best.yaml keeps the recommended configuration from --outputs)",
     )
     return _guarded(_show, parser.parse_args(argv))
+
+
+def best_main(argv: Sequence[str]) -> int:
+    """``eeipu best STUDY``: the best configuration as YAML to feed back into a study.
+
+    Prints ``{stage: {param: value}}`` with comments naming the trial and objective and the
+    Hydra override (``++pipeline.fixed=...``) that pins it; ``--recommended`` prints the
+    recommended configuration instead, as the study's run wrote it to ``best.yaml``.
+
+    Args:
+        argv: The arguments after ``best``.
+
+    Returns:
+        The exit code: 0, or 2 for an unknown study, an unusable storage, a study without a
+        complete trial or (``--recommended``) without a recommended configuration.
+    """
+    parser = _study_parser(
+        "best",
+        "Print a study's best configuration as YAML ({stage: {param: value}}), for "
+        "`pipeline.fixed` in a config file or as a Hydra override.",
+    )
+    parser.add_argument(
+        "--recommended",
+        action="store_true",
+        help="the recommended configuration (best posterior mean) instead of the best "
+        "observed one, as the study's run wrote it to best.yaml under --outputs",
+    )
+    return _guarded(_best, parser.parse_args(argv))
 
 
 def cache_main(argv: Sequence[str]) -> int:
@@ -144,6 +197,19 @@ def _parser(command: str, description: str) -> argparse.ArgumentParser:
         metavar="URL",
         default=DEFAULT_STORAGE,
         help=f"a local folder or s3://bucket/prefix (default: {DEFAULT_STORAGE})",
+    )
+    return parser
+
+
+def _study_parser(command: str, description: str) -> argparse.ArgumentParser:
+    """:func:`_parser` with a ``STUDY`` and the ``--outputs`` folder its run wrote."""
+    parser = _parser(command, description)
+    parser.add_argument("study", metavar="STUDY", help="the study's name (see `eeipu studies`)")
+    parser.add_argument(
+        "--outputs",
+        metavar="DIR",
+        help="where the study's run wrote its outputs, read for the recommended "
+        "configuration in its best.yaml (default: outputs/STUDY, the default output_dir)",
     )
     return parser
 
@@ -298,17 +364,118 @@ def _show(args: argparse.Namespace) -> int:
         print(_trials_table(study))
     else:
         print("no trials told yet")
-    out = Path(args.out) if args.out else Path("outputs") / study.name
-    n_init = int(study.header.get("n_init") or 0)
-    paths = write_outputs(
-        out, study.name, study.records, study.direction, _warmup_cost(study.records, n_init)
-    )
-    print("\nbest configuration (best.yaml):")
-    print(paths["yaml"].read_text().rstrip())
-    print("\nwrote:")
-    for path in paths.values():
-        print(f"  {path}")
+    best = _best_record(study)
+    recommended, source = _recommended(study, args.outputs)
+    if best is not None:
+        print(f"\nbest configuration (eeipu best {study.name}):")
+        print(_feedback_yaml(study, best, "best observed configuration").rstrip())
+    if recommended is not None:
+        print(f"\nrecommended configuration (eeipu best {study.name} --recommended):")
+        print(_feedback_yaml(study, recommended, _recommended_title(recommended, source)).rstrip())
+    if args.write:
+        if recommended is None:
+            print(f"note: {source}; best.yaml is written without it", file=sys.stderr)
+        n_init = int(study.header.get("n_init") or 0)
+        paths = write_outputs(
+            args.write,
+            study.name,
+            study.records,
+            study.direction,
+            _warmup_cost(study.records, n_init),
+            recommended,
+        )
+        print("\nwrote:")
+        for path in paths.values():
+            print(f"  {path}")
     return 0
+
+
+# ---------------------------------------------------------------------- eeipu best
+def _best(args: argparse.Namespace) -> int:
+    store = _open_store(args.storage)
+    study = _load(store, args.study)
+    if args.recommended:
+        record, source = _recommended(study, args.outputs)
+        if record is None:
+            raise _BadInput(f"study {study.name!r}: {source}")
+        print(_feedback_yaml(study, record, _recommended_title(record, source)), end="")
+        return 0
+    record = _best_record(study)
+    if record is None:
+        raise _BadInput(
+            f"study {study.name!r} has no complete trial yet ({len(study.records)} told)"
+        )
+    print(_feedback_yaml(study, record, "best observed configuration"), end="")
+    return 0
+
+
+def _best_record(study: _Study) -> dict[str, Any] | None:
+    """The complete record with the best objective (the first of a tie), as best.yaml's
+    ``best`` names it."""
+    complete = [r for r in study.records if r["state"] == "complete"]
+    sign = 1.0 if study.direction == "maximize" else -1.0
+    return max(complete, key=lambda r: sign * r["objective"]) if complete else None
+
+
+def _recommended(study: _Study, outputs: str | None) -> tuple[dict[str, Any] | None, str]:
+    """The recommended configuration that the study's run wrote to ``best.yaml``, and where
+    it came from (or, with None, why there is none).
+
+    The recommendation is the best posterior mean of a GP fitted to every complete trial
+    (``eeipu.Optimizer.recommend``): computing it here would load torch and fit a model,
+    so the study's own answer is read back, and kept only while the journal still holds
+    that trial (same number, parameters and objective).
+    """
+    path = Path(outputs or Path("outputs") / study.name) / "best.yaml"
+    try:
+        written = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        return None, f"no recommended configuration: no {path} (the study's run writes it)"
+    except (OSError, yaml.YAMLError) as exc:
+        return None, f"no recommended configuration: cannot read {path} ({_one_line(exc)})"
+    rec = written.get("recommended") if isinstance(written, dict) else None
+    if not isinstance(rec, dict) or written.get("study") != study.name:
+        return None, f"no recommended configuration of study {study.name!r} in {path}"
+    match = record_of(study.records, rec.get("params") or {}, rec.get("objective"))
+    if match is None or match["number"] != rec.get("trial"):
+        return None, f"the recommended configuration in {path} is not a trial of this journal"
+    return {**rec, "number": rec["trial"]}, str(path)
+
+
+def _recommended_title(record: dict[str, Any], source: str) -> str:
+    return (
+        f"recommended configuration (posterior mean {_num(record['posterior_mean'])}, "
+        f"from {source})"
+    )
+
+
+def _feedback_yaml(study: _Study, record: dict[str, Any], title: str) -> str:
+    """``record``'s parameters as a YAML ``{stage: {param: value}}`` document, with comments
+    naming the trial and the two ways to pin them: ``pipeline.fixed`` in a config file,
+    or a Hydra override."""
+    params = json.loads(json.dumps(record["params"]))  # plain types, as best.yaml has them
+    return (
+        f"# study {study.name} ({study.direction}): {title}\n"
+        f"# trial {record['number']}, objective {_num(record['objective'])}\n"
+        "# pin it under `pipeline: fixed:` in a config file, or with the override:\n"
+        f"#   {shlex.quote('++pipeline.fixed=' + _hydra_value(params))}\n"
+        + yaml.safe_dump(params, sort_keys=False)
+    )
+
+
+def _hydra_value(value: Any) -> str:
+    """``value`` in Hydra's override grammar: ``{prep: {k: 3, kind: "rbf"}}``.
+
+    Strings are quoted, so one that reads as a number stays a string."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_hydra_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # inf, -inf, nan: Hydra's spelling
+    return json.dumps(value)  # numbers, true/false, null
 
 
 def _summary_facts(study: _Study) -> list[str]:
@@ -331,6 +498,7 @@ def _trials_table(study: _Study) -> str:
             for stage, section in record["params"].items()
             for name, v in section.items()
         )
+        metrics = " ".join(f"{k}={_num(v)}" for k, v in (record.get("metrics") or {}).items())
         rows.append(
             [
                 str(row["trial"]),
@@ -338,11 +506,17 @@ def _trials_table(study: _Study) -> str:
                 f"{row['cost']:.4g}",
                 ",".join(record["cached"]) or "-",
                 row["state"],
+                metrics or "-",
                 params,
+                row["reason"] or "-",
             ]
         )
-    header = ["TRIAL", "OBJECTIVE", "COST", "CACHED", "STATE", "PARAMS"]
-    return _table(header, rows, right=frozenset({0, 1, 2}))
+    header = ["TRIAL", "OBJECTIVE", "COST", "CACHED", "STATE", "METRICS", "PARAMS", "REASON"]
+    # Metrics (every scalar the sink returned) and failure reasons, where a study has any.
+    keep = [i for i in range(len(header)) if i < 5 or i == 6 or any(r[i] != "-" for r in rows)]
+    return _table(
+        [header[i] for i in keep], [[r[i] for i in keep] for r in rows], right=frozenset({0, 1, 2})
+    )
 
 
 def _warmup_cost(records: Sequence[dict[str, Any]], n_init: int) -> float | None:
@@ -359,15 +533,7 @@ def _warmup_cost(records: Sequence[dict[str, Any]], n_init: int) -> float | None
 
 # ---------------------------------------------------------------------- eeipu cache
 def _cache(args: argparse.Namespace) -> int:
-    try:
-        max_bytes = (
-            None if args.max_bytes is None else TypeAdapter(Bytes).validate_python(args.max_bytes)
-        )
-    except ValidationError:
-        raise _BadInput(
-            "--max-bytes must be a positive size (bytes, or 500MB, 2GiB), "
-            f"but got {args.max_bytes!r}"
-        ) from None
+    max_bytes = None if args.max_bytes is None else _size(args.max_bytes)
     store = _open_store(args.storage)
     studies = [_load(store, args.study)] if args.study else None
     entries = _entries(store)
@@ -383,6 +549,20 @@ def _cache(args: argparse.Namespace) -> int:
         unknown = f"not a trial of {args.study}" if args.study else "no study's trial"
         _dry_run(store, entries, studies, max_bytes, args.max_bytes, unknown)
     return 0
+
+
+def _size(text: str) -> int:
+    """``--max-bytes``, read as a study's ``storage.max_bytes`` is."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from flows._config import Bytes  # loads torch (through eeipu): only for --max-bytes
+
+    try:
+        return TypeAdapter(Bytes).validate_python(text)
+    except ValidationError:
+        raise _BadInput(
+            f"--max-bytes must be a positive size (bytes, or 500MB, 2GiB), but got {text!r}"
+        ) from None
 
 
 def _entries(store: Store) -> dict[str, _Entry]:
@@ -473,6 +653,8 @@ def _values(entries: dict[str, _Entry], studies: Sequence[_Study]) -> dict[str, 
         if e.version is not None:
             versions.setdefault(e.stage, set()).add(str(e.version))
     committed = {k for k, e in entries.items() if e.stage != _NO_SIDECAR}
+    from flows._eviction import reuse_value
+
     value: dict[str, float] = {}
     for study in studies:
         try:
@@ -498,6 +680,9 @@ def _rebuild_pipeline(study: _Study, versions: dict[str, set[str]], stored: set[
     ``size`` and ``seed`` enter the stage versions, so each stage takes the version, among
     those its sidecars record, under which the most of this study's keys are stored.
     """
+    from flows._config import PipelineConfig
+    from stages import Pipeline
+
     info = study.header["pipeline"]
     built = PipelineConfig(name=str(info["name"]), target=str(info["target"])).factory()()
     space = study.header.get("space") or {}
@@ -506,7 +691,7 @@ def _rebuild_pipeline(study: _Study, versions: dict[str, set[str]], stored: set[
     for s in built.stages:
         s = replace(s, space=space.get(s.name, s.space))
         upstream = [u.name for u in built.upstream(s.name)]
-        candidates = sorted(versions.get(s.name, set()) | {s.version})
+        candidates = sorted(versions.get(s.name, set()) | {s.identity})
         s = replace(s, version=_fit_version(s, upstream, candidates, study.records, keys, stored))
         for record, known in zip(study.records, keys, strict=True):
             known[s.name] = _stage_key(s, s.version, upstream, record, known)
@@ -517,6 +702,8 @@ def _rebuild_pipeline(study: _Study, versions: dict[str, set[str]], stored: set[
 def _stage_key(
     stage: Stage, version: str, upstream: list[str], record: dict[str, Any], known: dict[str, str]
 ) -> str:
+    from stages import merkle_key
+
     own = stage.normalize(record["params"].get(stage.name))
     return merkle_key(stage.name, version, own, [known[u] for u in upstream])
 
@@ -537,6 +724,6 @@ def _fit_version(
             _stage_key(stage, version, upstream, r, k) in stored
             for r, k in zip(records, keys, strict=True)
         )
-        return found, version == stage.version
+        return found, version == stage.identity
 
     return max(candidates, key=hits)

@@ -32,16 +32,18 @@ def run(cfg_dict: dict) -> object:
     A study with nothing left to run (budget spent, ``max_trials`` reached) is answered from
     its journal: outputs and summary, but no flow run and no Prefect server start.
     """
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
     from flows._config import StudyConfig
-    from flows._interrupt import prefect_api
     from flows._warm import resolve_budget
     from flows.runtime import store_for
-    from flows.study import more_to_run, prepare, report_finished, tune_flow
 
     cfg = StudyConfig.from_mapping(cfg_dict)
     cfg = resolve_budget(cfg, store_for(cfg))  # extra_budget: continue with more budget
+    # Prefect (seconds to import) only for a valid config: a bad one is answered first.
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from flows._interrupt import prefect_api
+    from flows.study import more_to_run, prepare, report_finished, tune_flow
+
     # Fail fast on bad input, before any flow run exists. This also registers the Store:
     # storage.options may hold credentials, which go into this process's Store and never
     # into flow parameters (their serialized form leaves them out).

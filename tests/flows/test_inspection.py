@@ -1,9 +1,12 @@
-"""`eeipu studies`, `eeipu show` and `eeipu cache` on real (tiny) studies, local and on S3."""
+"""`eeipu studies`, `show`, `best` and `cache` on real (tiny) studies, local and on S3."""
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,7 +15,14 @@ import yaml
 
 from flows import StudyJournal, reuse_value
 from flows.conf import CONFIG_DIR
-from flows.inspection import DEFAULT_STORAGE, cache_main, human_bytes, show_main, studies_main
+from flows.inspection import (
+    DEFAULT_STORAGE,
+    best_main,
+    cache_main,
+    human_bytes,
+    show_main,
+    studies_main,
+)
 from stages import Store
 from stages.pipelines import synthetic_pipeline
 from tests.helpers import OPTIMIZER_FAST, composed
@@ -36,7 +46,9 @@ def storage(prefect_harness, tmp_path_factory) -> Path:
     url = root / ".eeipu" / "cache"
     _run(str(url), "alpha", "max_trials=4", out=root / "runs")
     fail = ["+pipeline.kwargs.fail_stage=train", "+pipeline.kwargs.fail_above=0.6"]
-    _run(str(url), "beta", "max_trials=4", "optimizer=ei", "seed=1", *fail, out=root / "runs")
+    # EI has no prefixes to search: it takes none of the prefix_* options.
+    ei = ["optimizer=ei", *(f"~{o[1:].split('=')[0]}" for o in TINY if "options.prefix_" in o)]
+    _run(str(url), "beta", "max_trials=4", "seed=1", *ei, *fail, out=root / "runs")
     return url
 
 
@@ -97,7 +109,7 @@ def test_a_storage_without_studies_says_so(tmp_path, capsys):
     assert capsys.readouterr().out == f"no cache entries in {tmp_path}\n"
 
 
-@pytest.mark.parametrize("command", [studies_main, show_main, cache_main])
+@pytest.mark.parametrize("command", [studies_main, show_main, best_main, cache_main])
 def test_help_names_the_subcommand(command, capsys):
     with pytest.raises(SystemExit) as info:
         command(["--help"])
@@ -106,42 +118,146 @@ def test_help_names_the_subcommand(command, capsys):
 
 
 # ---------------------------------------------------------------------- eeipu show
-def test_show_prints_trials_and_best_and_writes_the_outputs(storage, capsys, monkeypatch, tmp_path):
+def _outputs(storage: Path, study: str) -> Path:
+    """Where the fixture's run of ``study`` wrote its outputs (its ``output_dir``)."""
+    return storage.parents[1] / "runs" / study
+
+
+def _documents(out: str, title: str) -> list[str]:
+    """The YAML documents printed under a line starting with ``title``, up to a blank line."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title)) + 1
+    end = next((i for i in range(start, len(lines)) if not lines[i].strip()), len(lines))
+    return lines[start:end]
+
+
+def test_show_prints_trials_and_best_and_writes_nothing(storage, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert show_main(["alpha", "--storage", str(storage)]) == 0
     out = capsys.readouterr().out
-    folder = Path("outputs") / "alpha"
-    paths = [folder / "results.csv", folder / "best.yaml", folder / "best_vs_cost.png"]
-    assert all(p.is_file() for p in paths)
-    assert out.rstrip().endswith("\n".join(f"  {p}" for p in paths))
-    assert (folder / "best_vs_cost.png").read_bytes()[:4] == b"\x89PNG"
-    best_yaml = (folder / "best.yaml").read_text()
-    assert f"best configuration (best.yaml):\n{best_yaml}" in out
+    assert list(tmp_path.iterdir()) == []  # no outputs/alpha, nothing else
+    assert "wrote:" not in out
 
     records = _records(storage, "alpha")
     best = max(records, key=lambda r: r["objective"])
-    assert yaml.safe_load(best_yaml)["best"] == {
-        "trial": best["number"],
-        "objective": best["objective"],
-        "params": best["params"],
-    }
+    document = "\n".join(_documents(out, "best configuration (eeipu best alpha):"))
+    assert yaml.safe_load(document) == best["params"]
+    assert f"# trial {best['number']}, objective {best['objective']:.6g}" in document
+    # No best.yaml under ./outputs/alpha: the recommended configuration is unknown here.
+    assert "recommended configuration" not in out
     rows = _rows(out, "TRIAL")
     assert [int(row[0]) for row in rows] == [r["number"] for r in records]
     for row, record in zip(rows, records, strict=True):
         assert row[1] == f"{record['objective']:.6g}"
         assert row[3] == (",".join(record["cached"]) or "-") and row[4] == record["state"]
         assert f"prep.x0={record['params']['prep']['x0']:.6g}" in row
-    assert (folder / "results.csv").read_text().count("\n") == len(records) + 1
 
 
-def test_show_writes_where_out_says(storage, capsys, tmp_path):
-    assert show_main(["beta", "--storage", str(storage), "--out", str(tmp_path / "o")]) == 0
-    assert str(tmp_path / "o" / "best.yaml") in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
-        "best.yaml",
-        "best_vs_cost.png",
-        "results.csv",
-    ]
+def test_show_leaves_the_studys_best_yaml_byte_identical(storage, capsys, monkeypatch):
+    folder = _outputs(storage, "alpha")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert b"\nrecommended:\n" in before["best.yaml"]
+    monkeypatch.chdir(folder.parent)  # outputs of its own would land in ./outputs/alpha
+    assert show_main(["alpha", "--storage", str(storage), "--outputs", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["alpha", "beta"]
+    recommended = yaml.safe_load(before["best.yaml"])["recommended"]
+    document = "\n".join(_documents(out, "recommended configuration (eeipu best alpha"))
+    assert yaml.safe_load(document) == recommended["params"]
+    assert f"posterior mean {recommended['posterior_mean']:.6g}, from {folder}" in document
+
+
+def test_show_write_writes_the_outputs_and_keeps_the_recommended_section(storage, capsys, tmp_path):
+    folder = _outputs(storage, "beta")
+    argv = ["beta", "--storage", str(storage), "--outputs", str(folder)]
+    assert show_main([*argv, "--write", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    paths = [tmp_path / "o" / n for n in ("results.csv", "best.yaml", "best_vs_cost.png")]
+    assert out.rstrip().endswith("wrote:\n" + "\n".join(f"  {p}" for p in paths))
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == sorted(p.name for p in paths)
+    assert paths[2].read_bytes()[:4] == b"\x89PNG"
+    written, ran = (yaml.safe_load(p.read_text()) for p in (paths[1], folder / "best.yaml"))
+    assert written == ran  # the best and the recommended sections, as the run wrote them
+    records = _records(storage, "beta")
+    assert paths[0].read_text().count("\n") == len(records) + 1
+
+
+# ---------------------------------------------------------------------- eeipu best
+def _override_value(text: str) -> dict:
+    """The ``pipeline.fixed`` value of the override line in ``text``'s comments, as Hydra
+    parses it (the line is shell-quoted)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    line = next(line for line in text.splitlines() if "++pipeline.fixed=" in line)
+    (arg,) = shlex.split(line.lstrip("# "))
+    override = OverridesParser.create().parse_overrides([arg])[0]
+    assert override.key_or_group == "pipeline.fixed"
+    return override.value()
+
+
+@pytest.mark.parametrize("study", ["alpha", "beta"])
+def test_best_prints_the_best_configuration_as_yaml_and_override(storage, capsys, study):
+    assert best_main([study, "--storage", str(storage)]) == 0
+    out = capsys.readouterr().out
+    complete = [r for r in _records(storage, study) if r["state"] == "complete"]
+    best = max(complete, key=lambda r: r["objective"])
+    assert yaml.safe_load(out) == best["params"] == _override_value(out)
+    assert out.startswith(f"# study {study} (maximize): best observed configuration\n")
+    assert f"# trial {best['number']}, objective {best['objective']:.6g}\n" in out
+
+
+def test_best_recommended_is_what_the_study_wrote(storage, capsys):
+    folder = _outputs(storage, "alpha")
+    argv = ["alpha", "--storage", str(storage), "--outputs", str(folder), "--recommended"]
+    assert best_main(argv) == 0
+    out = capsys.readouterr().out
+    recommended = yaml.safe_load((folder / "best.yaml").read_text())["recommended"]
+    assert yaml.safe_load(out) == recommended["params"] == _override_value(out)
+    assert f"# trial {recommended['trial']}, objective {recommended['objective']:.6g}\n" in out
+
+
+def test_best_recommended_without_the_studys_best_yaml_is_one_line(storage, capsys, tmp_path):
+    argv = ["alpha", "--storage", str(storage), "--recommended", "--outputs", str(tmp_path)]
+    assert best_main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"error: study 'alpha': no recommended configuration: no {tmp_path / 'best.yaml'} "
+        "(the study's run writes it)\n"
+    )
+
+
+def test_best_is_an_eeipu_command(storage, capsys):
+    from flows.cli import COMMANDS, main
+
+    assert "best" in COMMANDS
+    assert main(["best", "alpha", "--storage", str(storage)]) == 0
+    assert capsys.readouterr().out.startswith("# study alpha (maximize)")
+
+
+# ---------------------------------------------------------------------- answering at once
+def test_inspection_commands_import_neither_torch_nor_prefect(storage):
+    """`eeipu studies`, `show`, `best` and `cache` read a journal and a store: loading torch
+    or Prefect would take seconds on a small machine (issue 29 item 5)."""
+    script = f"""
+import sys
+from flows.cli import main
+for argv in (["studies"], ["show", "alpha"], ["best", "alpha"], ["cache"]):
+    assert main([*argv, "--storage", {str(storage)!r}]) == 0, argv
+from stages import Store, StoreError
+from flows import StudyJournal
+heavy = sorted(m for m in ("torch", "prefect", "botorch", "eeipu", "matplotlib") if m in sys.modules)
+assert not heavy, heavy
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=storage.parents[1],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_unknown_study_is_one_line_and_exit_2(storage, capsys):
@@ -155,7 +271,8 @@ def test_unknown_study_is_one_line_and_exit_2(storage, capsys):
 
 def test_unusable_storage_is_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "file").write_text("")
-    for command, args in ((studies_main, []), (show_main, ["a"]), (cache_main, [])):
+    commands = ((studies_main, []), (show_main, ["a"]), (best_main, ["a"]), (cache_main, []))
+    for command, args in commands:
         assert command(["--storage", str(tmp_path / "file"), *args]) == 2
         err = capsys.readouterr().err
         assert err == f"error: cannot use storage {tmp_path / 'file'}: it is a file, not a folder\n"
