@@ -2,7 +2,8 @@
 
     store_for(cfg)       the :class:`stages.Store` of ``cfg.storage`` (one per URL and process)
     pipeline_for(cfg)    the configured pipeline, built once per process
-    build_pipeline(cfg)  call the configured factory; apply the YAML's space, metric, tags
+    build_pipeline(cfg)  call the configured factory; apply the YAML's space, fixed values,
+                         metric, tags; bind its kwargs into the stages' cache keys
     say(cfg, line)       a progress line: stderr with ``progress``, else the run logger
     run_logger()         Prefect's run logger inside a flow or task, else ``eeipu``'s
 
@@ -20,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from flows._config import ConfigError, StudyConfig
-from stages import Pipeline, Store
+from stages import Pipeline, PipelineError, Stage, Store
 
 __all__ = ["build_pipeline", "pipeline_for", "run_logger", "say", "store_for"]
 
@@ -55,7 +56,8 @@ def build_pipeline(cfg: StudyConfig) -> Pipeline:
             f"but returned {type(pipeline).__name__}"
         )
     stages = list(pipeline.stages)
-    for key, section in (("space", conf.space), ("stage_tags", conf.stage_tags)):
+    sections = (("space", conf.space), ("stage_tags", conf.stage_tags), ("fixed", conf.fixed))
+    for key, section in sections:
         unknown = sorted(set(section or {}) - set(pipeline.stage_names))
         if unknown:
             raise ConfigError(
@@ -65,9 +67,36 @@ def build_pipeline(cfg: StudyConfig) -> Pipeline:
         stages = [replace(s, space=conf.space.get(s.name, s.space)) for s in stages]
     if conf.stage_tags:
         stages = [replace(s, tags=(*s.tags, *conf.stage_tags.get(s.name, ()))) for s in stages]
-    if conf.space is None and not conf.metric and not conf.stage_tags:
-        return pipeline
+    # The factory's arguments are part of every stage's cache key (Stage.bound): a pipeline
+    # built with other kwargs never reads this one's entries.
+    stages = [
+        _pinned(replace(s, bound=dict(conf.kwargs)), conf.fixed.get(s.name, {})) for s in stages
+    ]
     return Pipeline(stages, metric=conf.metric or pipeline.metric, load_cost=pipeline.load_cost)
+
+
+def _pinned(stage: Stage, pins: dict[str, Any]) -> Stage:
+    """``stage`` with the YAML's ``pipeline.fixed.<stage>`` values: a tuned parameter leaves
+    the search space (its value coerced to the declared type); either way the value is
+    passed to the function and joins the cache key."""
+    if not pins:
+        return stage
+    space = dict(stage.space)
+    fixed = dict(stage.fixed)
+    for name, value in pins.items():
+        spec = space.pop(name, None)
+        if spec is not None:
+            try:
+                value = Stage(stage.func, stage.name, space={name: spec}).normalize({name: value})[
+                    name
+                ]
+            except (ValueError, PipelineError) as exc:
+                raise ConfigError(f"`pipeline.fixed.{stage.name}.{name}`: {exc}") from exc
+        fixed[name] = value
+    try:
+        return replace(stage, space=space, fixed=fixed)
+    except PipelineError as exc:
+        raise ConfigError(f"`pipeline.fixed.{stage.name}`: {exc}") from exc
 
 
 def pipeline_for(cfg: StudyConfig) -> Pipeline:

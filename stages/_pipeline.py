@@ -13,9 +13,14 @@ keyword arguments named after the parameters of its search-space section::
     def train(data, lr):
         ...
 
-Cache keys are Merkle keys: ``sha256(canonical_json([name, version, params, input_keys]))``,
-so a key changes exactly when the stage, its version, its own hyperparameters or anything
-upstream changes. For a chain this is the hyperparameter prefix.
+Cache keys are Merkle keys: ``sha256(canonical_json([name, identity, params, input_keys]))``,
+so a key changes exactly when the stage's code (or its explicit version), the fixed
+arguments it was built with, its own hyperparameters or anything upstream changes. For a
+chain this is the hyperparameter prefix. A stage's identity (:attr:`Stage.identity`) is
+the fingerprint of its code (:func:`stages.code_fingerprint`: normalized source, closed-over
+values, defaults, the same-package helpers it calls) unless ``version`` is set, in which
+case the version string stands for the code; the fixed arguments the pipeline factory was
+called with (``bound``) join either. Fixed parameters (``fixed``) join ``params``.
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
 from eeipu import canonical_json
 from stages._errors import PipelineError
+from stages._fingerprint import code_fingerprint
 
 __all__ = ["Params", "Pipeline", "Reported", "Stage", "merkle_key", "stage"]
 
@@ -70,8 +77,9 @@ def merkle_key(
 
     Args:
         name: Stage name.
-        version: Stage version; bump it when the function's behaviour changes.
-        params: The stage's own (normalized) hyperparameters.
+        version: The stage's identity (:attr:`Stage.identity`): its code fingerprint, or
+            its explicit version, with its bound arguments.
+        params: The stage's own (normalized) hyperparameters and fixed parameters.
         input_keys: Cache keys of the stage's inputs, in input order.
 
     Example:
@@ -87,15 +95,24 @@ class Stage:
     """A pipeline stage: a plain function with a name, inputs, output, version and space.
 
     Args:
-        func: The function. Called as ``func(**inputs, **hyperparameters)``.
+        func: The function. Called as ``func(**inputs, **fixed, **hyperparameters)``.
         name: Unique stage name (also the key of its section in ``params``).
         inputs: Names of the outputs this stage reads, in order; each is passed as the
             keyword argument of that name.
         output: Name of what this stage produces; defaults to ``name``.
-        version: Part of the cache key; change it to invalidate this stage and everything
-            downstream.
+        version: ``None`` (default): the cache key follows the function's code
+            (:func:`stages.code_fingerprint`), so an edit recomputes this stage and
+            everything downstream. A string takes over from the code: the key then follows
+            this string instead, and you change it when the behaviour changes. Set it to
+            keep entries across a refactor that changes no behaviour: ``eeipu cache``
+            lists each stage's current identity; pinning ``version`` to the identity the
+            entries were made under (``code:...``) keeps them.
         space: ``{param: spec}`` in eeipu's schema (``type`` float/int/categorical,
             ``low``/``high``/``log`` or ``choices``).
+        fixed: Parameters with a fixed value: passed to the function like hyperparameters
+            and part of the cache key like them, but not tuned (YAML ``pipeline.fixed``).
+        bound: The fixed arguments the pipeline factory was called with (the YAML's
+            ``pipeline.kwargs``): part of the cache key, not passed to the function.
         tags: Prefect tags of the stage's task runs (not part of the cache key), e.g.
             ``("gpu",)`` so that ``prefect concurrency-limit create gpu 1`` caps how many
             such stages run at once across all workers.
@@ -109,9 +126,11 @@ class Stage:
     name: str
     inputs: tuple[str, ...] = ()
     output: str = ""
-    version: str = "1"
+    version: str | None = None
     space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    bound: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -124,12 +143,33 @@ class Stage:
             )
         object.__setattr__(self, "inputs", tuple(self.inputs))
         object.__setattr__(self, "output", self.output or self.name)
-        object.__setattr__(self, "version", str(self.version))
+        if self.version is not None:
+            object.__setattr__(self, "version", str(self.version))
         object.__setattr__(self, "tags", tuple(str(t) for t in self.tags))
         space = {str(p): MappingProxyType(dict(spec)) for p, spec in dict(self.space).items()}
         object.__setattr__(self, "space", MappingProxyType(space))
+        for what in ("fixed", "bound"):
+            values = dict(getattr(self, what) or {})
+            try:
+                canonical_json(values)
+            except (TypeError, ValueError) as exc:
+                raise PipelineError(
+                    f"{what} values must be JSON-like (numbers, strings, booleans, null, lists "
+                    f"and mappings of them), but stage {self.name!r} got {values!r}: {exc}"
+                ) from exc
+            object.__setattr__(self, what, MappingProxyType(values))
         self._check_space()
         self._check_signature()
+
+    @cached_property
+    def identity(self) -> str:
+        """What stands for the stage's code in its cache key: ``code:<fingerprint>`` of its
+        function, or its explicit ``version``; then the fingerprint of ``bound``, if any."""
+        base = f"code:{code_fingerprint(self.func)}" if self.version is None else self.version
+        if not self.bound:
+            return base
+        digest = hashlib.sha256(canonical_json(dict(self.bound)).encode("utf-8")).hexdigest()
+        return f"{base}+bound:{digest}"
 
     def _check_space(self) -> None:
         for param, spec in self.space.items():
@@ -145,6 +185,13 @@ class Stage:
                 f"a name cannot be both an input and a hyperparameter, but stage {self.name!r} "
                 f"uses {clash} as both"
             )
+        for other, what in ((self.space, "a hyperparameter"), (self.inputs, "an input")):
+            clash = sorted(set(self.fixed) & set(other))
+            if clash:
+                raise PipelineError(
+                    f"a fixed parameter cannot also be {what}, but stage {self.name!r} "
+                    f"has {clash} as both"
+                )
         if len(set(self.inputs)) != len(self.inputs):
             raise PipelineError(
                 f"input names must be unique, but stage {self.name!r} has inputs "
@@ -179,7 +226,13 @@ class Stage:
                         f"the search-space section of stage {self.name!r} names parameter "
                         f"{name!r}, which its function {where} does not accept"
                     )
-        supplied = set(self.inputs) | set(self.space)
+            for name in self.fixed:
+                if name not in by_keyword:
+                    raise PipelineError(
+                        f"stage {self.name!r} fixes parameter {name!r}, which its function "
+                        f"{where} does not accept"
+                    )
+        supplied = set(self.inputs) | set(self.space) | set(self.fixed)
         for p in sig_params:
             required = p.default is inspect.Parameter.empty and p.kind not in (
                 inspect.Parameter.VAR_POSITIONAL,
@@ -188,11 +241,14 @@ class Stage:
             if required and p.name not in supplied:
                 raise PipelineError(
                     f"stage {self.name!r}'s function {where} requires argument {p.name!r}, "
-                    "which is neither an input nor a hyperparameter of its search space"
+                    "which is neither an input, a hyperparameter of its search space nor a "
+                    "fixed parameter"
                 )
 
     def normalize(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
-        """This stage's hyperparameters, checked and coerced to their declared types.
+        """This stage's hyperparameters, checked and coerced to their declared types, with
+        its fixed parameters: what the function is called with besides its inputs, and what
+        its cache key covers.
 
         Coercion makes keys agree whether a value arrives as ``3``, ``3.0`` or a numpy
         scalar: ``int`` parameters become ``int``, ``float`` ones ``float``.
@@ -208,7 +264,7 @@ class Stage:
                 f"hyperparameters must match the search space of stage {self.name!r} "
                 f"({sorted(self.space)}), but got missing={missing}, unknown={extra}"
             )
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = dict(self.fixed)
         for name, spec in self.space.items():
             value = params[name]
             kind = spec["type"]
@@ -240,8 +296,9 @@ def stage(
     *,
     inputs: Iterable[str] = (),
     output: str | None = None,
-    version: str = "1",
+    version: str | None = None,
     space: Mapping[str, Mapping[str, Any]] | None = None,
+    fixed: Mapping[str, Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Stage]:
     """Decorator that turns a function into a :class:`Stage` (name defaults to the
     function's name).
@@ -262,6 +319,7 @@ def stage(
             output=output or "",
             version=version,
             space=dict(space or {}),
+            fixed=dict(fixed or {}),
         )
 
     return wrap
@@ -450,7 +508,7 @@ class Pipeline:
                 continue
             own = s.normalize(params.get(s.name))
             input_keys = [keys[u.name] for u in self.upstream(s.name)]
-            keys[s.name] = merkle_key(s.name, s.version, own, input_keys)
+            keys[s.name] = merkle_key(s.name, s.identity, own, input_keys)
         return keys
 
     def key(self, name: str, params: Params) -> str:

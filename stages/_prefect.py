@@ -5,7 +5,8 @@ Choice (after reading ``prefect/results.py``, ``cache_policies.py``, ``transacti
 decides hits and loads results, and our store is its storage.
 
 * :class:`MerkleCachePolicy` (a ``CachePolicy``) returns the stage's Merkle key from the task
-  inputs (stage name and version, its hyperparameters, its inputs' keys). Prefect's DEFAULT
+  inputs (stage name and identity: its code fingerprint or explicit version; its
+  hyperparameters and fixed parameters; its inputs' keys). Prefect's DEFAULT
   policy would add RUN_ID (no reuse across runs) and hash input values with cloudpickle
   (unstable across processes and slow for big outputs), so neither is used.
 * The policy's ``key_storage`` is a :class:`StoreFileSystem` in the ``meta`` role, and the
@@ -138,7 +139,7 @@ class MerkleCachePolicy(CachePolicy):
     ``input_keys`` inputs (never from input values, which may be large or unhashable)."""
 
     stage_name: str = ""
-    version: str = ""
+    version: str = ""  # the stage's identity (Stage.identity)
 
     def compute_key(
         self,
@@ -240,7 +241,7 @@ def stage_task(
     def run_stage(
         params: Mapping[str, Any], input_keys: Sequence[str], inputs: Mapping[str, Any] | None
     ) -> StageOutput:
-        key = merkle_key(stage.name, stage.version, params, input_keys)
+        key = merkle_key(stage.name, stage.identity, params, input_keys)
         if inputs is None:
             raise PlannedHitMissing(f"stage {stage.name!r} (key {key}) expected a cache hit")
         _entered.add(key)
@@ -255,7 +256,7 @@ def stage_task(
         store.note(
             key,
             stage=stage.name,
-            version=stage.version,
+            version=stage.identity,
             cost=cost,
             seconds=seconds,
             reported=reported,
@@ -264,7 +265,7 @@ def stage_task(
 
     policy = MerkleCachePolicy(
         stage_name=stage.name,
-        version=stage.version,
+        version=stage.identity,
         key_storage=StoreFileSystem.for_store(store, "meta"),
     )
     task = Task(

@@ -3,7 +3,7 @@
 For measuring wall-clock effects (parallel trials on several workers, cache hits): a stage
 that runs sleeps ``scale`` seconds per unit of its simulated cost; a cache hit only loads.
 Objective, costs and cache keys are those of :func:`stages.pipelines.synthetic_pipeline`
-(the stage versions get a ``-slept`` suffix, so the two never share cache entries).
+(the sleeping wrapper is part of each stage's code, so the two never share cache entries).
 
 Example:
     >>> pipe = slept_synthetic_pipeline(scale=0.1)
@@ -32,9 +32,7 @@ def slept_synthetic_pipeline(scale: float = 0.1, **kwargs: Any) -> Pipeline:
     if not scale >= 0:
         raise ValueError(f"`scale` must be >= 0, but got {scale!r}")
     base = synthetic_pipeline(**kwargs)
-    stages = [
-        replace(s, func=_sleeping(s.func, scale), version=f"{s.version}-slept") for s in base.stages
-    ]
+    stages = [replace(s, func=_sleeping(s.func, scale)) for s in base.stages]
     return Pipeline(stages, metric=base.metric, load_cost=getattr(base, "load_cost", None))
 
 

@@ -353,7 +353,7 @@ def synthetic_pipeline(
     *,
     dims: Sequence[int] | None = None,
     seed: int = 0,
-    version: str = "1",
+    version: str | None = None,
     fail_stage: str | None = None,
     fail_above: float | None = None,
     load_cost: float = 0.01,
@@ -368,7 +368,8 @@ def synthetic_pipeline(
         problem: The problem (default ``SyntheticProblem()``: prep -> train -> finetune).
         dims: Parameters per stage, when no ``problem`` is given (default 2/3/2).
         seed: Seed of the problem's cost functions, when no ``problem`` is given.
-        version: Version of every stage (part of the cache keys).
+        version: An explicit version for every stage, standing for their code in the cache
+            keys (``None``: the keys follow the code; see :class:`stages.Stage`).
         fail_stage: Fault injection (tests, demos): this stage raises ``RuntimeError``
             whenever its first parameter ``x0`` exceeds ``fail_above``.
         fail_above: The threshold for ``fail_stage``.

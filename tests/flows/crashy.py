@@ -22,16 +22,21 @@ from stages.pipelines import synthetic_pipeline
 
 def crashy_pipeline(log: str, cache: str, sleep: float = 0.15, seed: int = 0) -> Pipeline:
     base = synthetic_pipeline(seed=seed)
-    stages = [
-        replace(s, func=_logged(s.name, s.version, s.func, log, cache, sleep)) for s in base.stages
-    ]
+    stages = [replace(s, func=_logged(s.name, s.func, log, cache, sleep)) for s in base.stages]
     return Pipeline(stages, load_cost=base.load_cost)
 
 
-def _logged(name: str, version: str, func: Any, log: str, cache: str, sleep: float) -> Any:
+def _running_key() -> str:
+    """The Merkle key of the stage task running now (its policy holds the stage identity)."""
+    ctx = TaskRunContext.get()
+    policy = ctx.task.cache_policy
+    params, input_keys = ctx.parameters["params"], ctx.parameters["input_keys"]
+    return merkle_key(policy.stage_name, policy.version, params, input_keys)
+
+
+def _logged(name: str, func: Any, log: str, cache: str, sleep: float) -> Any:
     def run(**kwargs: Any) -> Any:
-        ctx = TaskRunContext.get()
-        key = merkle_key(name, version, ctx.parameters["params"], ctx.parameters["input_keys"])
+        key = _running_key()
         line = {
             "stage": name,
             "key": key,
@@ -58,10 +63,7 @@ def faulty_pipeline(flaky_dir: str, nan_above: float = 4.0, seed: int = 0) -> Pi
     train, finetune = base.stages[1], base.stages[2]
 
     def flaky(**kwargs: Any) -> Any:
-        ctx = TaskRunContext.get()
-        key = merkle_key(
-            "train", train.version, ctx.parameters["params"], ctx.parameters["input_keys"]
-        )
+        key = _running_key()
         marker = os.path.join(flaky_dir, key)
         if not os.path.exists(marker):
             open(marker, "w").close()

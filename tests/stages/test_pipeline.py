@@ -153,9 +153,11 @@ def test_key_of_a_chain_is_the_hyperparameter_prefix():
     kp, kq = pipe.keys(p), pipe.keys(q)
     assert kp["prep"] == kq["prep"] and kp["train"] == kq["train"]
     assert kp["finetune"] != kq["finetune"]
-    expected_prep = merkle_key("prep", "1", p["prep"], [])
+    prep, train = pipe["prep"], pipe["train"]
+    assert prep.identity.startswith("code:") and prep.identity != train.identity
+    expected_prep = merkle_key("prep", prep.identity, p["prep"], [])
     assert kp["prep"] == expected_prep
-    assert kp["train"] == merkle_key("train", "1", p["train"], [expected_prep])
+    assert kp["train"] == merkle_key("train", train.identity, p["train"], [expected_prep])
 
 
 @pytest.mark.parametrize(
