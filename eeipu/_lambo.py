@@ -15,7 +15,9 @@ a multi-armed bandit with switching costs, and runs BO inside the arm it picks:
    costs c_k and C_k = Σ_{j≥k} c_j, stage k gets d_k = round(log2(C_k / C_{k+1})) levels
    (at least 1, total capped by ``max_depth``), so that 2^(height of stage k's top level)
    ≈ C_k / C_S. These are the measured costs of ``Observations.costs`` (compute costs,
-   not cache loads); before any are measured every stage gets one level.
+   not cache loads); before any are measured every stage gets one level. Stages without
+   parameters get no level (there is nothing to split): their cost counts in the switch of
+   the stage upstream that re-runs them, and the last stage *with* parameters is the free one.
 2. **Slowly moving bandit.** Arms are drawn by the Slowly Moving Bandit algorithm of Koren,
    Livni & Mansour ("Multi-Armed Bandits with Metric Movement Costs", NeurIPS 2017), which
    LaMBO runs on this tree: after round t it draws signs σ_{t,0..H-1} (σ_{t,H} = −1) and
@@ -85,15 +87,25 @@ __all__ = ["LaMBO", "RegionTree", "smb_loss_estimate", "smb_update", "stage_dept
 
 
 # ---------------------------------------------------------------------- the tree
+def _tuned(space: SearchSpace) -> list[int]:
+    """Indices of the stages with parameters: all but the last of them are split (the
+    upstream modules), the last is the free one."""
+    return [k for k, s in enumerate(space.stages) if space.stage_params(s)]
+
+
 def stage_depths(
     space: SearchSpace, costs: Tensor, cached: Tensor, max_depth: int = 6
 ) -> list[int]:
     """Levels of the region tree per upstream stage (all stages but the last).
 
-    d_k = round(log2(C_k / C_{k+1})), at least 1, from the mean measured compute cost c_k
-    of each stage (C_k = Σ_{j≥k} c_j); one level each while some stage has no measured
-    cost. Capped at ``max_depth`` levels in all, taking levels from the latest stages first
-    (a stage left with 0 levels is not split).
+    d_k = round(log2(C_k / C_{k'})), at least 1, from the mean measured compute cost c_k
+    of each stage (C_k = Σ_{j≥k} c_j), where k' is the next stage with parameters; one
+    level each while some stage has no measured cost. Stages without parameters get no
+    level (nothing to split): their cost counts in the switch of the stage with parameters
+    upstream of them, which re-runs them. The last stage with parameters is the free one,
+    as the last stage is in the paper; it and the stages after it get none either. Capped
+    at ``max_depth`` levels in all, taking levels from the latest stages first (a stage
+    left with 0 levels is not split).
 
     Args:
         costs: ``n x S`` measured stage costs (NaN where unknown).
@@ -102,16 +114,19 @@ def stage_depths(
     S = len(space.stages)
     if S < 2:
         return []
+    tuned = _tuned(space)
+    split = tuned[:-1]  # the upstream stages with parameters
     ok = torch.isfinite(costs) & (costs > 0) & ~cached
     means = []
     for k in range(S):
         c = costs[:, k][ok[:, k]]
         means.append(float(c.mean()) if c.numel() else math.nan)
-    if any(math.isnan(m) for m in means):
-        depths = [1] * (S - 1)
-    else:
-        suffix = [sum(means[k:]) for k in range(S)]
-        depths = [max(1, round(math.log2(suffix[k] / suffix[k + 1]))) for k in range(S - 1)]
+    depths = [0] * (S - 1)
+    for i, k in enumerate(split):
+        if any(math.isnan(m) for m in means):
+            depths[k] = 1
+        else:
+            depths[k] = max(1, round(math.log2(sum(means[k:]) / sum(means[tuned[i + 1] :]))))
     while sum(depths) > max_depth:
         # Trim the deepest stage (the latest on ties); below one level, the latest stage.
         if max(depths) > 1:
@@ -377,14 +392,16 @@ class LaMBO(WarmStartState, Method):
 
     def tree(self, obs: Observations) -> RegionTree:
         """The region tree for these observations (its depths follow the measured costs)."""
-        S = len(obs.space.stages)
+        space = obs.space
+        S = len(space.stages)
         if self.depth is not None:
-            depths = [self.depth] * (S - 1)
+            split = _tuned(space)[:-1]
+            depths = [self.depth if k in split else 0 for k in range(S - 1)]
             while sum(depths) > self.max_depth:
                 depths[max(i for i, v in enumerate(depths) if v > 0)] -= 1
         else:
-            depths = stage_depths(obs.space, obs.costs, obs.cached, self.max_depth)
-        return RegionTree.build(obs.space, depths)
+            depths = stage_depths(space, obs.costs, obs.cached, self.max_depth)
+        return RegionTree.build(space, depths)
 
     def bandit(self, obs: Observations, model) -> tuple[RegionTree, BanditState, float]:
         """Replay the bandit over the observations; returns the tree, the state and η."""
@@ -402,7 +419,7 @@ class LaMBO(WarmStartState, Method):
 
     def propose(self, obs: Observations) -> Proposal:
         space = obs.space
-        S, d = len(space.stages), space.dim
+        d = space.dim
         model = fit_gp(obs.X, obs.Y, self._init.get("objective") if self.warm_start else None)
         self._init["objective"] = gp_hyperparameters(model)
         tree, state, lr = self.bandit(obs, model)
@@ -413,8 +430,10 @@ class LaMBO(WarmStartState, Method):
         prefix = None
         fixed: dict[int, float] = {}
         kept = 0
-        if self.keep_upstream and state.last_arm is not None and S > 1:
-            kept = tree.unchanged_stages(arm, state.last_arm, S - 1)
+        # The upstream stages: those before the last stage with parameters (the free one).
+        n_upstream = _tuned(space)[-1]
+        if self.keep_upstream and state.last_arm is not None and n_upstream > 0:
+            kept = tree.unchanged_stages(arm, state.last_arm, n_upstream)
         if kept:
             x_prev = obs.X[-1]
             n_fixed = space.prefix_dim(kept)

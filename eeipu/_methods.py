@@ -466,7 +466,10 @@ class CostAwareEI(WarmStartState, Method):
             if self.cost_inputs == "prefix":
                 cols = [slice(0, space.prefix_dim(k + 1)) for k in range(len(space.stages))]
             else:
-                cols = list(space.stage_slices)
+                # A stage without parameters has no own columns, but its cost still depends
+                # on its inputs (an evaluation's on the model trained upstream): its GP sees
+                # the upstream columns; with none, the cost is a constant (CostModel.fit).
+                cols = [c if c.stop > c.start else slice(0, c.start) for c in space.stage_slices]
         init = self._init.get("cost") if self.warm_start else None
         model = CostModel.fit(
             obs.X,
@@ -550,6 +553,12 @@ class CostAwareEI(WarmStartState, Method):
         pool: list[Prefix | None] = [None]
         if self.memoize:
             pool += [p for p in obs.prefixes if obs.space.prefix_dim(p.n_stages) < d]
+            # Leading stages without parameters, once cached, are loaded by every candidate:
+            # their prefix (no fixed column) takes the empty prefix's place and starts.
+            free = [p for p in pool[1:] if p.x.numel() == 0]
+            if free:
+                top = max(free, key=lambda p: p.n_stages)
+                pool = [top] + [p for p in pool[1:] if p.x.numel()]
         acq = self.acquisition(obs)
         starts = self._starts(obs, acq, pool)
         keep = [i for i, st in enumerate(starts) if len(st)]
@@ -675,8 +684,9 @@ def acquisition_terms(acq: CostAcquisition, ranked: list[Proposal]) -> list[Prop
     - ``log_inv_cost``: log I(x; delta) = log E[1/C(x; delta)], uncooled.
     - ``eta``: the cost-cooling exponent of this ask; ``prefix_stages``: delta.
     - ``log_ei_fresh``, ``cost_term_fresh``, ``log_inv_cost_fresh``: the same of the best
-      candidate with the empty prefix (nothing cached): what EEIPU would have proposed
-      without memoization. Left out when no fresh candidate was scored.
+      candidate with the empty prefix (no hyperparameter reused; only leading stages
+      without parameters may load): what EEIPU would have proposed without memoization.
+      Left out when no fresh candidate was scored.
 
     A winner that reuses a prefix has ``log_ei + cost_term >= log_ei_fresh +
     cost_term_fresh`` (it won); ``log_ei_fresh - log_ei`` is the quality it gave up for
@@ -721,7 +731,15 @@ def acquisition_terms(acq: CostAcquisition, ranked: list[Proposal]) -> list[Prop
             t["log_success"] = float(lp)
     for t, k in zip(terms, delta, strict=True):
         t["prefix_stages"] = k
-    fresh = next((t for t, k in zip(terms, delta, strict=True) if k == 0), None)
+    # Fresh: no hyperparameter reused (at most leading stages without any are loaded).
+    fresh = next(
+        (
+            t
+            for t, p in zip(terms, ranked, strict=True)
+            if p.prefix is None or not p.prefix.x.numel()
+        ),
+        None,
+    )
     if fresh is not None:
         fresh = {f"{key}_fresh": fresh[key] for key in compared}
         for t in terms:

@@ -29,7 +29,7 @@ from gpytorch.means import ConstantMean
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from torch import Tensor
 
-__all__ = ["CostModel", "conditioned_gp", "fit_gp", "gp_hyperparameters"]
+__all__ = ["ConstantPredictor", "CostModel", "conditioned_gp", "fit_gp", "gp_hyperparameters"]
 
 
 def fit_gp(X: Tensor, Y: Tensor, init: dict[str, Tensor] | None = None) -> SingleTaskGP:
@@ -183,22 +183,41 @@ class _Predictor:
         return mean * self.y_std + self.y_mean, var.clamp_min(1e-12).sqrt() * self.y_std
 
 
+@dataclass(frozen=True)
+class ConstantPredictor:
+    """A predictor without inputs: the same mean and standard deviation everywhere, e.g. for
+    a quantity of a stage without parameters (nothing upstream to condition on)."""
+
+    mean: float
+    std: float = 0.0
+
+    def __call__(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        """``batch x d`` (``d`` may be 0) -> (mean, std), each ``batch``."""
+        zero = torch.zeros(X.shape[:-1], dtype=X.dtype, device=X.device)
+        return zero + self.mean, zero + self.std
+
+
 @dataclass
 class _StageCost:
-    """One stage's log-cost predictor: a GP on the columns ``cols``, or a constant."""
+    """One stage's log-cost predictor: a GP on the columns ``cols``, or a constant (with
+    spread ``std``)."""
 
     model: SingleTaskGP | None
     cols: slice
     constant: float = 0.0
+    std: float = 0.0
 
     def __post_init__(self) -> None:
-        self._predict = None if self.model is None else _Predictor(self.model)
+        self._predict = (
+            ConstantPredictor(self.constant, self.std)
+            if self.model is None
+            else _Predictor(self.model)
+        )
 
     def mean_std(self, X: Tensor) -> tuple[Tensor, Tensor]:
         """``batch x d`` -> (mean, std) of the log cost, each ``batch``."""
-        if self._predict is None:
-            zero = torch.zeros(X.shape[:-1], dtype=X.dtype, device=X.device)
-            return zero + self.constant, zero
+        if self.model is None:
+            return self._predict(X)
         sub = X[..., self.cols]
         mean, std = self._predict(sub.reshape(-1, sub.shape[-1]))
         return mean.reshape(X.shape[:-1]), std.reshape(X.shape[:-1])
@@ -256,7 +275,10 @@ class CostModel:
             cached: ``n x S`` bool, True where the stage was loaded from the cache: those
                 costs are load costs and train ε_k, the others train the GPs.
             stage_cols: For each stage, the columns its GP sees (its own and upstream
-                parameters, only its own, or all columns for a total-cost model).
+                parameters, only its own, or all columns for a total-cost model). A stage
+                that sees no column (a first stage without parameters) costs a constant:
+                its log cost is the mean of the measured ones, with their standard
+                deviation as the spread, since only noise (the machine's load) moves it.
             load_eps: ε_k before any load was measured; default 1% of the stage's typical
                 compute cost.
             overhead: The per-trial cost on top of the stages (see the class).
@@ -268,13 +290,15 @@ class CostModel:
             run = ok & ~cached[:, k]
             load = ok & cached[:, k]
             log_c = c[run].log()
-            # A GP needs two distinct values; a constant cost is just a constant.
-            if run.sum() >= 2 and float(log_c.std()) > 1e-9:
+            spread = float(log_c.std()) if run.sum() >= 2 else 0.0
+            has_inputs = cols.stop > cols.start
+            # A GP needs two distinct values and an input; else the cost is a constant.
+            if has_inputs and spread > 1e-9:
                 gp = fit_gp(X[run][:, cols], log_c.unsqueeze(-1), None if init is None else init[k])
                 predictors.append(_StageCost(gp, cols))
             else:
                 const = float(log_c.mean()) if run.any() else 0.0
-                predictors.append(_StageCost(None, cols, const))
+                predictors.append(_StageCost(None, cols, const, spread if not has_inputs else 0.0))
             if load.any():
                 log_load.append(math.log(float(c[load].mean())))
             elif load_eps is not None:

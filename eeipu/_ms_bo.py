@@ -23,6 +23,9 @@ stage is not used. Each GP trains on the trials that told its inputs and target 
 trial that reached stage k still trains GP_1..GP_k; asked-but-untold trials train none).
 MS-BO has no cost model and no memoization (cost-unaware, as in the paper).
 
+A stage without parameters is a stage of the cascade all the same: GP_k sees y_{k-1} alone,
+and a first one (no input at all) is a constant, its told outputs' mean and spread.
+
 Without stage outputs (real pipelines tell none) the intermediate outputs are unobserved:
 the cascade then has nothing to learn about them, and MS-BO falls back to one GP on all
 parameters with analytic LogEI, i.e. it proposes exactly what ``ei`` proposes. (Using the
@@ -56,7 +59,7 @@ from eeipu._methods import (
     check_positive_ints,
     register_method,
 )
-from eeipu._models import _Predictor, fit_gp, gp_hyperparameters
+from eeipu._models import ConstantPredictor, _Predictor, fit_gp, gp_hyperparameters
 
 __all__ = ["CascadeBO", "CascadeLogEI", "CascadeStage"]
 
@@ -189,28 +192,38 @@ class CascadeBO(WarmStartState, Method):
         if O is None or S < 2:
             return None
         targets = [O[:, k] for k in range(S - 1)] + [obs.Y.squeeze(-1)]
+        first = space.stage_slices[0]
+        no_inputs = first.stop == first.start  # a first stage without parameters
         rows, ranges = [], []
         for k in range(S):
             ok = torch.isfinite(targets[k])
             if k > 0:
                 ok = ok & torch.isfinite(O[:, k - 1])
-            if int(ok.sum()) < 2 or float(targets[k][ok].std()) <= 1e-12:
+            constant_ok = k == 0 and no_inputs  # no GP to fit: a constant may be constant
+            if int(ok.sum()) < 2 or (not constant_ok and float(targets[k][ok].std()) <= 1e-12):
                 return None
             rows.append(ok)
             if k < S - 1:
                 seen = O[:, k][torch.isfinite(O[:, k])]
-                ranges.append((float(seen.min()), float(seen.max() - seen.min())))
+                width = float(seen.max() - seen.min())
+                ranges.append((float(seen.min()), width if width > 0 else 1.0))
         stages = []
         for k in range(S):
             cols = space.stage_slices[k]
             inp = obs.X[:, cols]
-            if k > 0:
-                lo, width = ranges[k - 1]
-                inp = torch.cat([inp, ((O[:, k - 1] - lo) / width).unsqueeze(-1)], -1)
             ok = rows[k]
-            model = self._fit(f"stage{k}", inp[ok], targets[k][ok].unsqueeze(-1))
+            if k == 0 and no_inputs:
+                # Nothing to condition on: the output's mean and spread as measured.
+                y = targets[0][ok]
+                predict = ConstantPredictor(float(y.mean()), float(y.std()))
+            else:
+                if k > 0:
+                    lo, width = ranges[k - 1]
+                    inp = torch.cat([inp, ((O[:, k - 1] - lo) / width).unsqueeze(-1)], -1)
+                model = self._fit(f"stage{k}", inp[ok], targets[k][ok].unsqueeze(-1))
+                predict = _Predictor(model)
             lo, width = ranges[k] if k < S - 1 else (0.0, 1.0)
-            stages.append(CascadeStage(cols, _Predictor(model), lo, width))
+            stages.append(CascadeStage(cols, predict, lo, width))
         return stages
 
     # ------------------------------------------------------------------ proposal

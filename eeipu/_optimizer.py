@@ -508,6 +508,10 @@ class Optimizer:
                 if not view.is_cached(stages[j - 1], sub):
                     break  # a longer prefix cannot be cached if this one is not
                 x = x_full[: self.space.prefix_dim(j)]
+                if group and self.space.prefix_dim(j) == self.space.prefix_dim(j - 1):
+                    # Stage j has no parameters and is cached: the prefix through it fixes
+                    # the same columns and loads one stage more, so it replaces the shorter.
+                    group.pop()
                 group.append(
                     (
                         canonical_json([j, sub]),

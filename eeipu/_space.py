@@ -222,6 +222,9 @@ def _param_from_spec(stage: str, name: str, spec: Any) -> Param:
 class SearchSpace:
     """Ordered stages, each with ordered parameters; dimension ``d`` = number of parameters.
 
+    A stage may have no parameters (a fixed loading, evaluation or export stage): its
+    columns are an empty slice, its decoded parameters ``{}``. At least one stage has some.
+
     Args:
         params: The parameters, grouped by stage in pipeline order.
 
@@ -249,13 +252,16 @@ class SearchSpace:
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
                 raise SearchSpaceError(f"duplicate parameter name(s) {dup} (stage {stage!r})")
-            if not plist:
-                raise SearchSpaceError(f"stage {stage!r} needs at least one parameter")
             self._by_stage[stage] = tuple(plist)
         self.stages: tuple[str, ...] = tuple(self._by_stage)
         self.params: tuple[Param, ...] = tuple(p for ps in self._by_stage.values() for p in ps)
         self.dim = len(self.params)
-        # stage_slices[k] = the columns of stage k; prefix_dims[k] = columns of stages 0..k
+        if self.dim == 0:
+            raise SearchSpaceError(
+                f"a search space needs at least one parameter in some stage, but stages "
+                f"{list(self.stages)} have none; add one to a stage's space"
+            )
+        # stage_slices[k] = the columns of stage k (empty for a stage without parameters)
         self.stage_slices: tuple[slice, ...] = ()
         start = 0
         for ps in self._by_stage.values():
@@ -267,7 +273,8 @@ class SearchSpace:
         """Build from ``{stage: {param: {"type": ..., ...}}}`` (the Hydra YAML schema).
 
         Types: ``float`` and ``int`` (``low``, ``high``, optional ``log``), ``categorical``
-        (``choices``). Raises :class:`SearchSpaceError` naming the stage and parameter.
+        (``choices``). A stage without parameters maps to ``{}``. Raises
+        :class:`SearchSpaceError` naming the stage and parameter.
         """
         if not isinstance(spec, Mapping) or not spec:
             raise SearchSpaceError(
@@ -279,8 +286,6 @@ class SearchSpace:
                 raise SearchSpaceError(
                     f"stage {stage!r} must map parameter names to specs, but got {section!r}"
                 )
-            if not section:
-                raise SearchSpaceError(f"stage {stage!r} needs at least one parameter")
             params[str(stage)] = [
                 _param_from_spec(str(stage), str(n), s) for n, s in section.items()
             ]

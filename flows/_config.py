@@ -163,8 +163,10 @@ class _Section(BaseModel):
 # ---------------------------------------------------------------------- sections
 class PipelineConfig(_Section):
     """Which pipeline to build and how: ``target`` is ``module:function`` (or dotted)
-    returning a ``stages.Pipeline``, called with ``kwargs``; ``space`` (optional) replaces
-    the stages' declared search-space sections."""
+    returning a ``stages.Pipeline``, called with ``kwargs`` (which join every stage's cache
+    key); ``space`` (optional) replaces the stages' declared search-space sections;
+    ``fixed`` (``{stage: {param: value}}``) pins parameters: a pinned one leaves the search
+    space, is passed to the stage function and joins its cache key."""
 
     name: _Text
     target: _Text
@@ -176,6 +178,20 @@ class PipelineConfig(_Section):
         _rule(lambda v: v in ("maximize", "minimize"), "'maximize' or 'minimize'"),
     ] = "maximize"
     stage_tags: dict[str, list[str]] = {}
+    fixed: dict[str, dict[str, Any]] = {}
+
+    @field_validator("fixed", mode="before")
+    @classmethod
+    def _fixed(cls, fixed: Any) -> Any:
+        fixed = fixed or {}
+        if not isinstance(fixed, Mapping) or not all(
+            isinstance(v, Mapping) for v in fixed.values()
+        ):
+            raise _broken(
+                f"must map stage -> parameter -> value, e.g. {{train: {{lr: 0.01}}}}, "
+                f"but got {fixed!r}"
+            )
+        return {str(s): {str(p): v for p, v in sec.items()} for s, sec in fixed.items()}
 
     @field_validator("space", mode="before")
     @classmethod

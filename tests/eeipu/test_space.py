@@ -117,7 +117,8 @@ BAD = [
         "`log` must be true or false",
         "'x'",
     ),
-    ({"s": {}}, "needs at least one parameter", "'s'"),
+    ({"s": {}}, "needs at least one parameter in some stage", "['s']"),
+    ({"load": {}, "evaluate": {}}, "add one to a stage's space", "['load', 'evaluate']"),
     ({}, "non-empty mapping", ""),
     ({"s": {"x": 3}}, "must be a mapping with a `type`", "'x'"),
 ]
@@ -150,3 +151,44 @@ def test_encode_rejects_bad_values():
         space.encode({**good, "train": {**good["train"], "zzz": 1}})
     with pytest.raises(SearchSpaceError, match="missing parameters of stage 'train'"):
         space.encode({"prep": good["prep"]})
+
+
+FLOAT = {"type": "float", "low": 0.0, "high": 1.0, "log": False}
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"load": {}, "prep": {"a": FLOAT}, "train": {"b": FLOAT}},  # first stage fixed
+        {"prep": {"a": FLOAT}, "export": {}, "train": {"b": FLOAT}},  # middle
+        {"prep": {"a": FLOAT}, "train": {"b": FLOAT}, "evaluate": {}},  # last
+        {"load": {}, "clean": {}, "train": {"b": FLOAT}, "evaluate": {}},  # one tuned stage
+    ],
+    ids=["first", "middle", "last", "one_tuned"],
+)
+def test_stages_without_parameters(spec):
+    """A stage without parameters (fixed loading, export, evaluation) is a stage: its
+    columns are an empty slice and its parameters ``{}``, everywhere."""
+    space = SearchSpace.from_dict(spec)
+    fixed = [s for s in space.stages if not spec[s]]
+    assert space.stages == tuple(spec)
+    assert space.dim == sum(len(v) for v in spec.values())
+    for s in fixed:
+        k = space.stages.index(s)
+        assert space.stage_params(s) == ()
+        assert space.stage_slices[k].start == space.stage_slices[k].stop
+        assert space.prefix_dim(k + 1) == space.prefix_dim(k)
+    assert space.prefix_dim(len(space.stages)) == space.dim
+    assert space.to_dict() == spec
+    assert SearchSpace.from_dict(space.to_dict()) == space
+    x = torch.rand(space.dim, dtype=torch.double, generator=torch.Generator().manual_seed(1))
+    params = space.decode(x)
+    assert list(params) == list(space.stages)
+    assert all(params[s] == {} for s in fixed)
+    space.validate(params)
+    assert space.decode(space.encode(params)) == params
+    assert torch.equal(space.canonicalize(space.encode(params)), space.encode(params))
+    with pytest.raises(SearchSpaceError, match="missing parameters of stage"):
+        space.validate({s: v for s, v in params.items() if s != fixed[0]})
+    with pytest.raises(SearchSpaceError, match="unknown parameter"):
+        space.validate({**params, fixed[0]: {"a": 0.5}})
