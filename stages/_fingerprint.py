@@ -7,8 +7,9 @@
   declared search space (in the decorator) does not either;
 - the values it closes over, its default arguments, and the arguments a
   :func:`functools.partial` binds (numbers, strings and containers of them by value; NumPy
-  arrays, torch tensors and pandas objects by their bytes; other objects by a readable
-  ``repr``, else by type);
+  arrays, torch tensors and pandas objects by their bytes; torch modules by their weights,
+  scikit-learn estimators by their parameters and fitted attributes; other objects by a
+  readable ``repr``, else by type);
 - the global names it reads: values by value (numbers, strings, arrays, and plain lists,
   tuples, dicts and sets of them; other objects, such as a ``Counter`` or a client, are
   state and count by nothing), and functions and classes of the same top-level package,
@@ -142,6 +143,13 @@ class _Hasher:
         data = _data_token(obj)
         if data is not None:
             return data
+        library = type(obj).__module__.split(".")[0]
+        if library == "torch" and callable(getattr(obj, "state_dict", None)):
+            # A model a stage closes over counts by its architecture and its weights.
+            return ["torch.nn", repr(obj), self.token(dict(obj.state_dict()))]
+        if library == "sklearn" and hasattr(obj, "get_params"):
+            # An estimator by its parameters and, once fitted, its fitted attributes.
+            return ["sklearn", _qualname(type(obj)), self.token(dict(vars(obj)))]
         if dataclasses.is_dataclass(obj):
             fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
             return ["dataclass", _qualname(type(obj)), self.token(fields)]

@@ -133,6 +133,29 @@ def test_closed_over_values_and_arrays_are_part_of_the_key():
     assert _factory(1, np.ones(3)).keys(p) != base
 
 
+def _closing_over(model):
+    def predict(x):
+        return model(x)
+
+    return predict
+
+
+def test_models_closed_over_count_by_their_weights_and_fitted_state():
+    import torch
+    from sklearn.linear_model import LinearRegression
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 1)
+    before = code_fingerprint(_closing_over(net))
+    with torch.no_grad():
+        net.weight += 1.0
+    assert code_fingerprint(_closing_over(net)) != before
+    X = np.arange(6.0).reshape(3, 2)
+    fitted = [LinearRegression().fit(X, X @ w) for w in (np.ones(2), -np.ones(2))]
+    prints = {code_fingerprint(_closing_over(m)) for m in (LinearRegression(), *fitted)}
+    assert len(prints) == 3
+
+
 def test_two_pipelines_sharing_a_stage_name_and_parameters_never_share_a_key():
     # The same name, space and parameters, other code: other keys.
     a = Pipeline([Stage(lambda x: x, "score", space={"x": FLOAT})])
