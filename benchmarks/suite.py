@@ -31,6 +31,7 @@ are rewritten from the raw runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -172,11 +173,23 @@ def _seeds(cfg: Mapping[str, Any]) -> list[int]:
 
 
 # ---------------------------------------------------------------------- synthetic runs
-def _make_optimizer(space: Any, job: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """An Optimizer for the job; options a method does not take are dropped (and noted)."""
-    from eeipu import Optimizer, OptimizerError
+def _options_for(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The suite's ``method_options`` that ``method`` uses (``eeipu.METHOD_OPTIONS``): one
+    dict serves every method, and each takes its own."""
+    from eeipu import METHOD_OPTIONS
 
-    options = dict(job["method_options"]) if job["method"] != "random" else {}
+    kind = METHOD_OPTIONS.get(method)
+    if kind is None:
+        return dict(options)
+    names = {f.name for f in dataclasses.fields(kind)}
+    return {k: v for k, v in options.items() if k in names}
+
+
+def _make_optimizer(space: Any, job: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """An Optimizer for the job with the options its method uses (noted in the run)."""
+    from eeipu import Optimizer
+
+    options = _options_for(job["method"], job["method_options"])
     kwargs = {
         "method": job["method"],
         "budget": job["budget"],
@@ -185,12 +198,7 @@ def _make_optimizer(space: Any, job: Mapping[str, Any]) -> tuple[Any, dict[str, 
         "max_prefixes": job["max_prefixes"],
         "num_threads": 1,
     }
-    try:
-        return Optimizer(space, method_options=options, **kwargs), options
-    except OptimizerError as exc:
-        if not options or "bad options" not in str(exc):
-            raise
-        return Optimizer(space, method_options={}, **kwargs), {}
+    return Optimizer(space, method_options=options, **kwargs), options
 
 
 def run_synthetic(job: Mapping[str, Any]) -> dict[str, Any]:
@@ -302,7 +310,7 @@ def _study_config(
         # Pipeline problems may charge each trial its ask() and orchestration wall time.
         charge_overhead=bool(problem.get("charge_overhead", False)),
     )
-    options = dict(cfg["method_options"]) if method != "random" else {}
+    options = _options_for(method, cfg["method_options"])
     c["optimizer"] = {"method": method, "options": options, "max_prefixes": cfg["max_prefixes"]}
     c["storage"] = {"url": str(storage), "options": {}}
     out = OmegaConf.to_container(OmegaConf.create(c), resolve=True)

@@ -16,6 +16,7 @@ from eeipu._errors import (
 )
 from eeipu._lambo import LaMBO  # registers "lambo"
 from eeipu._methods import (
+    METHOD_OPTIONS,
     METHODS,
     CostAwareEI,
     Method,
@@ -25,7 +26,10 @@ from eeipu._methods import (
     RandomSearch,
     batched_lbfgs_available,
     make_method,
+    method_options,
+    options_type,
     register_method,
+    unknown_option_hint,
 )
 from eeipu._models import CostModel, fit_gp
 from eeipu._ms_bo import CascadeBO  # registers "ms_bo"
@@ -35,6 +39,7 @@ from eeipu._trial import Trial, TrialState
 
 __all__ = [
     "METHODS",
+    "METHOD_OPTIONS",
     "CacheError",
     "CacheView",
     "CascadeBO",
@@ -68,5 +73,8 @@ __all__ = [
     "cooling_eta",
     "fit_gp",
     "make_method",
+    "method_options",
+    "options_type",
     "register_method",
+    "unknown_option_hint",
 ]

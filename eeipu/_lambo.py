@@ -333,8 +333,6 @@ class LaMBO(WarmStartState, Method):
         raw_samples: Raw Sobol samples screened for those starts.
         maxiter: L-BFGS iterations.
         warm_start: Start each GP fit from the previous ask's hyperparameters.
-        prefix_restarts, prefix_raw_samples, prefix_starts, mc_samples: Accepted (and
-            unused) so one options dict serves every method.
     """
 
     def __init__(
@@ -348,20 +346,8 @@ class LaMBO(WarmStartState, Method):
         raw_samples: int = 256,
         maxiter: int = 200,
         warm_start: bool = True,
-        prefix_restarts: int = 2,
-        prefix_raw_samples: int = 64,
-        mc_samples: int = 128,
-        prefix_starts: int = 16,
     ) -> None:
-        check_positive_ints(
-            num_restarts=num_restarts,
-            raw_samples=raw_samples,
-            maxiter=maxiter,
-            prefix_restarts=prefix_restarts,
-            prefix_raw_samples=prefix_raw_samples,
-            prefix_starts=prefix_starts,
-            mc_samples=mc_samples,
-        )
+        check_positive_ints(num_restarts=num_restarts, raw_samples=raw_samples, maxiter=maxiter)
         if lr is not None and not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
             raise OptimizerError(f"`lr` must be None or a positive number, but got {lr!r}")
         if depth is not None and (

@@ -31,11 +31,13 @@ themselves here when ``eeipu`` is imported.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass, replace
 from typing import Any
 
 import torch
@@ -58,6 +60,7 @@ from eeipu._space import SearchSpace
 
 __all__ = [
     "METHODS",
+    "METHOD_OPTIONS",
     "CostAwareEI",
     "Method",
     "Observations",
@@ -67,7 +70,10 @@ __all__ = [
     "acquisition_terms",
     "batched_lbfgs_available",
     "make_method",
+    "method_options",
+    "options_type",
     "register_method",
+    "unknown_option_hint",
 ]
 
 
@@ -238,22 +244,113 @@ def _posterior_mean(model: SingleTaskGP, X: Tensor) -> Tensor:
 
 
 METHODS: dict[str, Callable[..., Method]] = {}
+#: Method name -> the frozen dataclass of its options (None: the factory takes any keyword).
+METHOD_OPTIONS: dict[str, type | None] = {}
 
 
-def register_method(name: str) -> Callable[[Callable[..., Method]], Callable[..., Method]]:
-    """Register a method factory under ``name`` (a decorator)."""
+def options_type(
+    factory: Callable[..., Any], *names: str, name: str = "Options", **defaults: Any
+) -> type:
+    """A frozen dataclass of the keyword parameters ``names`` of ``factory`` (all of them when
+    none is named): their annotations, and their defaults unless ``defaults`` sets others.
+
+    A method's options are what its factory reads; deriving them from the signature keeps one
+    place for their types and defaults.
+
+    Example:
+        >>> EIOptions = options_type(CostAwareEI, "num_restarts", "maxiter", name="EIOptions")
+        >>> EIOptions(num_restarts=2)
+        EIOptions(num_restarts=2, maxiter=200)
+    """
+    params = inspect.signature(factory).parameters
+    names = names or tuple(p for p in params if params[p].kind is not params[p].VAR_KEYWORD)
+    specs = [
+        (n, params[n].annotation, field(default=defaults.get(n, params[n].default)))
+        if n in defaults or params[n].default is not params[n].empty
+        else (n, params[n].annotation)
+        for n in names
+    ]
+    return make_dataclass(name, specs, frozen=True, kw_only=True)
+
+
+def _signature_options(factory: Callable[..., Any]) -> type | None:
+    """The options of a factory registered without its own: its keyword parameters, or None
+    (anything goes) when it takes ``**kwargs``."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return options_type(factory, name=f"{getattr(factory, '__name__', 'Method')}Options")
+
+
+def register_method(
+    name: str, options: type | None = None
+) -> Callable[[Callable[..., Method]], Callable[..., Method]]:
+    """Register a method factory under ``name`` (a decorator).
+
+    Args:
+        name: The method's name in ``METHODS``.
+        options: A frozen dataclass of the options the method uses (see
+            :func:`options_type`); the factory is called with all of its fields. Default:
+            the factory's keyword parameters, or any option at all if it takes ``**kwargs``.
+    """
 
     def deco(factory: Callable[..., Method]) -> Callable[..., Method]:
         METHODS[name] = factory
+        METHOD_OPTIONS[name] = options if options is not None else _signature_options(factory)
         return factory
 
     return deco
 
 
-def make_method(name: str, **options: Any) -> Method:
-    """Instantiate a registered method; unknown names list the known ones."""
+def method_options(name: str, **options: Any) -> Any:
+    """The typed options of method ``name`` (its :data:`METHOD_OPTIONS` dataclass), from
+    ``options`` over its defaults; a dict of ``options`` as given if the method declares none.
+
+    Raises:
+        OptimizerError: An unknown method, or an option the method does not use: the message
+            lists the ones it does.
+    """
     if name not in METHODS:
         raise OptimizerError(f"unknown method {name!r}; known methods: {sorted(METHODS)}")
+    kind = METHOD_OPTIONS.get(name)
+    if kind is None:
+        return dict(options)
+    known = [f.name for f in fields(kind)]
+    for key in options:
+        if key not in known:
+            raise OptimizerError(
+                f"method {name!r} does not use option {key!r}" + unknown_option_hint(name, str(key))
+            )
+    try:
+        return kind(**options)
+    except TypeError as exc:  # a required option is missing
+        raise OptimizerError(f"bad options for method {name!r}: {exc}") from exc
+
+
+def unknown_option_hint(method: str, key: str) -> str:
+    """What follows "method M does not use option K": the closest option of M if K looks like
+    a typo of one (not when K is another method's option), then the options M uses."""
+    kind = METHOD_OPTIONS.get(method)
+    known = [f.name for f in fields(kind)] if kind else []
+    elsewhere = {f.name for kind in METHOD_OPTIONS.values() if kind for f in fields(kind)}
+    close = [] if key in elsewhere else difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return hint + (f"; its options are {sorted(known)}" if known else "; it takes no options")
+
+
+def make_method(name: str, **options: Any) -> Method:
+    """Instantiate a registered method from its options (:func:`method_options`).
+
+    Raises:
+        OptimizerError: An unknown method (the message lists the known ones), an option the
+            method does not use (it lists the ones it does), or a value it refuses.
+    """
+    typed = method_options(name, **options)
+    if is_dataclass(typed):
+        options = {f.name: getattr(typed, f.name) for f in fields(typed)}
     try:
         method = METHODS[name](**options)
     except TypeError as exc:
@@ -849,18 +946,37 @@ def batched_lbfgs_available(maxiter: int = 200) -> bool:
     )
 
 
+# Each method's options are the CostAwareEI parameters it reads: prefix-pool settings only
+# where there is a prefix pool (eeipu), cost settings only where there is a cost model.
+_EI = (
+    "num_restarts",
+    "raw_samples",
+    "mc_samples",
+    "maxiter",
+    "warm_start",
+    "incumbent",
+    "failures",
+)
+_TOTAL_COST = (*_EI, "cost_weight", "tradeoff")
+_STAGE_COST = (*_TOTAL_COST, "cost_inputs", "load_eps")
+_MEMOIZED = (*_STAGE_COST, "prefix_restarts", "prefix_raw_samples", "prefix_starts")
+
 register_method("random")(RandomSearch)
-register_method("ei")(lambda **kw: CostAwareEI(cost=None, **kw))
-register_method("eips")(lambda **kw: CostAwareEI(cost="total", cooling=False, **kw))
-register_method("carbo")(lambda **kw: CostAwareEI(cost="total", cooling=True, **kw))
-register_method("ms_carbo")(lambda **kw: CostAwareEI(cost="stage", cooling=True, **kw))
+register_method("ei", options_type(CostAwareEI, *_EI, name="EIOptions"))(
+    lambda **kw: CostAwareEI(cost=None, **kw)
+)
+register_method("eips", options_type(CostAwareEI, *_TOTAL_COST, name="EIPSOptions"))(
+    lambda **kw: CostAwareEI(cost="total", cooling=False, **kw)
+)
+register_method("carbo", options_type(CostAwareEI, *_TOTAL_COST, name="CArBOOptions"))(
+    lambda **kw: CostAwareEI(cost="total", cooling=True, **kw)
+)
+register_method("ms_carbo", options_type(CostAwareEI, *_STAGE_COST, name="MSCArBOOptions"))(
+    lambda **kw: CostAwareEI(cost="stage", cooling=True, **kw)
+)
 # EEIPU's quality term is noisy EI (qLogNEI) unless told otherwise: measured against the
 # observed incumbent on the six synthetic problems (README, "How EEIPU works here").
-register_method("eeipu")(
-    lambda **kw: CostAwareEI(
-        cost="stage",
-        cooling=True,
-        memoize=True,
-        **{"incumbent": "noisy", "failures": "model", **kw},
-    )
-)
+register_method(
+    "eeipu",
+    options_type(CostAwareEI, *_MEMOIZED, name="EEIPUOptions", incumbent="noisy", failures="model"),
+)(lambda **kw: CostAwareEI(cost="stage", cooling=True, memoize=True, **kw))

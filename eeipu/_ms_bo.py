@@ -145,8 +145,6 @@ class CascadeBO(WarmStartState, Method):
         mc_samples: M, quasi-MC cascade samples per candidate.
         maxiter: L-BFGS iterations.
         warm_start: Start each GP fit from the previous ask's hyperparameters.
-        prefix_restarts: Accepted (and unused) so one options dict serves every method.
-        prefix_raw_samples, prefix_starts: Accepted (and unused), likewise.
     """
 
     def __init__(
@@ -156,18 +154,12 @@ class CascadeBO(WarmStartState, Method):
         mc_samples: int = 64,
         maxiter: int = 200,
         warm_start: bool = True,
-        prefix_restarts: int = 2,
-        prefix_raw_samples: int = 64,
-        prefix_starts: int = 16,
     ) -> None:
         check_positive_ints(
             num_restarts=num_restarts,
             raw_samples=raw_samples,
             mc_samples=mc_samples,
             maxiter=maxiter,
-            prefix_restarts=prefix_restarts,
-            prefix_raw_samples=prefix_raw_samples,
-            prefix_starts=prefix_starts,
         )
         self.num_restarts = num_restarts
         self.raw_samples = raw_samples

@@ -19,10 +19,12 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import fields
 from typing import Annotated, Any, Literal, get_args
 
 from hydra.utils import get_method
@@ -33,15 +35,23 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     WrapValidator,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from eeipu import METHODS, EEIPUError, SearchSpace
+from eeipu import METHOD_OPTIONS, METHODS, EEIPUError, SearchSpace, unknown_option_hint
 
-__all__ = ["ConfigError", "OptimizerConfig", "PipelineConfig", "StorageConfig", "StudyConfig"]
+__all__ = [
+    "ConfigError",
+    "OptimizerConfig",
+    "PipelineConfig",
+    "StorageConfig",
+    "StudyConfig",
+    "hydra_error",
+]
 
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
@@ -142,10 +152,11 @@ Bytes = Annotated[ByteSize, WrapValidator(_positive_size)]
 
 
 class _Section(BaseModel):
-    """A frozen section of the YAML; unknown keys are ignored, and a null where a value is
-    required counts as missing (Hydra writes ``null`` for an unset key)."""
+    """A frozen section of the YAML; an unknown key is refused (a typo must not be a silent
+    default), and a null where a value is required counts as missing (Hydra writes ``null``
+    for an unset key)."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     @model_validator(mode="before")
     @classmethod
@@ -255,6 +266,27 @@ class OptimizerConfig(_Section):
             raise _broken(f"must be one of {names}, but got {method!r}")
         return method
 
+    @field_validator("options")
+    @classmethod
+    def _options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Only the options the method uses (``eeipu.METHOD_OPTIONS``); values are checked
+        when the method is built."""
+        method = info.data.get("method")
+        kind = METHOD_OPTIONS.get(method) if method else None
+        known = {f.name for f in fields(kind)} if kind else None
+        for key in options:
+            if known is not None and key not in known:
+                raise PydanticCustomError(
+                    "eeipu_unknown",
+                    "{message}",
+                    {
+                        "key": str(key),
+                        "message": f": method {method!r} does not use it"
+                        + unknown_option_hint(method, str(key)),
+                    },
+                )
+        return options
+
 
 class StorageConfig(_Section):
     """Where the cache and the study journals live: a local folder or an fsspec URL.
@@ -317,6 +349,9 @@ class StudyConfig(_Section):
         BeforeValidator(lambda v: v or "eeipu"),
     ] = "eeipu"
     executor: Annotated[Executor, _one_of(get_args(Executor))] = "auto"
+    # What the shipped real pipelines' kwargs interpolate (${size}, ${device}).
+    size: _Text = "full"
+    device: _Text = "cpu"
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> StudyConfig:
@@ -365,8 +400,12 @@ class StudyConfig(_Section):
 
 
 def _one_line(exc: ValidationError) -> str:
-    """pydantic's first error as "`key` <rule>" (our rules), or in our words (its own)."""
-    error = exc.errors(include_url=False)[0]
+    """pydantic's first error as "`key` <rule>" (our rules), or in our words (its own); an
+    unknown key comes first, since a misspelt key often explains the rest."""
+    errors = exc.errors(include_url=False)
+    error = next((e for e in errors if e["type"] in _UNKNOWN), errors[0])
+    if error["type"] in _UNKNOWN:
+        return _unknown_key(error)
     key = ".".join(str(part) for part in error["loc"])
     if error["type"] == "eeipu_config":
         message = error["ctx"]["message"]
@@ -381,3 +420,106 @@ def _one_line(exc: ValidationError) -> str:
     if not key:  # a rule on the whole study: the message names its keys
         return message
     return f"`{key}`{'' if message.startswith(':') else ' '}{message}"
+
+
+_UNKNOWN = ("extra_forbidden", "eeipu_unknown")
+
+
+def _unknown_key(error: Any) -> str:
+    """pydantic's unknown-key error in our words (:func:`_unknown`)."""
+    loc = [str(part) for part in error["loc"]]
+    if error["type"] == "eeipu_unknown":  # an optimizer option: which the method uses
+        return f"unknown key `{'.'.join([*loc, error['ctx']['key']])}`" + error["ctx"]["message"]
+    return _unknown(loc)
+
+
+def _unknown(loc: list[str]) -> str:
+    """ "unknown key `pipeline.direciton`; did you mean `pipeline.direction`?" (difflib's
+    closest key of that section), else the section's keys."""
+    *section, name = loc
+    model: Any = StudyConfig
+    for part in section:
+        model = model.model_fields[part].annotation
+    valid = sorted(model.model_fields)
+    close = difflib.get_close_matches(name, valid, n=1)
+    where = "".join(f"{part}." for part in section)
+    if close:
+        return f"unknown key `{where}{name}`; did you mean `{where}{close[0]}`?"
+    owner = f"`{where[:-1]}`" if section else "a study"
+    return f"unknown key `{where}{name}`; the keys of {owner} are {', '.join(valid)}"
+
+
+def _first_unknown(key: str) -> list[str] | None:
+    """The path up to the first part of dotted ``key`` that no section has (None if each
+    part is a field, or the path enters a free-form mapping such as ``pipeline.kwargs``)."""
+    model: Any = StudyConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not _is_section(model):
+            return None
+        if part not in model.model_fields:
+            return parts[: i + 1]
+        model = model.model_fields[part].annotation
+    return None
+
+
+def hydra_error(exc: BaseException, argv: list[str]) -> str | None:
+    """One line for an error Hydra raised while composing the config from the command line
+    ``argv`` (an unknown config name, key or override), or None if ``exc`` is not one.
+
+    Hydra's own report of these is a block of 5-20 lines (the search path, the options one
+    per line) or, for a config group set to what its grammar reads as a number (``nan``,
+    ``1``), a traceback.
+    """
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options:
+        group, _, name = exc.missing_cfg_file.rpartition("/")
+        close = difflib.get_close_matches(name, exc.options, n=1)
+        return f"no {group} config named {name!r}; " + (
+            f"did you mean {close[0]!r}?"
+            if close
+            else f"the {group} configs are {', '.join(exc.options)} (add yours with "
+            f"--config-dir DIR holding {group}/{name}.yaml)"
+        )
+    if isinstance(exc, OverrideParseException):
+        reason = " ".join(exc.message.splitlines()[1:2]) or exc.message
+        return f"cannot read the override {exc.override!r} ({reason}); write key=value"
+    cause = exc.__cause__
+    if isinstance(exc, HydraException) and str(exc).startswith("Could not override"):
+        key = str(getattr(cause, "full_key", "") or str(exc).split("'")[1])
+        path = _first_unknown(key)
+        if path is not None:
+            return _unknown(path)
+        fix = str(exc).partition("config use ")[2].strip() or f"+{key}=..."
+        return f"`{key}` is not in the config; add it with a leading +: {fix}"
+    if isinstance(exc, ValueError) and str(exc).startswith("Config group override must be"):
+        group, name = _group_set_to_a_value(argv)
+        return (
+            f"`{group}={name}` must name a config, but Hydra reads {name} as a value; "
+            f"quote the name: {group}='{name}' (in a shell: \"{group}='{name}'\")"
+        )
+    if isinstance(exc, HydraException):
+        return " ".join(str(exc).split("\n")[0].split())
+    return None
+
+
+def _group_set_to_a_value(argv: list[str]) -> tuple[str, str]:
+    """The first override in ``argv`` that sets a config group (``pipeline``, ``optimizer``,
+    ``storage``) to what Hydra's grammar reads as a number, bool or null."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    groups = [k for k, f in StudyConfig.model_fields.items() if _is_section(f.annotation)]
+    parser = OverridesParser.create()
+    for arg in argv:
+        try:
+            override = parser.parse_override(arg)
+        except Exception:  # not an override (a flag such as -m), or one Hydra reports
+            continue
+        if override.key_or_group in groups and not isinstance(override.value(), str | list):
+            return override.key_or_group, arg.partition("=")[2]
+    return "GROUP", "NAME"
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, _Section)

@@ -59,8 +59,31 @@ def run(cfg_dict: dict) -> object:
         return tune_flow.with_options(flow_run_name=cfg.study)(cfg)
 
 
+def main() -> float | None:
+    """Hydra's main (:func:`_study`), with the errors Hydra meets composing the config (an
+    unknown config name, key or override) said in one ``error:`` line, exit code 2.
+
+    ``HYDRA_FULL_ERROR=1`` (set by the user) keeps Hydra's own report."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return _study()
+    # Hydra raises what it would otherwise print as a block (or a traceback) and exit 1.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        return _study()
+    except Exception as exc:
+        from flows._config import hydra_error
+
+        line = hydra_error(exc, sys.argv[1:])
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def _study(cfg: DictConfig) -> float | None:
     # Hydra's logging setup routes Prefect's HTTP client chatter to the console.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from eeipu import EEIPUError

@@ -28,6 +28,8 @@ OPTIMIZER_FAST = [
     "+optimizer.options.maxiter=30",
 ]
 FAST = ["budget=40", "n_init=3", *OPTIMIZER_FAST]
+#: ``optimizer=ei`` after OPTIMIZER_FAST: without the prefix-pool options, which ei does not use.
+EI = ["optimizer=ei", "~optimizer.options.prefix_raw_samples", "~optimizer.options.prefix_restarts"]
 
 
 def composed(*overrides: str, config: str = "config") -> dict:

@@ -265,7 +265,7 @@ def test_every_method_conforms(space, method):
         ({"n_init": 0}, "`n_init >= 1` must hold"),
         ({"seed": -1}, "`seed` must be a non-negative integer"),
         ({"direction": "up"}, "`direction` must be one of ['maximize', 'minimize'], but got 'up'"),
-        ({"method_options": {"bogus": 1}}, "bad options for method 'eeipu'"),
+        ({"method_options": {"bogus": 1}}, "method 'eeipu' does not use option 'bogus'"),
         ({"method_options": {"num_restarts": 0}}, "`num_restarts` must be a positive integer"),
     ],
 )

@@ -40,8 +40,30 @@ CASES = [
         "(stage 'prep', parameter 'x0')",
     ),
     (["pipeline.direction=up"], "error: `pipeline.direction` must be 'maximize' or 'minimize'"),
+    # --- unknown keys: one line naming the key and the closest valid one (or the valid ones)
+    (
+        ["+pipeline.direciton=minimize"],
+        "error: unknown key `pipeline.direciton`; did you mean `pipeline.direction`?",
+    ),
+    (
+        ["pipeline.direciton=minimize"],
+        "error: unknown key `pipeline.direciton`; did you mean `pipeline.direction`?",
+    ),
+    (["+budgit=3"], "error: unknown key `budgit`; did you mean `budget`?"),
+    (["+zzz=1"], "error: unknown key `zzz`; the keys of a study are budget, charge_overhead,"),
+    (["+pipeline.zzz=1"], "error: unknown key `pipeline.zzz`; the keys of `pipeline` are "),
+    (["+storage.max_byte=5MB"], "error: unknown key `storage.max_byte`; did you mean `storage"),
+    (["+optimizer.max_prefix=3"], "error: unknown key `optimizer.max_prefix`; did you mean `"),
     # --- pipelines
-    (["pipeline=nope"], "Could not find 'pipeline/nope'"),
+    (
+        ["pipeline=nope"],
+        "error: no pipeline config named 'nope'; the pipeline configs are ml_stacking, synth",
+    ),
+    (
+        ["pipeline=synthetc"],
+        "error: no pipeline config named 'synthetc'; did you mean 'synthetic'?",
+    ),
+    (["pipeline=nan"], "error: `pipeline=nan` must name a config, but Hydra reads nan as a value"),
     (["pipeline.target=stages.nothing_here"], "error: `pipeline.target` must name an importable"),
     (["+pipeline.kwargs.fail_stage=zz"], "`fail_stage` must be one of"),
     (
@@ -49,12 +71,35 @@ CASES = [
         "error: `pipeline.kwargs` do not fit stages.pipelines.synthetic_pipeline",
     ),
     # --- optimizer
-    (["optimizer=nope"], "Could not find 'optimizer/nope'"),
+    (["optimizer=nope"], "error: no optimizer config named 'nope'; the optimizer configs are "),
+    (["optimizer=1"], "error: `optimizer=1` must name a config, but Hydra reads 1 as a value"),
     (["+optimizer.options.num_restarts=0"], "`num_restarts` must be a positive integer, but got 0"),
-    (["+optimizer.options.bogus=1"], "bad options for method 'eeipu'"),
+    (
+        ["+optimizer.options.bogus=1"],
+        "error: unknown key `optimizer.options.bogus`: method 'eeipu' does not use it; "
+        "its options are ['cost_inputs', ",
+    ),
+    (
+        ["+optimizer.options.num_restart=2"],
+        "method 'eeipu' does not use it (did you mean 'num_restarts'?); its options are [",
+    ),
+    (
+        ["optimizer=ei", "+optimizer.options.prefix_starts=4"],
+        "error: unknown key `optimizer.options.prefix_starts`: method 'ei' does not use it; "
+        "its options are ['failures', 'incumbent', 'maxiter', 'mc_samples', 'num_restarts', "
+        "'raw_samples', 'warm_start']",
+    ),
+    (
+        ["optimizer=lambo", "+optimizer.options.mc_samples=64"],
+        "error: unknown key `optimizer.options.mc_samples`: method 'lambo' does not use it",
+    ),
+    (
+        ["optimizer=random", "+optimizer.options.num_restarts=2"],
+        "method 'random' does not use it; it takes no options",
+    ),
     (["optimizer.max_prefixes=-1"], "error: `optimizer.max_prefixes` must be >= 0, but got -1"),
     # --- storage
-    (["storage=nope"], "Could not find 'storage/nope'"),
+    (["storage=nope"], "error: no storage config named 'nope'; the storage configs are local, s3"),
     (["storage=s3", "storage.url=???"], "error: `storage.url` is required but missing"),
     (["storage=s3", "storage.url=s3://Bad_Bucket/x"], "`storage.url` must look like s3://bucket"),
     (["storage.max_bytes=lots"], "error: `storage.max_bytes` must be a positive size"),
@@ -67,8 +112,14 @@ CASES = [
         f"error: cannot use storage gs://bucket/x: {known_implementations['gs']['err']}",
     ),
     # --- CLI overrides
-    (["bogus_key=1"], "Could not override 'bogus_key'"),
-    (["budget"], "Error parsing override 'budget'"),
+    (["bogus_key=1"], "error: unknown key `bogus_key`; the keys of a study are budget, "),
+    (["budgit=3"], "error: unknown key `budgit`; did you mean `budget`?"),
+    (
+        ["pipeline.kwargs.fail_stage=train"],
+        "error: `pipeline.kwargs.fail_stage` is not in the config; add it with a leading +: "
+        "+pipeline.kwargs.fail_stage=train",
+    ),
+    (["budget"], "error: cannot read the override 'budget' (missing EQUAL at '<EOF>')"),
 ]
 
 

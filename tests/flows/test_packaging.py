@@ -127,7 +127,7 @@ def test_installed_command_help_and_errors(installed, tmp_path):
     assert bad.stderr.strip().splitlines() == [
         "error: unknown command 'tnue'; commands: tune, serve, worker, studies, show, cache"
     ]
-    # A user's pipeline name that does not exist: Hydra's own message, non-zero exit.
+    # A user's pipeline name that does not exist: one line, exit code 2.
     missing = subprocess.run(
         [str(installed / "eeipu"), "tune", "pipeline=nope"],
         capture_output=True,
@@ -135,5 +135,5 @@ def test_installed_command_help_and_errors(installed, tmp_path):
         cwd=tmp_path,
         env=env,
     )
-    assert missing.returncode != 0
-    assert "Could not find 'pipeline/nope'" in missing.stderr
+    assert missing.returncode == 2
+    assert "error: no pipeline config named 'nope'" in missing.stderr

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from flows import ConfigError, StudyConfig
-from tests.helpers import ENTRY_POINTS, FAST, cli, composed, journal, run_study
+from tests.helpers import EI, ENTRY_POINTS, FAST, cli, composed, journal, run_study
 
 
 # ---------------------------------------------------------------------- configs
@@ -114,7 +114,7 @@ def test_resume_with_other_settings_is_refused_and_max_trials_caps(prefect_harne
     assert capped.n_trials == 2 and capped.spent < 1000
     run_study(tmp_path, "study=s3", "budget=20")
     with pytest.raises(ConfigError, match=r"already exists .* with a different method"):
-        run_study(tmp_path, "study=s3", "optimizer=ei")
+        run_study(tmp_path, "study=s3", *EI)
 
 
 def test_s3_study_then_new_process_hits_cache(prefect_harness, s3_bucket, tmp_path, api_env):
@@ -210,9 +210,9 @@ def test_cli_rerun_of_a_finished_study_answers_from_the_journal(tmp_path, api_en
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["pipeline=nope"], "Could not find 'pipeline/nope'"),
-        (["optimizer=nope"], "Could not find 'optimizer/nope'"),
-        (["storage=nope"], "Could not find 'storage/nope'"),
+        (["pipeline=nope"], "error: no pipeline config named 'nope'; the pipeline configs are "),
+        (["optimizer=nope"], "error: no optimizer config named 'nope'; the optimizer configs "),
+        (["storage=nope"], "error: no storage config named 'nope'; the storage configs are "),
         (
             ["pipeline.space.train.x1.high=-1"],
             "error: `pipeline.space`: `low < high` must hold, but got low=0.0, high=-1 (stage 'train', parameter 'x1')",
