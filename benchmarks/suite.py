@@ -31,7 +31,6 @@ are rewritten from the raw runs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as _dt
 import json
 import os
@@ -173,23 +172,12 @@ def _seeds(cfg: Mapping[str, Any]) -> list[int]:
 
 
 # ---------------------------------------------------------------------- synthetic runs
-def _options_for(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The suite's ``method_options`` that ``method`` uses (``eeipu.METHOD_OPTIONS``): one
-    dict serves every method, and each takes its own."""
-    from eeipu import METHOD_OPTIONS
-
-    kind = METHOD_OPTIONS.get(method)
-    if kind is None:
-        return dict(options)
-    names = {f.name for f in dataclasses.fields(kind)}
-    return {k: v for k, v in options.items() if k in names}
-
-
 def _make_optimizer(space: Any, job: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     """An Optimizer for the job with the options its method uses (noted in the run)."""
-    from eeipu import Optimizer
+    from eeipu import Optimizer, options_used_by
 
-    options = _options_for(job["method"], job["method_options"])
+    # One method_options dict serves every method; each takes the options it uses.
+    options = options_used_by(job["method"], job["method_options"])
     kwargs = {
         "method": job["method"],
         "budget": job["budget"],
@@ -290,6 +278,8 @@ def _study_config(
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from eeipu import options_used_by
+
     problem = cfg["problem"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         composed = compose(
@@ -310,7 +300,7 @@ def _study_config(
         # Pipeline problems may charge each trial its ask() and orchestration wall time.
         charge_overhead=bool(problem.get("charge_overhead", False)),
     )
-    options = _options_for(method, cfg["method_options"])
+    options = options_used_by(method, cfg["method_options"])
     c["optimizer"] = {"method": method, "options": options, "max_prefixes": cfg["max_prefixes"]}
     c["storage"] = {"url": str(storage), "options": {}}
     out = OmegaConf.to_container(OmegaConf.create(c), resolve=True)

@@ -28,6 +28,7 @@ from eeipu._methods import (
     make_method,
     method_options,
     options_type,
+    options_used_by,
     register_method,
     unknown_option_hint,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "make_method",
     "method_options",
     "options_type",
+    "options_used_by",
     "register_method",
     "unknown_option_hint",
 ]

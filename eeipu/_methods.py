@@ -36,7 +36,7 @@ import inspect
 import math
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass, replace
 from typing import Any
 
@@ -72,6 +72,7 @@ __all__ = [
     "make_method",
     "method_options",
     "options_type",
+    "options_used_by",
     "register_method",
     "unknown_option_hint",
 ]
@@ -328,6 +329,22 @@ def method_options(name: str, **options: Any) -> Any:
         return kind(**options)
     except TypeError as exc:  # a required option is missing
         raise OptimizerError(f"bad options for method {name!r}: {exc}") from exc
+
+
+def options_used_by(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Those of ``options`` that ``method`` uses (all of them if it declares none): for one
+    options dict shared by a comparison of methods, where :func:`make_method` refuses an
+    option its method does not use.
+
+    Example:
+        >>> options_used_by("ei", {"num_restarts": 2, "prefix_starts": 4})
+        {'num_restarts': 2}
+    """
+    kind = METHOD_OPTIONS.get(method)
+    if kind is None:
+        return dict(options)
+    names = {f.name for f in fields(kind)}
+    return {k: v for k, v in options.items() if k in names}
 
 
 def unknown_option_hint(method: str, key: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from eeipu import Optimizer, SearchSpace
+from eeipu import Optimizer, SearchSpace, options_used_by
 from stages.pipelines import SyntheticProblem, simulate
 
 SETTING = {
@@ -40,7 +40,7 @@ def post_warmup_candidates(method: str, seed: int) -> int:
         budget=SETTING["budget"],
         n_init=SETTING["n_init"],
         seed=seed,
-        method_options=SETTING["method_options"],
+        method_options=options_used_by(method, SETTING["method_options"]),
     )
     trials = simulate(opt, problem, load_cost=SETTING["load_cost"])
     assert opt.done
