@@ -51,6 +51,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -278,21 +279,30 @@ def _start_server() -> str:
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
     timeout = float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
-    for _ in range(3):  # another process may take the free port before the server binds it
-        port = _free_port()
-        argv, env = _server_command(port)
-        _watch.guard = subprocess.Popen(
-            [sys.executable, "-c", _GUARD, *argv],
-            stdin=subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # the terminal's Ctrl-C reaches the controller only
-        )
-        url = f"http://127.0.0.1:{port}/api"
-        if _wait_healthy(url, _watch.guard, timeout):
-            _watch.server_url = url
-            return url
-        _stop_server(wait=5.0)
-    raise RuntimeError(f"the temporary Prefect server did not start within {timeout:g} s")
+    # The server's output goes to a file, not to our stdout and stderr: a pipe reading them
+    # (`eeipu tune ... | tee`) would otherwise wait for the server to stop after we exit.
+    with tempfile.TemporaryFile() as output:
+        for _ in range(3):  # another process may take the free port before the server binds
+            port = _free_port()
+            argv, env = _server_command(port)
+            _watch.guard = subprocess.Popen(
+                [sys.executable, "-c", _GUARD, *argv],
+                stdin=subprocess.PIPE,
+                stdout=output,
+                stderr=output,
+                env=env,
+                start_new_session=True,  # the terminal's Ctrl-C reaches the controller only
+            )
+            url = f"http://127.0.0.1:{port}/api"
+            if _wait_healthy(url, _watch.guard, timeout):
+                _watch.server_url = url
+                return url
+            _stop_server(wait=5.0)
+        output.seek(0)
+        said = output.read().decode(errors="replace")[-2000:]
+    raise RuntimeError(
+        f"the temporary Prefect server did not start within {timeout:g} s; it said:\n{said}"
+    )
 
 
 def _wait_healthy(url: str, guard: subprocess.Popen, timeout: float) -> bool:

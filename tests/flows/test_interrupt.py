@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.flows.test_parallel import workers  # noqa: F401 (a fixture)
+from tests.flows.test_task_workers import warm_workers  # noqa: F401 (a fixture)
 from tests.helpers import ENTRY_POINTS, OPTIMIZER_FAST, ROOT
 
 pytestmark = pytest.mark.slow
@@ -86,15 +88,17 @@ class _Study:
         else:
             os.kill(self.proc.pid, signum)
 
-    def wait(self, timeout: float) -> int:
+    def wait(self, timeout: float) -> tuple[int, float]:
+        """The exit code, and when the process exited (``time.monotonic()``)."""
         try:
             rc = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
             pytest.fail(f"not ended {timeout} s after the signal:\n{self.output}")
+        ended = time.monotonic()
         self._reader.join(timeout=10)
-        return rc
+        return rc, ended
 
 
 def _records(tmp: Path, name: str) -> list[dict]:
@@ -111,16 +115,26 @@ def _told(records: list[dict]) -> list[tuple]:
 
 
 def _interrupt_then_resume(
-    tmp: Path, name: str, signum: int, group: bool, limit: float, scale: float, extra: list[str]
+    tmp: Path,
+    name: str,
+    signum: int,
+    group: bool,
+    limit: float,
+    scale: float,
+    extra: list[str],
+    env: dict[str, str] | None = None,
+    delay: float = 0.0,
 ) -> tuple[_Study, _Study]:
-    """Start the study, signal it at its first trial line, check how it exits, re-run it."""
-    args, env = _args(tmp, name, scale, extra), _env(tmp)
+    """Start the study, signal it ``delay`` s after its first trial line, check how it
+    exits, re-run it."""
+    args, env = _args(tmp, name, scale, extra), {**_env(tmp), **(env or {})}
     study = _Study(args, env)
     study.wait_for_trial()
+    time.sleep(delay)
     sent = time.monotonic()
     study.send(signum, group)
-    rc = study.wait(timeout=60)
-    took = time.monotonic() - sent
+    rc, ended = study.wait(timeout=60)
+    took = ended - sent
     told = _records(tmp, name)
     assert rc == 128 + signum, study.output
     assert took <= limit, f"exited {took:.1f} s after the signal (limit {limit} s)"
@@ -129,7 +143,7 @@ def _interrupt_then_resume(
     assert told, "the trial whose line was printed is not in the journal"
 
     again = _Study(args, env)
-    assert again.wait(timeout=600) == 0, again.output
+    assert again.wait(timeout=600)[0] == 0, again.output
     assert f"resuming after {len(told)} trials" in again.output, again.output
     records = _records(tmp, name)
     assert len(records) == 5  # max_trials
@@ -157,11 +171,32 @@ def test_parallel_study_stops_within_30_s_and_resumes(tmp_path, signum, group):
     _interrupt_then_resume(tmp_path, "par", signum, group, 30, scale=0.3, extra=extra)
 
 
+@pytest.mark.usefixtures("warm_workers")
+def test_task_worker_study_stops_within_30_s_and_resumes(tmp_path, api_env):
+    # Two warm workers on the session's server (the controller's process group is not
+    # theirs): trials in flight at the signal finish on them, told or adopted on resume.
+    extra = ["executor=task_workers", "parallel=2"]
+    _interrupt_then_resume(
+        tmp_path, "tw", signal.SIGINT, True, 30, scale=0.3, extra=extra, env=api_env
+    )
+
+
+def test_work_pool_study_stops_within_30_s_and_resumes(tmp_path, postgres_server, request):
+    # Two process workers on PostgreSQL's server (each trial a new process, ~10 s longer):
+    # runs still going at the deadline go on, and the re-run waits for them.
+    pool, _ = request.getfixturevalue("workers")  # tests/flows/test_parallel.py
+    extra = ["executor=work_pool", "parallel=2", f"work_pool={pool}"]
+    env = {"PREFECT_API_URL": postgres_server.api_url}
+    _interrupt_then_resume(
+        tmp_path, "wp", signal.SIGTERM, False, 30, scale=0.3, extra=extra, env=env
+    )
+
+
 def test_a_long_sequential_trial_is_stopped_and_rerun(tmp_path):
     # A fresh trial takes ~16 s, longer than the 6 s grace: the process exits without it,
-    # and the re-run re-runs it (the crash marker lists it).
+    # and the re-run re-runs it (the crash marker lists it). The signal comes 3 s into it.
     study, again = _interrupt_then_resume(
-        tmp_path, "long", signal.SIGTERM, False, 10, scale=2.0, extra=[]
+        tmp_path, "long", signal.SIGTERM, False, 10, scale=2.0, extra=[], delay=3.0
     )
     n = len([line for line in study.lines if line.startswith("trial ")])
     assert f"trial {n} was interrupted; re-running it" in again.output, again.output
@@ -174,7 +209,8 @@ def test_a_second_sigint_exits_at_once(tmp_path):
     time.sleep(1.0)
     sent = time.monotonic()
     study.send(signal.SIGINT, group=True)
-    assert study.wait(timeout=60) == 130, study.output
-    assert time.monotonic() - sent <= 2.0, study.output
+    rc, ended = study.wait(timeout=60)
+    assert rc == 130, study.output
+    assert ended - sent <= 2.0, study.output
     told = _records(tmp_path, "twice")
     assert study.lines[-1] == _LINE.format(len(told)), study.output
