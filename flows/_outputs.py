@@ -19,6 +19,7 @@ __all__ = [
     "artifact_key",
     "best_markdown",
     "best_so_far",
+    "failure_text",
     "progress_line",
     "recommended_record",
     "record_cost",
@@ -52,8 +53,21 @@ def record_cost(record: dict[str, Any]) -> float:
     return sum(record["costs"].values()) + record.get("overhead", 0.0)
 
 
+def failure_text(record: dict[str, Any], limit: int | None = None) -> str:
+    """Why a failed trial failed, in one line: ``"train: ValueError: ..."`` (the stage,
+    then the exception or ``objective is nan``); ``""`` for a complete trial. Records
+    journaled before reasons were kept give their ``error``. ``limit`` caps the length."""
+    if record["state"] == "complete":
+        return ""
+    reason = record.get("reason") or record.get("error") or "failed"
+    stage = record.get("failed_stage")
+    text = (f"{stage}: " if stage else "") + " ".join(str(reason).split())
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
+
+
 def trial_rows(records: Sequence[dict[str, Any]], direction: str) -> list[dict[str, Any]]:
-    """One flat row per trial: number, state, objective, best, costs, cached, params."""
+    """One flat row per trial: number, state, objective, best, costs, cached, the failure
+    reason, every metric the sink returned (``metric.<name>``), params."""
     rows, spent = [], 0.0
     for r, best in zip(records, best_so_far(records, direction), strict=True):
         cost = record_cost(r)
@@ -67,7 +81,10 @@ def trial_rows(records: Sequence[dict[str, Any]], direction: str) -> list[dict[s
             "cost": round(cost, 6),
             "cumulative_cost": round(spent, 6),
             "cached": " ".join(r["cached"]),
+            "reason": failure_text(r),
         }
+        for name, value in (r.get("metrics") or {}).items():
+            row[f"metric.{name}"] = value
         for stage, c in r["costs"].items():
             row[f"cost.{stage}"] = round(c, 6)
         if r.get("overhead"):
@@ -80,15 +97,18 @@ def trial_rows(records: Sequence[dict[str, Any]], direction: str) -> list[dict[s
 
 
 def progress_line(record: dict[str, Any], best: float | None, spent: float, budget: float) -> str:
+    """A trial's console line; a failed trial's ends with its reason (:func:`failure_text`).
+    The percentage is the real one: a study's last trial may overspend its budget."""
     cost = record_cost(record)
     cached = ",".join(record["cached"]) or "-"
     obj = "FAILED" if record["objective"] is None else f"{record['objective']:.6g}"
     best_s = "-" if best is None else f"{best:.6g}"
-    return (
+    line = (
         f"trial {record['number']:>3} | cost {cost:9.4g} | cached {cached:<24} | "
         f"objective {obj:>10} | best {best_s:>10} | spent {spent:.4g}/{budget:.4g} "
-        f"({min(100.0, 100.0 * spent / budget):.0f}%)"
+        f"({100.0 * spent / budget:.0f}%)"
     )
+    return line if obj != "FAILED" else f"{line} | {failure_text(record, limit=300)}"
 
 
 def best_markdown(

@@ -102,8 +102,12 @@ class TrialJob:
 
 @dataclass
 class TrialOutcome:
-    """What a trial produced; ``error`` is set when a stage failed (costs: what it spent).
+    """What a trial produced; ``error`` is set when it failed (costs: what it spent).
 
+    A failed trial says why in ``reason`` (one line: ``"ValueError: ..."``, ``"objective is
+    nan"``), where in ``stage`` (None: not a stage's doing, e.g. a lost worker) and how in
+    ``traceback`` (the stage function's, when it raised). ``cached`` lists the stages loaded
+    from the cache, failed trials included; ``metrics`` every scalar the sink returned.
     ``facts`` are the executor's own record fields (the worker, the flow run id).
     """
 
@@ -114,27 +118,50 @@ class TrialOutcome:
     keys: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    stage: str | None = None
+    traceback: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of(cls, out: dict[str, Any], **facts: Any) -> TrialOutcome:
         """From :func:`flows.trial.trial_flow`'s return value (or a published outcome)."""
         error = out.get("error")
         objective = None if error else out.get("objective")
+        reason, stage = out.get("reason") or error, out.get("stage")
         if objective is not None and not math.isfinite(objective):
             objective, error = None, f"objective is {objective!r}"
+            reason, stage = error, out.get("sink")
         return cls(
             objective=objective,
             costs=dict(out.get("costs") or {}),
-            cached=list(out.get("cached") or []) if objective is not None else [],
+            cached=list(out.get("cached") or []),
             seconds=dict(out.get("seconds") or {}),
             keys=dict(out.get("keys") or {}),
             error=error,
             facts=facts,
+            reason=reason,
+            stage=stage,
+            traceback=out.get("traceback"),
+            metrics=dict(out.get("metrics") or {}),
         )
 
     @classmethod
     def failed(cls, exc: StageError, **facts: Any) -> TrialOutcome:
-        return cls(None, dict(exc.costs), seconds=dict(exc.seconds), error=str(exc), facts=facts)
+        return cls.of(failure_of(exc), **facts)
+
+
+def failure_of(exc: StageError) -> dict[str, Any]:
+    """A stage failure as :meth:`TrialOutcome.of` reads it (and a worker publishes it)."""
+    return {
+        "error": str(exc),
+        "reason": exc.cause,
+        "stage": exc.stage,
+        "traceback": exc.traceback,
+        "costs": dict(exc.costs),
+        "seconds": dict(exc.seconds),
+        "cached": list(exc.cached),
+    }
 
 
 class TrialExecutor(Protocol):
@@ -292,8 +319,7 @@ def _run_and_publish(
     try:
         out = run()
     except StageError as exc:
-        outcome.update(error=str(exc), costs=dict(exc.costs), seconds=dict(exc.seconds))
-        outcome["ran_to"] = time.time()
+        outcome.update(failure_of(exc), ran_to=time.time())
         _publish(store_for(config), config.study, run_id, outcome)
         raise
     outcome.update(out, error=None, ran_to=time.time())

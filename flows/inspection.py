@@ -498,6 +498,7 @@ def _trials_table(study: _Study) -> str:
             for stage, section in record["params"].items()
             for name, v in section.items()
         )
+        metrics = " ".join(f"{k}={_num(v)}" for k, v in (record.get("metrics") or {}).items())
         rows.append(
             [
                 str(row["trial"]),
@@ -505,11 +506,17 @@ def _trials_table(study: _Study) -> str:
                 f"{row['cost']:.4g}",
                 ",".join(record["cached"]) or "-",
                 row["state"],
+                metrics or "-",
                 params,
+                row["reason"] or "-",
             ]
         )
-    header = ["TRIAL", "OBJECTIVE", "COST", "CACHED", "STATE", "PARAMS"]
-    return _table(header, rows, right=frozenset({0, 1, 2}))
+    header = ["TRIAL", "OBJECTIVE", "COST", "CACHED", "STATE", "METRICS", "PARAMS", "REASON"]
+    # Metrics (every scalar the sink returned) and failure reasons, where a study has any.
+    keep = [i for i in range(len(header)) if i < 5 or i == 6 or any(r[i] != "-" for r in rows)]
+    return _table(
+        [header[i] for i in keep], [[r[i] for i in keep] for r in rows], right=frozenset({0, 1, 2})
+    )
 
 
 def _warmup_cost(records: Sequence[dict[str, Any]], n_init: int) -> float | None:

@@ -31,6 +31,7 @@ them from the environment or from the options given to this process.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ from flows._outputs import (
     trial_rows,
     write_outputs,
 )
+from flows._progress import FILE_ONLY, ProgressBar
 from flows._warm import open_study, resolve_budget
 from flows.executors import TrialExecutor, TrialJob, TrialOutcome, executor_for
 from flows.runtime import pipeline_for, run_logger, say, store_for
@@ -136,15 +138,49 @@ def report_finished(
     or any call to the Prefect API (so no server starts): the run that spent the budget has
     made the study's artifacts.
     """
-    reason = f"budget {cfg.budget:g} spent" if opt.done else f"max_trials={cfg.max_trials} reached"
-    say(
+    reason = why_done(cfg, opt, len(records))
+    announce(
         cfg,
         f"study {cfg.study!r}: nothing left to run ({reason}); raise `budget` or `max_trials`, "
         "or set `extra_budget`, to continue it",
         logger,
     )
     workers = cfg.parallel if cfg.parallel > 1 else None
-    return finish_study(cfg, opt, records, journal, None, workers=workers, artifacts=False)
+    return finish_study(
+        cfg, opt, records, journal, None, workers=workers, artifacts=False, stopped=reason
+    )
+
+
+def why_done(cfg: StudyConfig, opt: Optimizer, n_trials: int) -> str:
+    """Why :func:`more_to_run` says no, in words: the budget or ``max_trials``."""
+    if opt.done:
+        return f"budget {cfg.budget:g} spent"
+    return f"max_trials={cfg.max_trials} reached"
+
+
+def announce(
+    cfg: StudyConfig,
+    line: str,
+    log: Any = None,
+    *,
+    bar: ProgressBar | None = None,
+    detail: str | None = None,
+) -> None:
+    """Say ``line`` as :func:`flows.runtime.say` does (above the progress ``bar`` when one
+    is drawn), and keep it in the run's log file (``tune.log``) with ``detail`` (a failed
+    trial's traceback), which the console does not show."""
+    log = run_logger() if log is None else log
+    if bar is not None:
+        bar.write(line)
+        log.debug(line)
+    else:
+        say(cfg, line, log)
+    # Printed, or sent to the run logger (Prefect's, which the CLI keeps at WARNING): the
+    # log file gets it from the study's own logger, marked for the file only.
+    if cfg.progress or log is not logger:
+        logger.info(line + (f"\n{detail.rstrip()}" if detail else ""), extra=FILE_ONLY)
+    elif detail:
+        logger.info(detail.rstrip(), extra=FILE_ONLY)
 
 
 @flow(name="eeipu-study", log_prints=False, persist_result=False)
@@ -172,6 +208,7 @@ def run_study(cfg: StudyConfig, executor: TrialExecutor | None = None) -> StudyR
         journaled=loop.journaled,
         hint=loop.hint,
         workers=loop.executor.slots if loop.executor.slots > 1 else None,
+        stopped=loop.stop_reason,
     )
 
 
@@ -179,7 +216,9 @@ class StudyLoop:
     """Ask, run (through the executor), tell and journal until the study is done.
 
     After :meth:`run`, ``failure`` says why the study stopped early (None: it did not),
-    ``hint`` what to do, and ``journaled`` how many records the journal holds.
+    ``hint`` what to do, ``journaled`` how many records the journal holds, and
+    ``stop_reason`` why the loop stopped, in words ("budget 40 spent", "max_trials=12
+    reached", the failure); what stops it from outside (an interrupt) sets it first.
     """
 
     def __init__(
@@ -205,11 +244,13 @@ class StudyLoop:
         self.state: dict[str, Any] = {}  # trial_id -> the optimizer's state after its ask
         self.expected: dict[str, float] = {}  # trial_id -> expected cost, while not told
         self.progress_id: Any = None
+        self.stop_reason: str | None = None
+        self.bar: ProgressBar | None = None  # on a terminal, with `progress`
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
         cfg = self.cfg
-        say(
+        announce(
             cfg,
             f"study {cfg.study!r}: pipeline {cfg.pipeline.name} "
             f"({' -> '.join(self.pipeline.stage_names)}), method {cfg.optimizer.method}, "
@@ -227,6 +268,14 @@ class StudyLoop:
             key=artifact_key(cfg.study, "progress"),
             description=f"Budget spent by study {cfg.study}",
         )
+        if ProgressBar.wanted(sys.stderr, cfg.progress):
+            self.bar = ProgressBar(
+                sys.stderr,
+                cfg.budget,
+                max_trials=cfg.max_trials,
+                spent=self.opt.spent,
+                n_trials=len(self.records),
+            )
         journaled(self.journaled)
         try:
             self._resume_interrupted()
@@ -251,6 +300,8 @@ class StudyLoop:
         except StoreUnavailable as exc:
             # Not the trial's fault: stop (nothing told is lost) and resume later.
             self.failure, self.hint = str(exc), "the study resumes from there"
+        finally:
+            self._stopped()
 
     def _stop_interrupted(self, signum: int) -> None:
         """After SIGINT or SIGTERM (:mod:`flows._interrupt`): ask nothing more, tell the
@@ -271,6 +322,16 @@ class StudyLoop:
             self._tell(*done)
             journaled(self.journaled)
         raise StudyInterrupted(signum, self.journaled)
+
+    def _stopped(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.stop_reason is None:
+            if self.failure is not None:
+                self.stop_reason = self.failure
+            elif not more_to_run(self.cfg, self.opt, len(self.records)):
+                self.stop_reason = why_done(self.cfg, self.opt, len(self.records))
 
     def _room(self) -> bool:
         busy = len(self.in_flight) + len(self.held)  # asked, not told
@@ -324,7 +385,7 @@ class StudyLoop:
                 memoized=asked.get("memoized"),
                 cache=StoreCacheView(self.pipeline, self.store),
             )
-            say(self.cfg, f"trial {trial.number} was interrupted; re-running it", self.log)
+            announce(self.cfg, f"trial {trial.number} was interrupted; re-running it", self.log)
             job = TrialJob(
                 trial,
                 entry["trial_id"] or uuid.uuid4().hex,
@@ -417,9 +478,10 @@ class StudyLoop:
         del self.in_flight[job.trial_id]
         self.uncached.pop(job.trial_id, None)
         expected = self.expected.pop(job.trial_id, None)
-        costs = outcome.costs
+        costs, cached = outcome.costs, outcome.cached
         if outcome.objective is None:
             costs = {s: c for s, c in costs.items() if s in opt.space.stages}
+            cached = [s for s in cached if s in opt.space.stages]
         finished = time.time()
         overhead = 0.0
         if cfg.charge_overhead:
@@ -432,7 +494,7 @@ class StudyLoop:
             job.trial,
             objective=outcome.objective,
             costs=costs,
-            cached=outcome.cached,
+            cached=cached,
             overhead=round(overhead, 6),
         )
         record = {
@@ -441,6 +503,10 @@ class StudyLoop:
             "asked_as": told.number,
             "trial_id": job.trial_id,
             "error": outcome.error,
+            "reason": outcome.reason,
+            "failed_stage": outcome.stage,
+            "traceback": outcome.traceback,
+            "metrics": outcome.metrics,
             "seconds": outcome.seconds,
             "keys": outcome.keys,
             **outcome.facts,
@@ -458,7 +524,15 @@ class StudyLoop:
         self.journal.append(record)
         self.journaled = len(self.records)
         best = best_so_far(self.records, cfg.pipeline.direction)[-1]
-        say(cfg, progress_line(record, best, opt.spent, cfg.budget), self.log)
+        announce(
+            cfg,
+            progress_line(record, best, opt.spent, cfg.budget),
+            self.log,
+            bar=self.bar,
+            detail=outcome.traceback,
+        )
+        if self.bar is not None:
+            self.bar.update(len(self.records), opt.spent, best)
         update_progress_artifact(self.progress_id, progress=self._progress())
         if told.state is TrialState.FAILED:
             self.failed_in_a_row += 1
@@ -504,9 +578,11 @@ def finish_study(
     hint: str = "fix the stage and re-run the same command to resume",
     workers: int | None = None,
     artifacts: bool = True,
+    stopped: str | None = None,
 ) -> StudyResult:
     """Write outputs and (with ``artifacts``) the Prefect artifacts, then raise
-    :class:`StudyFailed` or return the result."""
+    :class:`StudyFailed` or return the result; the summary says why the study ``stopped``
+    (``StudyLoop.stop_reason``)."""
     best = opt.best_trial
     # The best trial's journal number (telling order), as results.csv and best.yaml show it:
     # the optimizer numbers trials in ask order, which parallel trials finish out of.
@@ -543,11 +619,13 @@ def finish_study(
             + ("" if cfg.continue_on_failure else ", or set continue_on_failure=true")
             + ")"
         )
-    say(
+    announce(
         cfg,
         f"done: {len(records)} trials"
         + (f" on {workers} workers" if workers else "")
-        + f", spent {opt.spent:.4g}/{cfg.budget:g}; best "
+        + f", spent {opt.spent:.4g}/{cfg.budget:g} ({100.0 * opt.spent / cfg.budget:.0f}%)"
+        + (f"; stopped: {stopped}" if stopped else "")
+        + "; best "
         + ("-" if best is None else f"{best.objective:.6g} (trial {best_number})")
         + f"; outputs in {cfg.output_dir}",
     )

@@ -25,14 +25,16 @@ def trial_flow(
     params: dict[str, Any],
     adopt_after: float | None = None,
 ) -> dict[str, Any]:
-    """Run one configuration; returns its outcome (objective, costs, cached stages...).
+    """Run one configuration; returns its outcome (objective, costs, cached stages, every
+    metric the sink returned, ...).
 
     ``adopt_after`` is set when this trial re-runs after a crash interrupted it: what its
     first attempt stored is loaded and charged as computed (see ``run_pipeline``).
     ``number`` names the trial in the UI and logs.
     """
+    pipeline = pipeline_for(config)
     result = run_pipeline(
-        pipeline_for(config),
+        pipeline,
         params,
         store_for(config),
         retries=config.retries,
@@ -46,4 +48,6 @@ def trial_flow(
         "adopted": sorted(result.adopted),
         "seconds": result.seconds,
         "keys": result.keys,
+        "metrics": result.metrics,
+        "sink": pipeline.sink.name,
     }

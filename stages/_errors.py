@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import traceback as _traceback
+from collections.abc import Iterable, Mapping
 
 __all__ = ["PipelineError", "StageError", "StoreError", "StoreUnavailable"]
 
@@ -31,6 +32,9 @@ class StageError(RuntimeError):
         costs: Cost spent per stage before (and including) the failure, so a budget can
             still be charged for a failed trial.
         seconds: Wall-clock seconds per stage, same stages as ``costs``.
+        cause: The failure in one line, ``"ExceptionType: message"`` (or the reason the
+            stage's output was refused, e.g. a missing metric).
+        cached: Stages loaded from the cache before the failure.
     """
 
     def __init__(
@@ -41,9 +45,25 @@ class StageError(RuntimeError):
         key: str,
         costs: Mapping[str, float],
         seconds: Mapping[str, float] | None = None,
+        cause: str | None = None,
+        cached: Iterable[str] = (),
     ) -> None:
         super().__init__(message)
         self.stage = stage
         self.key = key
         self.costs = dict(costs)
         self.seconds = dict(seconds or {})
+        self.cause = cause or message
+        self.cached = tuple(cached)
+
+    @property
+    def reason(self) -> str:
+        """Which stage failed and why, in one line: ``"stage 'train': ValueError: ..."``."""
+        return f"stage {self.stage!r}: {self.cause}"
+
+    @property
+    def traceback(self) -> str:
+        """The formatted traceback of the cause (the stage function's frames), else of
+        this error."""
+        exc = self.__cause__ if self.__cause__ is not None else self
+        return "".join(_traceback.format_exception(exc))

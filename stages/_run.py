@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ class TrialResult:
         cached: ``{stage: bool}``, True for cache hits and skipped stages.
         keys: ``{stage: Merkle cache key}``.
         seconds: ``{stage: wall-clock seconds}`` of each stage's Prefect task (0 if skipped).
-        output: The sink's raw output (e.g. a dict of all metrics).
+        output: The sink's raw output (e.g. a dict of all metrics; see ``metrics``).
         skipped: Stages neither run nor loaded, because everything downstream of them
             was loaded from the cache (``lazy=True`` only).
         adopted: Stages loaded from entries that an interrupted earlier attempt of this
@@ -62,6 +63,28 @@ class TrialResult:
     @property
     def total_cost(self) -> float:
         return float(sum(self.costs.values()))
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Every scalar the sink returned, by name, when it returns a mapping (the
+        objective's entry among them); ``{}`` when it returns a bare number."""
+        if not isinstance(self.output, Mapping):
+            return {}
+        return {
+            str(k): v for k, v in ((k, _scalar(v)) for k, v in self.output.items()) if v is not None
+        }
+
+
+def _scalar(value: Any) -> float | None:
+    """``value`` as a float when it is a real number (numpy and 0-d tensors included)."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        item = value.item()
+        return float(item) if isinstance(item, numbers.Real) else None
+    return None
 
 
 class _Replan(Exception):
@@ -212,12 +235,15 @@ def _run(
             if isinstance(exc, StoreUnavailable):
                 raise exc
             costs[s.name] = wall
+            cause = f"{type(exc).__name__}: {exc}"
             raise StageError(
-                f"stage {s.name!r} failed (key {key}): {type(exc).__name__}: {exc}",
+                f"stage {s.name!r} failed (key {key}): {cause}",
                 stage=s.name,
                 key=key,
                 costs=costs,
                 seconds=seconds,
+                cause=cause,
+                cached=[n for n, hit in cached.items() if hit],
             ) from (exc if isinstance(exc, BaseException) else None)
         out: StageOutput = state.result()
         hit = state.name == "Cached"
@@ -243,6 +269,8 @@ def _run(
             key=keys[sink.name],
             costs=costs,
             seconds=seconds,
+            cause=f"produced no objective: {exc}",
+            cached=[n for n, hit in cached.items() if hit],
         ) from exc
     return TrialResult(
         objective=objective,

@@ -38,6 +38,8 @@ def test_flaky_stage_is_retried_and_nan_objective_is_a_failed_trial(
     # A NaN objective is a failed trial with its cost counted; the study went on.
     bad = [r for r in records if r["state"] == "failed"]
     assert bad and all(r["error"] == "objective is nan" for r in bad)
+    # ... blamed on the last stage, whose output it is.
+    assert all(r["reason"] == "objective is nan" and r["failed_stage"] == "finetune" for r in bad)
     assert all(r["objective"] is None and math.isfinite(sum(r["costs"].values())) for r in bad)
     assert all(r["params"]["finetune"]["x0"] > 0.0 for r in bad)
     assert records[-1]["number"] > bad[0]["number"]
@@ -67,7 +69,13 @@ def test_a_stage_failing_every_time_stops_the_study_after_n_in_a_row(
     assert "3 trials failed in a row (max_failures_in_a_row)" in message
     assert "injected failure" in message and "\n" not in message
     # Trials in flight when the third failure came are told too (they were running).
-    states = [r["state"] for r in journal(tmp_path, "always")]
+    records = journal(tmp_path, "always")
+    states = [r["state"] for r in records]
     assert set(states) == {"failed"}
+    # Each says where and why, with the stage function's traceback.
+    for r in records:
+        assert r["failed_stage"] == "prep"
+        assert r["reason"].startswith("RuntimeError: injected failure: x0=")
+        assert "raise RuntimeError" in r["traceback"]
     slots = 2 if executor == "local2" else 1
     assert 3 <= len(states) <= 3 + slots - 1

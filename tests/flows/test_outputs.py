@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import stat
+import sys
 
 import pytest
 
 from flows import write_outputs
+from flows._outputs import progress_line, trial_rows
+from flows._progress import FILE_ONLY, ConsoleFilter, LogFileFilter, ProgressBar
 
 RECORDS = [
     {
@@ -94,3 +99,98 @@ def test_best_yaml_shows_the_recommended_trial_beside_the_best_observed(tmp_path
     assert "recommended" not in yaml.safe_load(paths["yaml"].read_text())
     md = best_markdown("s", RECORDS[2], 9.0, 3, recommended)
     assert "**Recommended**" in md and "trial 1, posterior mean 1.5, observed 1" in md
+
+
+FAILED = {
+    "number": 3,
+    "state": "failed",
+    "objective": None,
+    "costs": {"prep": 0.01, "train": 2.5},
+    "cached": ["prep"],
+    "params": {"prep": {"x0": 0.3}, "train": {"x1": 0.9}},
+    "error": "stage 'train' failed (key abc): ValueError: lr too high\nsee the docs",
+    "reason": "ValueError: lr too high\nsee the docs",
+    "failed_stage": "train",
+    "metrics": {},
+}
+
+
+def test_results_csv_has_the_reason_and_every_metric(tmp_path):
+    import csv
+
+    records = [{**r, "metrics": {"f1": r["objective"], "acc": 0.5}} for r in RECORDS]
+    records.append(FAILED)
+    rows = list(
+        csv.DictReader(write_outputs(tmp_path, "s", records, "maximize", None)["csv"].open())
+    )
+    assert [row["reason"] for row in rows] == [
+        "",
+        "",
+        "",
+        "train: ValueError: lr too high see the docs",
+    ]
+    assert [row["metric.acc"] for row in rows] == ["0.5", "0.5", "0.5", ""]
+    assert [row["metric.f1"] for row in rows[:3]] == ["0.0", "1.0", "2.0"]
+    # A record journaled before reasons were kept gives its error.
+    old = {k: v for k, v in FAILED.items() if k not in ("reason", "failed_stage")}
+    rows = trial_rows([old], "maximize")
+    assert (
+        rows[0]["reason"] == "stage 'train' failed (key abc): ValueError: lr too high see the docs"
+    )
+
+
+def test_progress_line_names_what_was_loaded_why_it_failed_and_the_real_percentage():
+    line = progress_line(FAILED, 1.0, 6.077, 4.0)
+    assert "| cached prep " in line and "objective     FAILED" in line
+    assert "spent 6.077/4 (152%)" in line
+    assert line.endswith("| train: ValueError: lr too high see the docs")
+    assert "\n" not in line
+    ok = progress_line({**RECORDS[1], "cached": ["prep", "train"]}, 1.0, 2.0, 4.0)
+    assert "| cached prep,train " in ok and ok.endswith("(50%)")
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_draws_one_updating_line_on_a_terminal_only():
+    clock = iter([100.0, 110.0, 110.0, 130.0]).__next__
+    assert not ProgressBar.wanted(io.StringIO(), True)
+    assert not ProgressBar.wanted(_Tty(), False)
+    assert ProgressBar.wanted(_Tty(), True)
+    out = _Tty()
+    bar = ProgressBar(out, 40.0, max_trials=12, spent=4.0, n_trials=1, clock=clock)
+    bar.update(3, 14.0, -2.5)  # 10 s for 10 budget units and 2 trials
+    assert out.getvalue() == (
+        "\r\x1b[K[#######-------------]  35% | 3/12 trials | spent 14/40 | best -2.5 | ETA 0:26"
+    )
+    bar.write("trial   3 | ...")  # above the bar, which is drawn again below it
+    assert out.getvalue().endswith("\r\x1b[Ktrial   3 | ...\n" + bar._shown)
+    bar.update(11, 52.0, -1.0)  # overspent: the real percentage, nothing left to wait for
+    assert out.getvalue().endswith(
+        "[####################] 130% | 11/12 trials | spent 52/40 | best -1 | ETA 0:00"
+    )
+    bar.close()
+    assert out.getvalue().endswith("\r\x1b[K")
+
+
+def test_console_filter_leaves_tracebacks_and_progress_lines_to_the_log_file():
+    def record(name, level, exc=None, **extra):
+        rec = logging.LogRecord(name, level, __file__, 1, "msg", None, exc)
+        rec.__dict__.update(extra)
+        return rec
+
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        exc_info = sys.exc_info()
+    console, log_file = ConsoleFilter(), LogFileFilter()
+    task_failed = record("prefect.task_runs", logging.ERROR, exc_info)
+    assert not console.filter(task_failed) and not log_file.filter(task_failed)
+    assert not console.filter(record("prefect.flow_runs", logging.ERROR))
+    assert log_file.filter(record("prefect.flow_runs", logging.ERROR))  # one line: kept
+    assert console.filter(record("prefect.task_runs", logging.WARNING))
+    assert console.filter(record("eeipu", logging.WARNING))
+    progress = record("eeipu", logging.INFO, **FILE_ONLY)
+    assert not console.filter(progress) and log_file.filter(progress)

@@ -152,6 +152,33 @@ def test_stage_failure_raises_stage_error_with_costs(tmp_path):
     assert store.exists(pipe.key("train", PARAMS))
 
 
+def test_stage_error_says_the_stage_the_cause_what_loaded_and_the_traceback(tmp_path):
+    def explode(train, t):
+        raise ValueError(f"t={t} is too hot")
+
+    store = Store(tmp_path)
+    run_pipeline(_chain(), PARAMS, store)  # prep and train are stored
+    pipe = Pipeline(
+        [*_chain().stages[:2], Stage(explode, "evaluate", inputs=("train",), space={"t": FLOAT})],
+        metric="auroc",
+    )
+    with pytest.raises(StageError) as info:
+        run_pipeline(pipe, PARAMS, store)
+    err = info.value
+    assert err.cause == "ValueError: t=0.25 is too hot"
+    assert err.reason == "stage 'evaluate': ValueError: t=0.25 is too hot"
+    assert err.cached == ("prep", "train")
+    assert err.traceback.startswith("Traceback (most recent call last)")
+    assert 'raise ValueError(f"t={t} is too hot")' in err.traceback
+    assert err.traceback.rstrip().endswith("ValueError: t=0.25 is too hot")
+
+
+def test_every_scalar_metric_of_the_sink_is_kept(tmp_path):
+    result = run_pipeline(_chain(), PARAMS, Store(tmp_path))
+    assert result.metrics == {"auroc": result.objective, "loss": -3.0}
+    assert all(type(v) is float for v in result.metrics.values())
+
+
 def test_missing_metric_is_a_stage_error(tmp_path):
     pipe = Pipeline(_chain().stages, metric="f1")
     with pytest.raises(StageError, match=r"stage 'evaluate' produced no objective.*'f1'"):
