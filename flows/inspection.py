@@ -220,6 +220,9 @@ def _guarded(command: Callable[[argparse.Namespace], int], args: argparse.Namesp
         return command(args)
     except (_BadInput, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+    except BrokenPipeError:  # `eeipu best X | head` stopped reading: no storage error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor one at exit
+        return 0
     except OSError as exc:  # a local folder we may not read, say
         print(f"error: cannot read storage {args.storage}: {_one_line(exc)}", file=sys.stderr)
     return 2
