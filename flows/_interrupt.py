@@ -183,7 +183,9 @@ def run_watched(fn: Callable[..., T], *args: Any, grace: float = SEQUENTIAL_GRAC
 def exit_interrupted(exc: StudyInterrupted) -> None:
     """Print ``exc``'s one line, stop the temporary server and exit with ``exc.exit_code``
     now: trials abandoned in threads would hold a normal exit until they end."""
-    print(str(exc), file=sys.stderr, flush=True)
+    # On a terminal, over a progress bar the study had no time to close.
+    clear = "\r\033[K" if sys.stderr.isatty() else ""
+    print(clear + str(exc), file=sys.stderr, flush=True)
     _stop_server(wait=0.0)
     sys.stdout.flush()
     os._exit(exc.exit_code)

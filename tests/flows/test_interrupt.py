@@ -135,6 +135,7 @@ def _interrupt_then_resume(
     study.send(signum, group)
     rc, ended = study.wait(timeout=60)
     took = ended - sent
+    print(f"{name}: exit code {rc}, {took:.1f} s after the signal")  # shown by -rP
     told = _records(tmp, name)
     assert rc == 128 + signum, study.output
     assert took <= limit, f"exited {took:.1f} s after the signal (limit {limit} s)"
