@@ -42,8 +42,14 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 # handlers, absl's close() closes that stream too unless it is the current sys.stderr: pytest
 # then dies with "lost sys.stderr". Importing it here binds it to the session's own stream.
 # (absl comes with rouge-score in the `examples` extra, which tests/pipelines needs.)
+# That stream is pytest's global capture when this file is imported, and logging.config's
+# dictConfig closes every handler ever made: the handler must hold the real stderr, which
+# absl never closes, or a test that runs Hydra's main first (test_bad_input.py alone) closes
+# pytest's capture.
 with contextlib.suppress(ImportError):
-    import absl.logging  # noqa: F401
+    import absl.logging
+
+    absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 
 def _free_port() -> int:
