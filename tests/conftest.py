@@ -40,12 +40,10 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 # sys.stderr of the moment it is first imported. Inside a test that is pytest's capture
 # stream, and when Hydra's logging.config.dictConfig (tests/flows) later closes the old
 # handlers, absl's close() closes that stream too unless it is the current sys.stderr: pytest
-# then dies with "lost sys.stderr". Importing it here binds it to the session's own stream.
-# (absl comes with rouge-score in the `examples` extra, which tests/pipelines needs.)
-# That stream is pytest's global capture when this file is imported, and logging.config's
-# dictConfig closes every handler ever made: the handler must hold the real stderr, which
-# absl never closes, or a test that runs Hydra's main first (test_bad_input.py alone) closes
-# pytest's capture.
+# then dies with "lost sys.stderr". Even here (pytest's global capture is sys.stderr while
+# this file is imported), and dictConfig closes every handler ever made, so the handler is
+# pointed at the real stderr, which absl never closes. (absl comes with rouge-score in the
+# `examples` extra, which tests/pipelines needs.)
 with contextlib.suppress(ImportError):
     import absl.logging
 
