@@ -118,14 +118,14 @@ def test_wheel_runs_a_users_study_from_their_own_folder(installed, tmp_path, pre
 def test_installed_command_help_and_errors(installed, tmp_path):
     env = _clean_env(tmp_path, "http://127.0.0.1:9/api")  # nothing may reach Prefect
     usage = _run([str(installed / "eeipu"), "--help"], cwd=tmp_path, env=env).stdout
-    for command in ("tune", "serve", "studies", "show", "cache"):
+    for command in ("tune", "serve", "studies", "show", "best", "cache"):
         assert f"  {command} " in usage
     bad = subprocess.run(
         [str(installed / "eeipu"), "tnue"], capture_output=True, text=True, env=env
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "error: unknown command 'tnue'; commands: tune, serve, worker, studies, show, cache"
+        "error: unknown command 'tnue'; commands: tune, serve, worker, studies, show, best, cache"
     ]
     # A user's pipeline name that does not exist: one line, exit code 2.
     missing = subprocess.run(
