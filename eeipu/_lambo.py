@@ -81,6 +81,7 @@ from eeipu._methods import (
     register_method,
 )
 from eeipu._models import fit_gp, gp_hyperparameters
+from eeipu._options import LaMBOOptions
 from eeipu._space import SearchSpace
 
 __all__ = ["LaMBO", "RegionTree", "smb_loss_estimate", "smb_update", "stage_depths"]
@@ -470,4 +471,4 @@ class LaMBO(WarmStartState, Method):
         return Proposal(ranked[0].x, prefix, ranked[0].acq_value, tuple(ranked[1:]))
 
 
-register_method("lambo")(LaMBO)
+register_method("lambo", LaMBOOptions)(LaMBO)

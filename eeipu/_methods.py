@@ -26,17 +26,17 @@ failed trials (``failures="model"``: EI times the probability of success); the o
 impute them with the worst observed value, as the literature's code does.
 
 ``ms_bo`` lives in ``eeipu/_ms_bo.py`` and ``lambo`` in ``eeipu/_lambo.py``; both register
-themselves here when ``eeipu`` is imported.
+themselves here when ``eeipu`` loads its methods (the first use of a name that needs torch).
+Each method's options are declared, without torch, in ``eeipu/_options.py``.
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass, replace
 from typing import Any
 
@@ -56,6 +56,18 @@ from torch.quasirandom import SobolEngine
 from eeipu._acquisition import GittinsIndex, LogEIPerCost, LogSuccessWeighted, log_success
 from eeipu._errors import OptimizerError
 from eeipu._models import CostModel, conditioned_gp, fit_gp, gp_hyperparameters
+from eeipu._options import (
+    METHOD_OPTIONS,
+    CArBOOptions,
+    EEIPUOptions,
+    EIOptions,
+    EIPSOptions,
+    MSCArBOOptions,
+    RandomSearchOptions,
+    method_options,
+    options_used_by,
+    unknown_option_hint,
+)
 from eeipu._space import SearchSpace
 
 __all__ = [
@@ -245,8 +257,6 @@ def _posterior_mean(model: SingleTaskGP, X: Tensor) -> Tensor:
 
 
 METHODS: dict[str, Callable[..., Method]] = {}
-#: Method name -> the frozen dataclass of its options (None: the factory takes any keyword).
-METHOD_OPTIONS: dict[str, type | None] = {}
 
 
 def options_type(
@@ -304,58 +314,6 @@ def register_method(
         return factory
 
     return deco
-
-
-def method_options(name: str, **options: Any) -> Any:
-    """The typed options of method ``name`` (its :data:`METHOD_OPTIONS` dataclass), from
-    ``options`` over its defaults; a dict of ``options`` as given if the method declares none.
-
-    Raises:
-        OptimizerError: An unknown method, or an option the method does not use: the message
-            lists the ones it does.
-    """
-    if name not in METHODS:
-        raise OptimizerError(f"unknown method {name!r}; known methods: {sorted(METHODS)}")
-    kind = METHOD_OPTIONS.get(name)
-    if kind is None:
-        return dict(options)
-    known = [f.name for f in fields(kind)]
-    for key in options:
-        if key not in known:
-            raise OptimizerError(
-                f"method {name!r} does not use option {key!r}" + unknown_option_hint(name, str(key))
-            )
-    try:
-        return kind(**options)
-    except TypeError as exc:  # a required option is missing
-        raise OptimizerError(f"bad options for method {name!r}: {exc}") from exc
-
-
-def options_used_by(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Those of ``options`` that ``method`` uses (all of them if it declares none): for one
-    options dict shared by a comparison of methods, where :func:`make_method` refuses an
-    option its method does not use.
-
-    Example:
-        >>> options_used_by("ei", {"num_restarts": 2, "prefix_starts": 4})
-        {'num_restarts': 2}
-    """
-    kind = METHOD_OPTIONS.get(method)
-    if kind is None:
-        return dict(options)
-    names = {f.name for f in fields(kind)}
-    return {k: v for k, v in options.items() if k in names}
-
-
-def unknown_option_hint(method: str, key: str) -> str:
-    """What follows "method M does not use option K": the closest option of M if K looks like
-    a typo of one (not when K is another method's option), then the options M uses."""
-    kind = METHOD_OPTIONS.get(method)
-    known = [f.name for f in fields(kind)] if kind else []
-    elsewhere = {f.name for kind in METHOD_OPTIONS.values() if kind for f in fields(kind)}
-    close = [] if key in elsewhere else difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return hint + (f"; its options are {sorted(known)}" if known else "; it takes no options")
 
 
 def make_method(name: str, **options: Any) -> Method:
@@ -963,37 +921,14 @@ def batched_lbfgs_available(maxiter: int = 200) -> bool:
     )
 
 
-# Each method's options are the CostAwareEI parameters it reads: prefix-pool settings only
-# where there is a prefix pool (eeipu), cost settings only where there is a cost model.
-_EI = (
-    "num_restarts",
-    "raw_samples",
-    "mc_samples",
-    "maxiter",
-    "warm_start",
-    "incumbent",
-    "failures",
-)
-_TOTAL_COST = (*_EI, "cost_weight", "tradeoff")
-_STAGE_COST = (*_TOTAL_COST, "cost_inputs", "load_eps")
-_MEMOIZED = (*_STAGE_COST, "prefix_restarts", "prefix_raw_samples", "prefix_starts")
-
-register_method("random")(RandomSearch)
-register_method("ei", options_type(CostAwareEI, *_EI, name="EIOptions"))(
-    lambda **kw: CostAwareEI(cost=None, **kw)
-)
-register_method("eips", options_type(CostAwareEI, *_TOTAL_COST, name="EIPSOptions"))(
-    lambda **kw: CostAwareEI(cost="total", cooling=False, **kw)
-)
-register_method("carbo", options_type(CostAwareEI, *_TOTAL_COST, name="CArBOOptions"))(
-    lambda **kw: CostAwareEI(cost="total", cooling=True, **kw)
-)
-register_method("ms_carbo", options_type(CostAwareEI, *_STAGE_COST, name="MSCArBOOptions"))(
+register_method("random", RandomSearchOptions)(RandomSearch)
+# Options: eeipu._options (declared there without torch, for config validation).
+register_method("ei", EIOptions)(lambda **kw: CostAwareEI(cost=None, **kw))
+register_method("eips", EIPSOptions)(lambda **kw: CostAwareEI(cost="total", cooling=False, **kw))
+register_method("carbo", CArBOOptions)(lambda **kw: CostAwareEI(cost="total", cooling=True, **kw))
+register_method("ms_carbo", MSCArBOOptions)(
     lambda **kw: CostAwareEI(cost="stage", cooling=True, **kw)
 )
-# EEIPU's quality term is noisy EI (qLogNEI) unless told otherwise: measured against the
-# observed incumbent on the six synthetic problems (README, "How EEIPU works here").
-register_method(
-    "eeipu",
-    options_type(CostAwareEI, *_MEMOIZED, name="EEIPUOptions", incumbent="noisy", failures="model"),
-)(lambda **kw: CostAwareEI(cost="stage", cooling=True, memoize=True, **kw))
+register_method("eeipu", EEIPUOptions)(
+    lambda **kw: CostAwareEI(cost="stage", cooling=True, memoize=True, **kw)
+)

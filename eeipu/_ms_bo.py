@@ -60,6 +60,7 @@ from eeipu._methods import (
     register_method,
 )
 from eeipu._models import ConstantPredictor, _Predictor, fit_gp, gp_hyperparameters
+from eeipu._options import CascadeBOOptions
 
 __all__ = ["CascadeBO", "CascadeLogEI", "CascadeStage"]
 
@@ -255,4 +256,4 @@ class CascadeBO(WarmStartState, Method):
         return Proposal(ranked[0].x, None, ranked[0].acq_value, tuple(ranked[1:]))
 
 
-register_method("ms_bo")(CascadeBO)
+register_method("ms_bo", CascadeBOOptions)(CascadeBO)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from eeipu._errors import SearchSpaceError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["CategoricalParam", "FloatParam", "IntParam", "Param", "SearchSpace"]
 
@@ -336,6 +336,8 @@ class SearchSpace:
 
     def encode(self, params: Mapping[str, Mapping[str, Any]]) -> Tensor:
         """``{stage: {param: value}}`` -> a ``d`` tensor in the unit cube (double)."""
+        import torch  # here: validating a space (a config) needs no torch
+
         self.validate(params)
         return torch.tensor(
             [p.encode(params[p.stage][p.name]) for p in self.params], dtype=torch.double
@@ -343,7 +345,7 @@ class SearchSpace:
 
     def decode(self, x: Tensor | Sequence[float]) -> Params:
         """A ``d`` point of the unit cube -> canonical ``{stage: {param: value}}``."""
-        values = x.tolist() if isinstance(x, Tensor) else list(x)
+        values = x.tolist() if hasattr(x, "tolist") else list(x)
         if len(values) != self.dim:
             raise SearchSpaceError(
                 f"expected a point with {self.dim} coordinates, got {len(values)}"
@@ -356,6 +358,8 @@ class SearchSpace:
     def canonicalize(self, x: Tensor) -> Tensor:
         """Snap unit-cube points (``... x d``) to the encodings of their decoded values, so the
         models see exactly where a trial ran (rounded ints, bin centres, rounded floats)."""
+        import torch
+
         flat = x.reshape(-1, self.dim)
         rows = [self.encode(self.decode(row)) for row in flat]
         return torch.stack(rows).reshape(x.shape).to(x)

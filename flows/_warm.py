@@ -18,13 +18,15 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from eeipu import Optimizer, SearchSpace
 from flows._config import ConfigError, StudyConfig
 from flows._journal import StudyJournal
 from flows._outputs import record_cost
-from stages import Store
+
+if TYPE_CHECKING:  # resolving a budget imports neither torch nor the pipeline layer
+    from eeipu import Optimizer, SearchSpace
+    from stages import Store
 
 __all__ = ["open_study", "resolve_budget"]
 

@@ -82,13 +82,19 @@ def main() -> float | None:
         os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
+def _study_failed() -> tuple[type[Exception], ...]:
+    """``flows.study.StudyFailed`` once that module is imported: a config error is answered
+    without it (it imports Prefect), and no study can have failed before it was imported."""
+    study = sys.modules.get("flows.study")
+    return (study.StudyFailed,) if study is not None else ()
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def _study(cfg: DictConfig) -> float | None:
     # Hydra's logging setup routes Prefect's HTTP client chatter to the console.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from eeipu import EEIPUError
     from flows import _interrupt
-    from flows.study import StudyFailed
     from stages import PipelineError, StageError, StoreError
 
     try:
@@ -100,7 +106,7 @@ def _study(cfg: DictConfig) -> float | None:
         result = _interrupt.run_watched(run, cfg_dict, grace=grace)
     except _interrupt.StudyInterrupted as exc:
         _interrupt.exit_interrupted(exc)  # one line, exit code 130 / 143
-    except (EEIPUError, PipelineError, StageError, StoreError, StudyFailed) as exc:
+    except (EEIPUError, PipelineError, StageError, StoreError, *_study_failed()) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except MissingMandatoryValue as exc:

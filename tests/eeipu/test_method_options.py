@@ -53,3 +53,49 @@ def test_typed_options_hold_the_method_defaults():
         ei.maxiter = 3
     method = make_method("eeipu", maxiter=7)
     assert (method.maxiter, method.incumbent, method.memoize) == (7, "noisy", True)
+
+
+# The factory whose keyword parameters each built-in's options are, and the defaults the
+# method sets otherwise (eeipu/_options.py declares them without torch).
+_FACTORIES = {
+    "ei": ("CostAwareEI", {}),
+    "eips": ("CostAwareEI", {}),
+    "carbo": ("CostAwareEI", {}),
+    "ms_carbo": ("CostAwareEI", {}),
+    "eeipu": ("CostAwareEI", {"incumbent": "noisy", "failures": "model"}),
+    "lambo": ("LaMBO", {}),
+    "ms_bo": ("CascadeBO", {}),
+    "random": ("RandomSearch", {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_FACTORIES))
+def test_declared_options_match_the_factory_signature(name):
+    """The torch-free declarations (config validation reads them) follow the factories: same
+    names, annotations and defaults; the CostAwareEI family's sets nest (ei < eips = carbo <
+    ms_carbo < eeipu). A parameter added to a factory must be declared there too."""
+    import eeipu
+
+    factory, defaults = _FACTORIES[name]
+    declared = METHOD_OPTIONS[name]
+    names = [f.name for f in dataclasses.fields(declared)]
+    derived = eeipu.options_type(getattr(eeipu, factory), *names, **defaults)
+    as_list = [(f.name, f.type, f.default) for f in dataclasses.fields(declared)]
+    assert as_list == [(f.name, f.type, f.default) for f in dataclasses.fields(derived)]
+    if factory != "CostAwareEI":  # every keyword parameter is an option
+        whole = eeipu.options_type(getattr(eeipu, factory))
+        assert names == [f.name for f in dataclasses.fields(whole)]
+    assert set(METHOD_OPTIONS) == set(METHODS)
+
+
+def test_options_and_a_space_are_checked_without_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, eeipu\n"
+        "eeipu.method_options('eeipu', maxiter=3)\n"
+        "eeipu.SearchSpace.from_dict({'s': {'x': {'type': 'float', 'low': 0, 'high': 1}}})\n"
+        "sys.exit('torch' in sys.modules)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
