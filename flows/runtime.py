@@ -84,13 +84,10 @@ def _pinned(stage: Stage, pins: dict[str, Any]) -> Stage:
     space = dict(stage.space)
     fixed = dict(stage.fixed)
     for name, value in pins.items():
-        spec = space.pop(name, None)
-        if spec is not None:
+        if space.pop(name, None) is not None:
             try:
-                value = Stage(stage.func, stage.name, space={name: spec}).normalize({name: value})[
-                    name
-                ]
-            except (ValueError, PipelineError) as exc:
+                value = stage.coerce(name, value)
+            except ValueError as exc:
                 raise ConfigError(f"`pipeline.fixed.{stage.name}.{name}`: {exc}") from exc
         fixed[name] = value
     try:

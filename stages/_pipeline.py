@@ -265,26 +265,35 @@ class Stage:
                 f"({sorted(self.space)}), but got missing={missing}, unknown={extra}"
             )
         out: dict[str, Any] = dict(self.fixed)
-        for name, spec in self.space.items():
-            value = params[name]
-            kind = spec["type"]
-            try:
-                if kind == "int":
-                    as_float = float(value)
-                    if not as_float.is_integer():
-                        raise ValueError(f"{value!r} is not integral")
-                    value = int(as_float)
-                elif kind == "float":
-                    value = float(value)
-                elif hasattr(value, "item") and not isinstance(value, str):
-                    value = value.item()  # numpy/torch scalar choice
-            except (TypeError, ValueError) as exc:
-                raise ValueError(
-                    f"value {value!r} does not fit type {kind!r} "
-                    f"(stage {self.name!r}, parameter {name!r})"
-                ) from exc
-            out[name] = value
+        for name in self.space:
+            out[name] = self.coerce(name, params[name])
         return out
+
+    def coerce(self, name: str, value: Any) -> Any:
+        """``value`` as parameter ``name`` of this stage's space declares it: ``int``
+        parameters become ``int`` (``3.0`` too), ``float`` ones ``float``, a numpy or torch
+        scalar choice its Python value.
+
+        Raises:
+            ValueError: The value does not fit the parameter's type.
+        """
+        kind = self.space[name]["type"]
+        try:
+            if kind == "int":
+                as_float = float(value)
+                if not as_float.is_integer():
+                    raise ValueError(f"{value!r} is not integral")
+                return int(as_float)
+            if kind == "float":
+                return float(value)
+            if hasattr(value, "item") and not isinstance(value, str):
+                return value.item()  # numpy/torch scalar choice
+            return value
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"value {value!r} does not fit type {kind!r} "
+                f"(stage {self.name!r}, parameter {name!r})"
+            ) from exc
 
     def __call__(self, **kwargs: Any) -> Any:
         """Call the plain function (for tests and notebooks; no caching)."""

@@ -105,19 +105,33 @@ def test_pipeline_kwargs_and_fixed_values_join_the_keys():
     assert pinned.keys(params) == base.keys(tuned)  # a pinned value is the same computation
     kp, kb = other_kwargs.keys(tuned), base.keys(tuned)
     assert all(kp[s] != kb[s] for s in kb)  # other factory arguments: no shared entry
+    user = build_pipeline(StudyConfig.from_mapping(composed(*USER, "+pipeline.fixed.train.b=1")))
+    assert user["train"].fixed == {"b": 1.0} and user.space_dict()["train"] == {}
     pinned_int = build_pipeline(StudyConfig.from_mapping(composed("+pipeline.fixed.train.x0=1")))
     assert pinned_int["train"].fixed == {"x0": 1.0}  # coerced to the declared float
 
 
+def user_pipeline():
+    """USER_PIPELINE's stages, importable by ``pipeline.target``."""
+    namespace: dict = {}
+    exec(USER_PIPELINE, namespace)
+    return namespace["make"]()
+
+
+USER = ["pipeline.target=tests.flows.test_code_keys:user_pipeline", "pipeline.space=null"]
+
+
 @pytest.mark.parametrize(
-    ("override", "message"),
+    ("overrides", "message"),
     [
-        ("+pipeline.fixed.ghost.x=1", "`pipeline.fixed` names unknown stage(s) ['ghost']"),
-        ("+pipeline.fixed.train.x0=abc", "`pipeline.fixed.train.x0`: value 'abc' does not fit"),
-        ("+pipeline.fixed=3", "`pipeline.fixed` must map stage -> parameter -> value"),
+        (["+pipeline.fixed.ghost.x=1"], "`pipeline.fixed` names unknown stage(s) ['ghost']"),
+        (["+pipeline.fixed.train.x0=abc"], "`pipeline.fixed.train.x0`: value 'abc' does not fit"),
+        ([*USER, "+pipeline.fixed.train.b=abc"], "`pipeline.fixed.train.b`: value 'abc' does not"),
+        ([*USER, "+pipeline.fixed.train.bb=1"], "stage 'train' fixes parameter 'bb', which its"),
+        (["+pipeline.fixed=3"], "`pipeline.fixed` must map stage -> parameter -> value"),
     ],
 )
-def test_bad_fixed_values_are_one_line_errors(override, message):
+def test_bad_fixed_values_are_one_line_errors(overrides, message):
     with pytest.raises(ConfigError) as info:
-        build_pipeline(StudyConfig.from_mapping(composed(override)))
+        build_pipeline(StudyConfig.from_mapping(composed(*overrides)))
     assert message in str(info.value) and "\n" not in str(info.value)
