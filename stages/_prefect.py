@@ -116,6 +116,7 @@ class StoreFileSystem(WritableFileSystem):
         key = self._key(path)
         if self.role == "meta":
             return self.store.read_meta_bytes(key)
+        _load_started[key] = time.perf_counter()
         return self.store.read(key)
 
     def write_path(self, path: str, content: bytes, _sync: bool | None = None) -> str:  # type: ignore[override]
@@ -157,6 +158,21 @@ class PlannedHitMissing(RuntimeError):
     Internal to ``stages``: raised by a :func:`stage_task` run without inputs, caught by
     ``run_pipeline``, which then runs the trial again in full.
     """
+
+
+# When the payload read of each key began in this process (see load_started).
+_load_started: dict[str, float] = {}
+
+
+def load_started(key: str) -> float | None:
+    """When (``time.perf_counter()``) this process last began reading the payload of
+    ``key``, and forget it; None if it did not.
+
+    Internal to ``stages``: ``run_pipeline`` charges a cache hit from there to the end of
+    its task (read, checksum, unpickling), not the task's whole wall time, whose start
+    holds Prefect's own set-up (seconds for the first task of a process).
+    """
+    return _load_started.pop(key, None)
 
 
 # Keys whose stage function was entered in this process: a task that failed without entering

@@ -17,6 +17,7 @@ from stages._prefect import (
     PlannedHitMissing,
     StageOutput,
     forget_entered,
+    load_started,
     stage_task,
     was_entered,
 )
@@ -34,8 +35,10 @@ class TrialResult:
     Attributes:
         objective: The sink's objective (``Pipeline.metric`` entry when it returns a dict).
         costs: ``{stage: cost}``. A stage that ran costs its reported cost, else its
-            function's wall-clock seconds; a cache hit costs its measured load time (wall
-            seconds of its task); a skipped stage (``lazy=True`` only) costs 0.
+            function's wall-clock seconds; a cache hit costs its measured load time (from
+            the start of its payload read to the end of its task: the read, the checksum
+            and the unpickling, not Prefect's set-up of the task run); a skipped stage
+            (``lazy=True`` only) costs 0.
         cached: ``{stage: bool}``, True for cache hits and skipped stages.
         keys: ``{stage: Merkle cache key}``.
         seconds: ``{stage: wall-clock seconds}`` of each stage's Prefect task (0 if skipped).
@@ -226,7 +229,8 @@ def _run(
                         raise _Replan from exc
                     continue
             break
-        wall = time.perf_counter() - start
+        end = time.perf_counter()
+        wall = end - start
         seconds[s.name] = wall
         if not state.is_completed():
             exc = state.result(raise_on_failure=False)
@@ -252,7 +256,9 @@ def _run(
             adopted.add(s.name)
         cached[s.name] = hit
         if hit:
-            costs[s.name] = wall if pipeline.load_cost is None else pipeline.load_cost
+            began = load_started(key)
+            load = wall if began is None or began < start else end - began
+            costs[s.name] = load if pipeline.load_cost is None else pipeline.load_cost
         else:
             costs[s.name] = out.cost  # a loaded StageOutput keeps the cost of its run
         values[s.output] = out.value

@@ -78,8 +78,10 @@ def test_second_run_is_all_cached_with_load_costs(tmp_path):
     assert second.cached_stages == {"prep", "train", "evaluate"}
     assert second.objective == first.objective
     assert second.keys == first.keys
-    assert second.costs == second.seconds  # a hit costs its measured load time
-    assert all(c > 0 for c in second.costs.values())
+    # A hit costs its measured load (payload read, checksum, unpickling), not its task's
+    # wall time, which also holds Prefect's set-up of the task run (seconds for the first
+    # task of a process: it made a resumed study's first hit look dear).
+    assert all(0 < second.costs[s] < second.seconds[s] for s in second.costs)
 
 
 def test_prefix_change_recomputes_only_downstream(tmp_path):
