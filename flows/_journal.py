@@ -58,23 +58,15 @@ class StudyJournal:
         ``extra`` adds keys to the header (the warm-start sources, say)."""
         header = {
             "study": self.study,
-            "space": space.to_dict(),
-            "method": config.optimizer.method,
-            "seed": config.seed,
-            "n_init": config.n_init,
-            "direction": config.pipeline.direction,
-            "pipeline": {"name": config.pipeline.name, "target": config.pipeline.target},
+            **self.identity(config, space.to_dict()),
             "budget": config.budget,
             **(extra or {}),
         }
-        try:
-            existing = json.loads(self.store.read_file(f"{self.folder}/study.json"))
-        except FileNotFoundError:
-            existing = None
+        existing = self.header()
         if existing is not None:
             from flows._config import ConfigError
 
-            differ = [k for k in _IDENTITY if existing.get(k) != json.loads(json.dumps(header[k]))]
+            differ = self.differences(existing, header)
             if differ:
                 raise ConfigError(
                     f"study {self.study!r} already exists at {self.url} with a different "
@@ -82,6 +74,24 @@ class StudyJournal:
                 )
         self.store.write_file(f"{self.folder}/study.json", _dumps(header))
         return header
+
+    @staticmethod
+    def identity(config: StudyConfig, space: Mapping[str, Any]) -> dict[str, Any]:
+        """The header keys that make a study the same study (``space``: the search space's
+        ``to_dict()``); a resumed study must match its journal's in every one."""
+        return {
+            "space": space,
+            "method": config.optimizer.method,
+            "seed": config.seed,
+            "n_init": config.n_init,
+            "direction": config.pipeline.direction,
+            "pipeline": {"name": config.pipeline.name, "target": config.pipeline.target},
+        }
+
+    @staticmethod
+    def differences(existing: Mapping[str, Any], header: Mapping[str, Any]) -> list[str]:
+        """The identity keys in which a journal's ``existing`` header and ``header`` differ."""
+        return [k for k in _IDENTITY if existing.get(k) != json.loads(json.dumps(header[k]))]
 
     def records(self) -> list[dict[str, Any]]:
         """Every record, in trial order (one listing, then one read per record)."""

@@ -20,10 +20,13 @@ __all__ = [
     "best_markdown",
     "best_so_far",
     "failure_text",
+    "output_paths",
     "progress_line",
     "recommended_record",
     "record_cost",
     "record_of",
+    "results_csv",
+    "study_summary",
     "trial_rows",
     "write_outputs",
 ]
@@ -223,8 +226,29 @@ def write_outputs(
     ``recommended`` (``{"trial", "objective", "posterior_mean", "params"}``: the record
     that :meth:`eeipu.Optimizer.recommend` picked, see :func:`recommended_record`) is
     written to ``best.yaml`` beside the best observed configuration."""
-    out = Path(out_dir)
+    paths = output_paths(out_dir)
     rows = trial_rows(records, direction)
+    _atomic_write(paths["csv"], results_csv(rows).encode())
+    summary = study_summary(study, records, direction)
+    if recommended is not None:
+        summary["recommended"] = {
+            k: recommended[k] for k in ("trial", "posterior_mean", "objective", "params")
+        }
+    _atomic_write(
+        paths["yaml"], yaml.safe_dump(json.loads(json.dumps(summary)), sort_keys=False).encode()
+    )
+    _plot(paths["png"], study, rows, warmup_cost)
+    return paths
+
+
+def output_paths(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Where :func:`write_outputs` writes ``results.csv``, ``best.yaml`` and the plot."""
+    out = Path(out_dir)
+    return {"csv": out / "results.csv", "yaml": out / "best.yaml", "png": out / "best_vs_cost.png"}
+
+
+def results_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """``results.csv``'s text: one row per :func:`trial_rows` row, every key a column."""
     fields: list[str] = []
     for row in rows:
         fields += [k for k in row if k not in fields]
@@ -232,8 +256,12 @@ def write_outputs(
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    paths = {"csv": out / "results.csv", "yaml": out / "best.yaml", "png": out / "best_vs_cost.png"}
-    _atomic_write(paths["csv"], buf.getvalue().encode())
+    return buf.getvalue()
+
+
+def study_summary(study: str, records: Sequence[dict[str, Any]], direction: str) -> dict[str, Any]:
+    """``best.yaml`` without its ``recommended`` section (which needs a fitted model): the
+    trial and failure counts, what was spent and the best observed trial, JSON-ready."""
     complete = [r for r in records if r["state"] == "complete"]
     sign = 1.0 if direction == "maximize" else -1.0
     best = max(complete, key=lambda r: sign * r["objective"]) if complete else None
@@ -247,15 +275,7 @@ def write_outputs(
         if best is None
         else {"trial": best["number"], "objective": best["objective"], "params": best["params"]},
     }
-    if recommended is not None:
-        summary["recommended"] = {
-            k: recommended[k] for k in ("trial", "posterior_mean", "objective", "params")
-        }
-    _atomic_write(
-        paths["yaml"], yaml.safe_dump(json.loads(json.dumps(summary)), sort_keys=False).encode()
-    )
-    _plot(paths["png"], study, rows, warmup_cost)
-    return paths
+    return json.loads(json.dumps(summary))
 
 
 def _plot(path: Path, study: str, rows: list[dict[str, Any]], warmup_cost: float | None) -> None:

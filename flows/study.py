@@ -34,7 +34,6 @@ import logging
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow
@@ -48,6 +47,7 @@ from prefect.artifacts import (
 from eeipu import Optimizer, SearchSpace, TrialState
 from flows._config import StudyConfig
 from flows._eviction import reuse_value
+from flows._finished import StudyResult, done_line, nothing_left_line
 from flows._interrupt import StudyInterrupted, interrupted, journaled, stop_by
 from flows._journal import StudyJournal
 from flows._outputs import (
@@ -87,18 +87,6 @@ class StudyFailed(RuntimeError):
     """The study stopped before its budget was spent (a stage failed, say)."""
 
 
-@dataclass(frozen=True)
-class StudyResult:
-    study: str
-    n_trials: int
-    spent: float
-    best_objective: float | None
-    best_params: dict[str, Any] | None
-    outputs: dict[str, str]
-    journal_url: str
-    best_trial: int | None = None  # the best trial's number in the journal and results.csv
-
-
 def prepare(cfg: StudyConfig) -> tuple[Pipeline, Store, Optimizer, StudyJournal]:
     """Build and check everything a study needs, then open (or check) its journal.
 
@@ -136,15 +124,11 @@ def report_finished(
 
     Writes the outputs and prints the summary that a finished run does, without a flow run
     or any call to the Prefect API (so no server starts): the run that spent the budget has
-    made the study's artifacts.
+    made the study's artifacts. (``eeipu tune`` asks :func:`flows._finished.answer_finished`
+    first, which answers without the optimizer when the outputs are up to date.)
     """
     reason = why_done(cfg, opt, len(records))
-    announce(
-        cfg,
-        f"study {cfg.study!r}: nothing left to run ({reason}); raise `budget` or `max_trials`, "
-        "or set `extra_budget`, to continue it",
-        logger,
-    )
+    announce(cfg, nothing_left_line(cfg, reason), logger)
     workers = cfg.parallel if cfg.parallel > 1 else None
     return finish_study(
         cfg, opt, records, journal, None, workers=workers, artifacts=False, stopped=reason
@@ -619,16 +603,8 @@ def finish_study(
             + ("" if cfg.continue_on_failure else ", or set continue_on_failure=true")
             + ")"
         )
-    announce(
-        cfg,
-        f"done: {len(records)} trials"
-        + (f" on {workers} workers" if workers else "")
-        + f", spent {opt.spent:.4g}/{cfg.budget:g} ({100.0 * opt.spent / cfg.budget:.0f}%)"
-        + (f"; stopped: {stopped}" if stopped else "")
-        + "; best "
-        + ("-" if best is None else f"{best.objective:.6g} (trial {best_number})")
-        + f"; outputs in {cfg.output_dir}",
-    )
+    scored = None if best is None else (best.objective, best_number)
+    announce(cfg, done_line(cfg, len(records), opt.spent, scored, workers=workers, stopped=stopped))
     return StudyResult(
         study=cfg.study,
         n_trials=len(records),

@@ -30,14 +30,21 @@ def run(cfg_dict: dict) -> object:
     """Validate a plain config dict and run the study flow (heartbeat disabled).
 
     A study with nothing left to run (budget spent, ``max_trials`` reached) is answered from
-    its journal: outputs and summary, but no flow run and no Prefect server start.
+    its journal: outputs and summary, but no flow run and no Prefect server start; and when
+    its outputs are up to date, without torch or Prefect at all (``flows._finished``).
     """
     from flows._config import StudyConfig
+    from flows._finished import answer_finished
     from flows._warm import resolve_budget
     from flows.runtime import store_for
 
     cfg = StudyConfig.from_mapping(cfg_dict)
-    cfg = resolve_budget(cfg, store_for(cfg))  # extra_budget: continue with more budget
+    store = store_for(cfg)
+    cfg = resolve_budget(cfg, store)  # extra_budget: continue with more budget
+    # A finished study whose outputs are up to date: from its journal (no torch, no Prefect).
+    finished = answer_finished(cfg, store)
+    if finished is not None:
+        return finished
     # Prefect (seconds to import) only for a valid config: a bad one is answered first.
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 

@@ -12,14 +12,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 HEAVY = ("torch", "prefect")
 
 
-def _tune(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+def _tune(
+    tmp_path: Path, *overrides: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """Run ``python -X importtime -m flows.tune`` in ``tmp_path``; the process and the
     top-level packages it imported."""
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), **(env or {})}
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "flows.tune", *overrides],
         cwd=tmp_path,
@@ -57,3 +60,44 @@ def test_a_config_error_imports_neither_torch_nor_prefect(tmp_path, overrides, m
     assert done.returncode == 2, _said(done)
     assert message in _said(done)
     assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
+
+
+def test_a_finished_study_is_answered_from_its_journal_and_outputs(tmp_path, api_env):
+    args = ["study=fin", "budget=200", "n_init=2", "max_trials=2", "progress=true"]
+    args += [f"storage.url={tmp_path / 'cache'}"]
+    first, _ = _tune(tmp_path, *args, env=api_env)
+    assert first.returncode == 0, _said(first)[-3000:]
+    out = tmp_path / "outputs" / "fin"
+    outputs = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.glob("best*")}
+    outputs["results.csv"] = ((out / "results.csv").read_bytes(), 0)
+
+    def done(proc: subprocess.CompletedProcess[str]) -> list[str]:
+        return [line for line in _said(proc).splitlines() if line.startswith("done:")]
+
+    # Nothing left to run, outputs up to date: no torch, no Prefect, nothing rewritten.
+    down = {**api_env, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    again, imported = _tune(tmp_path, *args, env=down)
+    assert again.returncode == 0, _said(again)[-3000:]
+    assert (
+        "study 'fin': nothing left to run (max_trials=2 reached); its outputs in "
+        f"{out} are up to date" in _said(again)
+    )
+    assert done(again) == done(first)
+    assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
+    for p in out.glob("best*"):
+        assert (p.read_bytes(), p.stat().st_mtime_ns) == outputs[p.name], p.name
+
+    # Another search space: the full way refuses it, as it refuses any other study.
+    other, _ = _tune(tmp_path, *args, "pipeline.space.train.x1.high=0.5", env=down)
+    assert other.returncode == 2
+    assert "already exists" in _said(other) and "with a different space" in _said(other)
+
+    # Outputs that are not the journal's (best.yaml without its recommended section, as an
+    # older `eeipu show` left it): the full way writes them again.
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    del best["recommended"]
+    (out / "best.yaml").write_text(yaml.safe_dump(best, sort_keys=False))
+    redone, _ = _tune(tmp_path, *args, env=down)
+    assert redone.returncode == 0, _said(redone)[-3000:]
+    assert "up to date" not in _said(redone) and done(redone) == done(first)
+    assert "recommended" in yaml.safe_load((out / "best.yaml").read_text())
