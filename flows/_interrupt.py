@@ -108,6 +108,7 @@ class _Watch:
     told: int = 0  # trials in the journal, as the loop last said
     guard: subprocess.Popen | None = None  # the temporary server's guard
     server_url: str | None = None  # its API URL
+    early: tuple[str, Any] | None = None  # launched by early_server: (url, its output file)
 
 
 _watch = _Watch()
@@ -211,6 +212,27 @@ finally:
 
 
 @contextlib.contextmanager
+def early_server() -> Iterator[None]:
+    """Within, the temporary server that :func:`prefect_api` will want is starting: launched
+    on entry, not waited for, so that its start (seconds of imports and database set-up in
+    its own process) overlaps the controller's imports of torch and Prefect's engine.
+    :func:`prefect_api` takes it over; if nothing did (bad input found later), it is stopped
+    on exit. Nothing happens when a server is configured or one is running already."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    wanted = not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value()
+    if wanted and _watch.guard is None:
+        _watch.early = _launch_server()
+    try:
+        yield
+    finally:
+        if _watch.early is not None:  # not taken by prefect_api
+            _watch.early[1].close()
+            _watch.early = None
+            _stop_server(wait=0.0)
+
+
+@contextlib.contextmanager
 def prefect_api() -> Iterator[str | None]:
     """Within, Prefect talks to a temporary server of ours when ``PREFECT_API_URL`` is not
     set (as Prefect would start one; see the module docstring); yields its API URL, or
@@ -281,30 +303,40 @@ def _start_server() -> str:
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
     timeout = float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
-    # The server's output goes to a file, not to our stdout and stderr: a pipe reading them
-    # (`eeipu tune ... | tee`) would otherwise wait for the server to stop after we exit.
-    with tempfile.TemporaryFile() as output:
-        for _ in range(3):  # another process may take the free port before the server binds
-            port = _free_port()
-            argv, env = _server_command(port)
-            _watch.guard = subprocess.Popen(
-                [sys.executable, "-c", _GUARD, *argv],
-                stdin=subprocess.PIPE,
-                stdout=output,
-                stderr=output,
-                env=env,
-                start_new_session=True,  # the terminal's Ctrl-C reaches the controller only
-            )
-            url = f"http://127.0.0.1:{port}/api"
+    said = ""
+    for _ in range(3):  # another process may take the free port before the server binds
+        # The one early_server launched, if any, first.
+        launched, _watch.early = _watch.early or _launch_server(), None
+        url, output = launched
+        with output:
             if _wait_healthy(url, _watch.guard, timeout):
                 _watch.server_url = url
                 return url
             _stop_server(wait=5.0)
-        output.seek(0)
-        said = output.read().decode(errors="replace")[-2000:]
+            output.seek(0)
+            said = output.read().decode(errors="replace")[-2000:]
     raise RuntimeError(
         f"the temporary Prefect server did not start within {timeout:g} s; it said:\n{said}"
     )
+
+
+def _launch_server() -> tuple[str, Any]:
+    """Start the server's guard (``_watch.guard``) on a free port, without waiting; its API
+    URL and the file that takes the server's output."""
+    port = _free_port()
+    argv, env = _server_command(port)
+    # The server's output goes to a file, not to our stdout and stderr: a pipe reading them
+    # (`eeipu tune ... | tee`) would otherwise wait for the server to stop after we exit.
+    output = tempfile.TemporaryFile()  # noqa: SIM115 (the caller closes it)
+    _watch.guard = subprocess.Popen(
+        [sys.executable, "-c", _GUARD, *argv],
+        stdin=subprocess.PIPE,
+        stdout=output,
+        stderr=output,
+        env=env,
+        start_new_session=True,  # the terminal's Ctrl-C reaches the controller only
+    )
+    return f"http://127.0.0.1:{port}/api", output
 
 
 def _wait_healthy(url: str, guard: subprocess.Popen, timeout: float) -> bool:

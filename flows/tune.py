@@ -19,9 +19,14 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+from typing import TYPE_CHECKING
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+if TYPE_CHECKING:
+    from flows._config import StudyConfig
 
 __all__ = ["main", "run"]
 
@@ -46,6 +51,15 @@ def run(cfg_dict: dict) -> object:
     if finished is not None:
         return finished
     # Prefect (seconds to import) only for a valid config: a bad one is answered first.
+    from flows import _interrupt
+
+    # Prefect's temporary server (no PREFECT_API_URL) starts now, in its own process, while
+    # torch and Prefect's engine import below; prefect_api() waits for it.
+    with _interrupt.early_server():
+        return _run_study(cfg)
+
+
+def _run_study(cfg: StudyConfig) -> object:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from flows._interrupt import prefect_api
@@ -57,8 +71,8 @@ def run(cfg_dict: dict) -> object:
     _, _, opt, journal = prepare(cfg)
     records = journal.replay(opt)
     if not more_to_run(cfg, opt, len(records)):
-        # The flow would only replay the journal and stop; answering here saves starting
-        # Prefect's temporary server (~10 s) and a flow run that does nothing.
+        # The flow would only replay the journal and stop; answering here needs no Prefect
+        # server and no flow run.
         return report_finished(cfg, opt, records, journal)
     # The heartbeat thread makes every flow run wait ~1 s at exit: one per trial subflow.
     # Prefect's temporary server (no PREFECT_API_URL) is ours, out of the terminal's reach.

@@ -101,3 +101,36 @@ def test_a_finished_study_is_answered_from_its_journal_and_outputs(tmp_path, api
     assert redone.returncode == 0, _said(redone)[-3000:]
     assert "up to date" not in _said(redone) and done(redone) == done(first)
     assert "recommended" in yaml.safe_load((out / "best.yaml").read_text())
+
+
+def test_the_early_server_is_taken_over_or_stopped(monkeypatch):
+    """``early_server`` launches the temporary server before the imports of torch and
+    Prefect's engine; ``prefect_api``'s start takes that one over (no second launch), and one
+    that nobody took (bad input found after the launch) is stopped on the way out."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import _interrupt
+
+    launched: list[subprocess.Popen] = []
+
+    def launch() -> tuple[str, object]:
+        # A stand-in guard: like the real one, it runs until its stdin closes.
+        guard = subprocess.Popen(
+            [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+        )
+        launched.append(guard)
+        _interrupt._watch.guard = guard
+        return f"http://127.0.0.1:{len(launched)}/api", open(os.devnull, "rb")
+
+    monkeypatch.setattr(_interrupt, "_launch_server", launch)
+    monkeypatch.setattr(_interrupt, "_wait_healthy", lambda url, guard, timeout: True)
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        with pytest.raises(ValueError), _interrupt.early_server():
+            raise ValueError("bad input found after the launch")
+        assert launched[0].wait(10) == 0 and _interrupt._watch.guard is None
+
+        with _interrupt.early_server():
+            assert _interrupt._start_server() == "http://127.0.0.1:2/api"
+            assert len(launched) == 2 and launched[1].poll() is None  # taken over, running
+            _interrupt._stop_server(wait=5.0)
+        assert launched[1].wait(10) == 0
