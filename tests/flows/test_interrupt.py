@@ -158,8 +158,8 @@ def _interrupt_then_resume(
     ids=["sigint-to-group", "sigterm"],
 )
 def test_sequential_study_stops_within_10_s_and_resumes(tmp_path, signum, group):
-    # Short trials (~2.5 s): the one in flight finishes and is told.
-    _interrupt_then_resume(tmp_path, "seq", signum, group, 10, scale=0.3, extra=[])
+    # Short trials (~2.5 s), the signal 1 s into one: it finishes and is told.
+    _interrupt_then_resume(tmp_path, "seq", signum, group, 10, scale=0.3, extra=[], delay=1.0)
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,7 @@ def test_sequential_study_stops_within_10_s_and_resumes(tmp_path, signum, group)
 )
 def test_parallel_study_stops_within_30_s_and_resumes(tmp_path, signum, group):
     extra = ["executor=local", "parallel=2"]
-    _interrupt_then_resume(tmp_path, "par", signum, group, 30, scale=0.3, extra=extra)
+    _interrupt_then_resume(tmp_path, "par", signum, group, 30, scale=0.3, extra=extra, delay=1.0)
 
 
 @pytest.mark.usefixtures("warm_workers")
