@@ -45,6 +45,7 @@ def run(cfg_dict: dict) -> object:
 
     cfg = StudyConfig.from_mapping(cfg_dict)
     store = store_for(cfg)
+    store.check()  # one clear line for an unreachable storage, before reading the journal
     cfg = resolve_budget(cfg, store)  # extra_budget: continue with more budget
     # A finished study whose outputs are up to date: from its journal (no torch, no Prefect).
     finished = answer_finished(cfg, store)
