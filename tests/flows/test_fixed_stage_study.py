@@ -53,7 +53,7 @@ def test_study_with_fixed_first_and_last_stages(prefect_harness, tmp_path):
     result = run_study(
         tmp_path,
         "study=fixed",
-        "pipeline.target=tests.flows.test_fixed_stages.fixed_pipeline",
+        "pipeline.target=tests.flows.test_fixed_stage_study.fixed_pipeline",
         f"+pipeline.kwargs.log={log}",
         "pipeline.space=null",
         "budget=10000",
