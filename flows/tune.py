@@ -45,7 +45,11 @@ def run(cfg_dict: dict) -> object:
 
     cfg = StudyConfig.from_mapping(cfg_dict)
     store = store_for(cfg)
-    store.check()  # one clear line for an unreachable storage, before reading the journal
+    if cfg.storage.protocol != "file":
+        # One clear line for an unreachable endpoint, before reading the journal (retries
+        # would take storage.retry_seconds). A local folder is made only once the rest of
+        # the input is checked (prepare): bad input leaves nothing behind.
+        store.check()
     cfg = resolve_budget(cfg, store)  # extra_budget: continue with more budget
     # A finished study whose outputs are up to date: from its journal (no torch, no Prefect).
     finished = answer_finished(cfg, store)

@@ -15,6 +15,7 @@ from eeipu import (
     TellError,
     Trial,
     TrialState,
+    options_used_by,
 )
 from eeipu import Optimizer as _Optimizer
 
@@ -41,8 +42,9 @@ GP_METHODS = sorted(m for m in METHODS if m != "random")
 
 
 def Optimizer(space, method="eeipu", **kw):
+    # Each method gets the fast settings it uses (it refuses options it does not use).
     if method != "random":
-        kw.setdefault("method_options", FAST)
+        kw.setdefault("method_options", options_used_by(method, FAST))
     return _Optimizer(space, method=method, **kw)
 
 
