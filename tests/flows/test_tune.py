@@ -181,32 +181,35 @@ def test_cli_rerun_of_a_finished_study_answers_from_the_journal(tmp_path, api_en
 
     def study_runs() -> int:
         with get_client(sync_client=True) as client:
-            flt = FlowRunFilter(name=FlowRunFilterName(any_=["fin"]))
+            flt = FlowRunFilter(name=FlowRunFilterName(any_=["rerun-fin"]))
             return len(client.read_flow_runs(flow_run_filter=flt))
 
-    args = [*FAST, "study=fin", "budget=100", f"storage.url={tmp_path / 'cache'}"]
+    # Flow runs are counted by name on the session's server, which other tests' studies share:
+    # a name of this test's own, and counts relative to the start.
+    runs_before = study_runs()
+    args = [*FAST, "study=rerun-fin", "budget=100", f"storage.url={tmp_path / 'cache'}"]
     first = cli(*args, "max_trials=2", env=api_env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    folder = tmp_path / "cache" / "studies" / "fin"
+    folder = tmp_path / "cache" / "studies" / "rerun-fin"
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    (tmp_path / "outputs" / "fin" / "results.csv").unlink()
+    (tmp_path / "outputs" / "rerun-fin" / "results.csv").unlink()
 
     # Nothing left to run: answered without any Prefect API call (none is reachable here),
     # so no server start and no flow run; the journal is untouched, the outputs rewritten.
     down = {**api_env, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
     again = cli(*args, "max_trials=2", env=down, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "study 'fin': nothing left to run (max_trials=2 reached)" in again.stderr
+    assert "study 'rerun-fin': nothing left to run (max_trials=2 reached)" in again.stderr
     done = [line for line in again.stderr.splitlines() if line.startswith("done:")]
     assert done == [line for line in first.stderr.splitlines() if line.startswith("done:")]
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
-    assert (tmp_path / "outputs" / "fin" / "results.csv").read_text().count("\n") == 3
-    assert study_runs() == 1
+    assert (tmp_path / "outputs" / "rerun-fin" / "results.csv").read_text().count("\n") == 3
+    assert study_runs() - runs_before == 1
 
     # Something left to run (a larger max_trials): the flow runs as before.
     more = cli(*args, "max_trials=3", env=api_env, cwd=tmp_path)
     assert more.returncode == 0, more.stderr[-3000:]
-    assert len(journal(tmp_path, "fin")) == 3 and study_runs() == 2
+    assert len(journal(tmp_path, "rerun-fin")) == 3 and study_runs() - runs_before == 2
 
 
 @pytest.mark.parametrize(
