@@ -49,7 +49,15 @@ from flows.conf import CONFIG_DIR
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "benchmarks" / "conf"
 
-__all__ = ["SuiteError", "load_config", "main", "run_suite"]
+__all__ = [
+    "SuiteError",
+    "load_config",
+    "load_raw",
+    "main",
+    "run_simulated",
+    "run_suite",
+    "save_json",
+]
 
 
 class SuiteError(ValueError):
@@ -150,7 +158,8 @@ def _raw_path(cfg: Mapping[str, Any], method: str, seed: int) -> Path:
     return _raw_dir(cfg) / f"{method}-seed{seed}.json"
 
 
-def _load_raw(path: Path, fp: Mapping[str, Any]) -> dict[str, Any] | None:
+def load_raw(path: Path, fp: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The raw run saved at ``path`` if its settings are ``fp``, else None."""
     try:
         run = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -158,7 +167,8 @@ def _load_raw(path: Path, fp: Mapping[str, Any]) -> dict[str, Any] | None:
     return run if run.get("fingerprint") == json.loads(json.dumps(fp)) else None
 
 
-def _save_json(path: Path, obj: Any) -> None:
+def save_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as strict JSON, atomically (a temporary file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
@@ -191,13 +201,21 @@ def _make_optimizer(space: Any, job: Mapping[str, Any]) -> tuple[Any, dict[str, 
 
 def run_synthetic(job: Mapping[str, Any]) -> dict[str, Any]:
     """One (method, seed) on a synthetic variant; returns the raw run."""
+    from stages.pipelines import synthetic_variant
+
+    return run_simulated(synthetic_variant(job["variant"], seed=job["seed"]), job)
+
+
+def run_simulated(problem: Any, job: Mapping[str, Any]) -> dict[str, Any]:
+    """One (method, seed) of ``job`` on a problem simulated in process
+    (:func:`stages.pipelines.simulate`: ``space_dict``, ``optimum``, ``noise_sd`` and
+    ``true_objective`` besides what ``simulate`` needs); returns the raw run."""
     import torch
 
     torch.set_num_threads(1)
     from eeipu import SearchSpace
-    from stages.pipelines import simulate, synthetic_variant
+    from stages.pipelines import simulate
 
-    problem = synthetic_variant(job["variant"], seed=job["seed"])
     space = SearchSpace.from_dict(problem.space_dict())
     opt, used = _make_optimizer(space, job)
     trials: list[dict[str, Any]] = []
@@ -340,7 +358,7 @@ def _pipeline_runs(
         warm_store = work / f"seed{seed}" / "warmup"
         warm_json = _raw_dir(cfg) / f"warmup-seed{seed}.json"
         warm_fp = {**fingerprint(cfg, "warmup", seed), "method_options": None}
-        saved = _load_raw(warm_json, warm_fp)
+        saved = load_raw(warm_json, warm_fp)
         if saved is None or not warm_store.exists():
             # Run the shared warm-up once (the first n_init trials are the seed's Sobol
             # points whatever the method); with saved records, only to rebuild the cache.
@@ -351,7 +369,7 @@ def _pipeline_runs(
             records = StudyJournal(Store(str(warm_store)), study).records()
             if saved is None:
                 saved = {"fingerprint": warm_fp, "records": records}
-                _save_json(warm_json, saved)
+                save_json(warm_json, saved)
         for method in methods:
             store_dir = work / f"seed{seed}" / method
             shutil.rmtree(store_dir, ignore_errors=True)
@@ -447,7 +465,7 @@ def write_report(
     for m in methods:
         got = {}
         for s in seeds:
-            run = _load_raw(_raw_path(cfg, m, s), fingerprint(cfg, m, s))
+            run = load_raw(_raw_path(cfg, m, s), fingerprint(cfg, m, s))
             if run is not None:
                 got[s] = run
         if len(got) == len(seeds):
@@ -525,7 +543,7 @@ def run_suite(cfg: Mapping[str, Any], command: str) -> tuple[Path, Path]:
     for s in seeds:
         for m in methods:
             fp = fingerprint(cfg, m, s)
-            if cfg["rerun"] or _load_raw(_raw_path(cfg, m, s), fp) is None:
+            if cfg["rerun"] or load_raw(_raw_path(cfg, m, s), fp) is None:
                 todo.setdefault(s, []).append(m)
     n_jobs = sum(len(v) for v in todo.values())
     if cfg["report_only"]:
@@ -555,11 +573,11 @@ def run_suite(cfg: Mapping[str, Any], command: str) -> tuple[Path, Path]:
         ]
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         for run in _run_synthetic_jobs(jobs, cfg["workers"]):
-            _save_json(_raw_path(cfg, run["method"], run["seed"]), run)
+            save_json(_raw_path(cfg, run["method"], run["seed"]), run)
             print(_progress(run), flush=True)
     elif n_jobs:
         for run in _pipeline_runs(cfg, todo):
-            _save_json(_raw_path(cfg, run["method"], run["seed"]), run)
+            save_json(_raw_path(cfg, run["method"], run["seed"]), run)
             print(_progress(run), flush=True)
     return write_report(cfg, methods, missing, command)
 

@@ -14,13 +14,32 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from eeipu import HistoryCacheView, Optimizer, Trial, cached_prefix
-from stages.pipelines.synthetic import SyntheticProblem
 
-__all__ = ["SimulatedCache", "simulate"]
+__all__ = ["SimulatedCache", "SimulatedProblem", "simulate"]
+
+
+class SimulatedProblem(Protocol):
+    """What :func:`simulate` needs of a problem (:class:`~stages.pipelines.SyntheticProblem`
+    and the benchmark family's generated problems provide it)."""
+
+    names: Sequence[str]
+    fail_cost: float
+
+    def evaluate(self, params: Mapping[str, Mapping[str, Any]]) -> tuple[float, dict[str, float]]:
+        """(observed objective, {stage: simulated cost}) of a full run."""
+        ...
+
+    def stage_outputs(self, params: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+        """Each stage's scalar output (the last one's is the observed objective)."""
+        ...
+
+    def failed_stage(self, params: Mapping[str, Mapping[str, Any]]) -> str | None:
+        """The first stage that fails for this configuration, None when none does."""
+        ...
 
 
 class SimulatedCache(HistoryCacheView):
@@ -33,9 +52,9 @@ class SimulatedCache(HistoryCacheView):
 
 def simulate(
     optimizer: Optimizer,
-    problem: SyntheticProblem,
+    problem: SimulatedProblem,
     *,
-    load_cost: float = 0.01,
+    load_cost: float | Mapping[str, float] = 0.01,
     max_trials: int | None = None,
     on_trial: Callable[[Trial, Optimizer], None] | None = None,
 ) -> list[Trial]:
@@ -44,7 +63,7 @@ def simulate(
     Args:
         optimizer: A fresh optimizer over ``problem.space_dict()``.
         problem: The synthetic problem providing objective and stage costs.
-        load_cost: Cost charged for a cache hit.
+        load_cost: Cost charged for a cache hit: one for every stage, or per stage name.
         max_trials: Optional cap on the number of trials.
         on_trial: Called after each tell (progress output, say).
 
@@ -52,11 +71,20 @@ def simulate(
         The told trials.
     """
     cache = SimulatedCache(problem.names)
+    loads = (
+        dict(load_cost)
+        if isinstance(load_cost, Mapping)
+        else dict.fromkeys(problem.names, float(load_cost))
+    )
+    if set(loads) != set(problem.names):
+        raise ValueError(
+            f"`load_cost` must name every stage {list(problem.names)}, but got {sorted(loads)}"
+        )
     while not optimizer.done and (max_trials is None or len(optimizer.trials) < max_trials):
         trial = optimizer.ask(cache=cache)
         hits = cache.lookup(trial.params)
         objective, costs = problem.evaluate(trial.params)
-        costs = {s: (load_cost if s in hits else c) for s, c in costs.items()}
+        costs = {s: (loads[s] if s in hits else c) for s, c in costs.items()}
         outputs: dict[str, float] | None = problem.stage_outputs(trial.params)
         failed = problem.failed_stage(trial.params)
         if failed is not None:  # it crashed part-way; the stages after it did not run
