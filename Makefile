@@ -114,7 +114,7 @@ postgres:
 
 # A local Prefect server and UI on http://127.0.0.1:4200 (set PREFECT_API_URL to use it). Its
 # database: SQLite in PREFECT_HOME (default ~/.prefect), or with DB=postgres a PostgreSQL
-# cluster of its own in PG_DATA on 127.0.0.1:PG_PORT, for several workers (README "Scale out").
+# cluster of its own in PG_DATA on 127.0.0.1:PG_PORT, for several workers (docs/parallel.md).
 DB ?= sqlite
 PG_DATA ?= .prefect-pg
 PG_PORT ?= 5433

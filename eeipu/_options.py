@@ -62,7 +62,7 @@ class MSCArBOOptions(_TotalCostOptions):
 
 
 # EEIPU's quality term is noisy EI (qLogNEI) unless told otherwise: measured against the
-# observed incumbent on the six synthetic problems (README, "How EEIPU works here").
+# observed incumbent on the six synthetic problems (docs/how-eeipu-works.md, "Quality term").
 @dataclass(frozen=True, kw_only=True)
 class EEIPUOptions(MSCArBOOptions):
     incumbent: str = "noisy"

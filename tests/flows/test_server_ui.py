@@ -3,7 +3,7 @@ CLI against it, and headless Chromium (Debian's, installed by ``make test``) on 
 of the study's flow run, where the trials table artifact must show.
 
 The screenshot goes to the test's temporary folder; ``EEIPU_UPDATE_SCREENSHOTS=1`` writes it
-to ``docs/prefect_ui_trials.png`` instead (the one in the README).
+to ``docs/prefect_ui_trials.png`` instead (the one in ``docs/parallel.md``).
 """
 
 from __future__ import annotations
