@@ -25,16 +25,25 @@ from eeipu._errors import OptimizerError
 __all__ = ["METHOD_OPTIONS", "method_options", "options_used_by", "unknown_option_hint"]
 
 
+# The acquisition search that the EI methods and the cascade share: multi-start L-BFGS
+# (num_restarts starts from raw_samples screened points, maxiter iterations), warm-started
+# GP fits, and mc_samples quasi-MC draws, whose default each method sets, since they sample
+# different things (the cost posterior; the cascade of stage outputs).
+@dataclass(frozen=True, kw_only=True)
+class _SearchOptions:
+    num_restarts: int = 8
+    raw_samples: int = 256
+    mc_samples: int
+    maxiter: int = 200
+    warm_start: bool = True
+
+
 # Each cost-aware EI method's options are the CostAwareEI parameters it reads: prefix-pool
 # settings only where there is a prefix pool (eeipu), cost settings only where there is a
 # cost model.
 @dataclass(frozen=True, kw_only=True)
-class EIOptions:
-    num_restarts: int = 8
-    raw_samples: int = 256
+class EIOptions(_SearchOptions):
     mc_samples: int = 128
-    maxiter: int = 200
-    warm_start: bool = True
     incumbent: str = "observed"
     failures: str = "impute"
 
@@ -91,12 +100,8 @@ class LaMBOOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class CascadeBOOptions:
-    num_restarts: int = 8
-    raw_samples: int = 256
+class CascadeBOOptions(_SearchOptions):
     mc_samples: int = 64
-    maxiter: int = 200
-    warm_start: bool = True
 
 
 #: Method name -> the frozen dataclass of its options (None: the factory takes any keyword).
