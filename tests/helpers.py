@@ -6,6 +6,7 @@ Fixtures live in ``tests/conftest.py``; these are plain functions and constants.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -81,6 +82,48 @@ def journal(tmp_path: Path, study: str) -> list[dict]:
     """The trial records of ``study`` in the cache of :func:`run_study`, by trial number."""
     folder = tmp_path / "cache" / "studies" / study / "trials"
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def check_prefix_reuse(config: dict, runs: list[tuple[dict, list[str]]]) -> list[dict]:
+    """Run each ``(params, cached)`` of ``runs`` through the trial subflow, in order and on one
+    cache, and check that the trial loads exactly the stages ``cached`` (any order), scores in
+    [0, 1] and costs a finite, non-negative time per stage. Returns the trials' results."""
+    from flows.trial import trial_flow
+
+    results = []
+    for number, (params, cached) in enumerate(runs):
+        r = trial_flow(config, number, params)
+        assert r["cached"] == sorted(cached), (number, r["cached"])
+        assert math.isfinite(r["objective"]) and 0.0 <= r["objective"] <= 1.0
+        # A load costs its (small) measured time, not the stage's.
+        assert all(math.isfinite(v) and v >= 0 for v in r["costs"].values())
+        results.append(r)
+    return results
+
+
+def check_smoke_study(
+    result: Any, tmp_path: Path, study: str, stages: set[str], n_trials: int
+) -> list[dict]:
+    """Check a real pipeline's smoke study, run with its cache in ``tmp_path / "cache"`` and
+    its outputs in ``tmp_path / "out"``, capped at ``n_trials`` by ``max_trials``: every trial
+    complete with a cost for each of ``stages`` and an objective in [0, 1], the spent budget
+    their costs' sum, and the outputs written. Returns the trial records."""
+    import pytest
+
+    records = journal(tmp_path, study)
+    # n_trials whatever this machine's speed (the budget is in wall seconds).
+    assert result.n_trials == len(records) == n_trials
+    assert result.spent == pytest.approx(sum(sum(r["costs"].values()) for r in records))
+    for r in records:
+        assert r["state"] == "complete"
+        assert set(r["costs"]) == stages
+        assert 0.0 <= r["objective"] <= 1.0
+    assert 0.0 <= result.best_objective <= 1.0
+    out = tmp_path / "out"
+    assert (out / "results.csv").read_text().count("\n") == len(records) + 1
+    assert "objective:" in (out / "best.yaml").read_text()
+    assert (out / "best_vs_cost.png").read_bytes()[:4] == b"\x89PNG"
+    return records
 
 
 #: The in-process executors, as overrides: the fault tests run a study with each (the work

@@ -3,15 +3,12 @@ and a tiny smoke study through flows.tune.run."""
 
 from __future__ import annotations
 
-import json
-import math
-
 import numpy as np
 import pytest
 
 from flows import ConfigError, StudyConfig
 from stages.pipelines.ml_stacking import SPACE, ml_stacking_pipeline, preprocess
-from tests.helpers import FAST, composed
+from tests.helpers import FAST, check_prefix_reuse, check_smoke_study, composed
 
 A = {
     "preprocess": {"scaler": "standard", "n_components": 12},
@@ -160,23 +157,11 @@ def test_hard_is_deterministic_from_the_seed():
 
 # ---------------------------------------------------------------------- the trial subflow
 def test_trials_reuse_the_shared_prefix(prefect_harness, tmp_path):
-    from flows.trial import trial_flow
-
     config = StudyConfig.from_mapping(_config(tmp_path)).model_dump(mode="json")
-    a = trial_flow(config, 0, A)
-    assert a["cached"] == []
-    assert 0.5 < a["objective"] <= 1.0
-
-    b = trial_flow(config, 1, B)
-    assert b["cached"] == ["base_learners", "preprocess"]
-    assert math.isfinite(b["objective"]) and 0.0 <= b["objective"] <= 1.0
-
-    c = trial_flow(config, 2, C)
-    assert c["cached"] == ["preprocess"]
-    assert math.isfinite(c["objective"]) and 0.0 <= c["objective"] <= 1.0
-
-    again = trial_flow(config, 3, A)
-    assert again["cached"] == ["base_learners", "meta_learner", "preprocess"]
+    stages = ["preprocess", "base_learners", "meta_learner"]
+    runs = [(A, []), (B, stages[:2]), (C, stages[:1]), (A, stages)]
+    a, _, _, again = check_prefix_reuse(config, runs)
+    assert a["objective"] > 0.5
     assert again["objective"] == a["objective"]
     assert again["keys"] == a["keys"]
 
@@ -195,18 +180,6 @@ def test_smoke_study_end_to_end(prefect_harness, tmp_path):
     cfg = _config(tmp_path, *fast, *SMALL, "n_init=2", "budget=100000", "max_trials=2", "study=mls")
     cfg["output_dir"] = str(tmp_path / "out")
     result = run(cfg)
-
-    folder = tmp_path / "cache" / "studies" / "mls" / "trials"
-    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-    # Two trials whatever this machine's speed (the budget is in wall seconds).
-    assert result.n_trials == len(records) == 2
-    assert result.spent == pytest.approx(sum(sum(r["costs"].values()) for r in records))
-    for r in records:
-        assert r["state"] == "complete"
-        assert set(r["costs"]) == {"preprocess", "base_learners", "meta_learner"}
-        assert 0.0 <= r["objective"] <= 1.0
-    assert 0.5 < result.best_objective <= 1.0
-    out = tmp_path / "out"
-    assert (out / "results.csv").read_text().count("\n") == len(records) + 1
-    assert "objective:" in (out / "best.yaml").read_text()
-    assert (out / "best_vs_cost.png").read_bytes()[:4] == b"\x89PNG"
+    stages = {"preprocess", "base_learners", "meta_learner"}
+    check_smoke_study(result, tmp_path, "mls", stages, n_trials=2)
+    assert result.best_objective > 0.5

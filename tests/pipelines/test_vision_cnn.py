@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import math
 
 import pytest
@@ -13,7 +12,7 @@ import torch
 
 from flows import ConfigError, StudyConfig
 from stages.pipelines.vision_cnn import SPACE, vision_cnn_pipeline
-from tests.helpers import FAST, composed
+from tests.helpers import FAST, check_prefix_reuse, check_smoke_study, composed
 
 # Cheap corners of the space (a smoke trial well under a second).
 A = {
@@ -177,27 +176,12 @@ def test_size_and_seed_are_part_of_the_stage_versions():
 
 # ---------------------------------------------------------------------- the trial subflow
 def test_trial_subflow_reuses_the_shared_prefix(prefect_harness, tmp_path):
-    from flows.trial import trial_flow
-
     config = StudyConfig.from_mapping(_config(tmp_path)).model_dump(mode="json")
-    a = trial_flow(config, 0, A)
-    assert a["cached"] == []
-    assert 0.0 <= a["objective"] <= 1.0
-
-    b = trial_flow(config, 1, B)
-    assert b["cached"] == ["preprocess", "train"]
-    assert math.isfinite(b["objective"]) and 0.0 <= b["objective"] <= 1.0
+    stages = ["preprocess", "train", "finetune"]
+    runs = [(A, []), (B, stages[:2]), (C, stages[:1]), (A, stages)]
+    a, b, _, again = check_prefix_reuse(config, runs)
     assert b["keys"]["train"] == a["keys"]["train"] != b["keys"]["finetune"]
-
-    c = trial_flow(config, 2, C)
-    assert c["cached"] == ["preprocess"]
-    assert 0.0 <= c["objective"] <= 1.0
-
-    again = trial_flow(config, 3, A)
-    assert again["cached"] == ["finetune", "preprocess", "train"]
     assert again["objective"] == a["objective"]
-    # A load costs its (small) measured time, not the stage's.
-    assert all(math.isfinite(v) and v >= 0 for v in again["costs"].values())
 
 
 # ---------------------------------------------------------------------- a smoke study
@@ -207,18 +191,4 @@ def test_smoke_study_end_to_end(prefect_harness, tmp_path):
     cfg = _config(tmp_path, *FAST, *SMALL, "n_init=2", "budget=100000", "max_trials=2", "study=vc")
     cfg["output_dir"] = str(tmp_path / "out")
     result = run(cfg)
-
-    folder = tmp_path / "cache" / "studies" / "vc" / "trials"
-    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-    # Two trials whatever this machine's speed (the budget is in wall seconds).
-    assert result.n_trials == len(records) == 2
-    assert result.spent == pytest.approx(sum(sum(r["costs"].values()) for r in records))
-    for r in records:
-        assert r["state"] == "complete"
-        assert 0.0 <= r["objective"] <= 1.0
-        assert set(r["costs"]) == {"preprocess", "train", "finetune"}
-    assert 0.0 <= result.best_objective <= 1.0
-    out = tmp_path / "out"
-    assert (out / "results.csv").read_text().count("\n") == len(records) + 1
-    assert "objective:" in (out / "best.yaml").read_text()
-    assert (out / "best_vs_cost.png").read_bytes()[:4] == b"\x89PNG"
+    check_smoke_study(result, tmp_path, "vc", {"preprocess", "train", "finetune"}, n_trials=2)
