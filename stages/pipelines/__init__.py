@@ -11,7 +11,8 @@ ones; the real pipelines import scikit-learn or transformers (the ``examples`` e
 * :mod:`stages.pipelines.slept`: :func:`slept_synthetic_pipeline`, whose stages sleep their
   simulated cost.
 * :mod:`stages.pipelines.ml_stacking`, :mod:`stages.pipelines.vision_cnn`,
-  :mod:`stages.pipelines.t5_distill`: the real pipelines (docs/pipelines/).
+  :mod:`stages.pipelines.t5_distill`, :mod:`stages.pipelines.pretrain_probe`: the real
+  pipelines (docs/pipelines/).
 
 Example:
     >>> from stages.pipelines import synthetic_pipeline

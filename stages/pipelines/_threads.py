@@ -1,4 +1,5 @@
-"""Scoped torch thread count for the example pipelines' stages (vision_cnn, t5_distill)."""
+"""Scoped torch thread count for the example pipelines' stages (vision_cnn, t5_distill,
+pretrain_probe)."""
 
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ CASES = [
     # --- pipelines
     (
         ["pipeline=nope"],
-        "error: no pipeline config named 'nope'; the pipeline configs are ml_stacking, synth",
+        "error: no pipeline config named 'nope'; the pipeline configs are ml_stacking, pretrain_pro",
     ),
     (
         ["pipeline=synthetc"],
