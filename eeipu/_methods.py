@@ -399,6 +399,12 @@ class CostAwareEI(WarmStartState, Method):
             as sqrt(log C), so a dear region with high uncertainty is not priced out.
             ``cooling`` and ``cost_weight`` apply to ``"ratio"`` only; with ``incumbent``
             ``"noisy"`` the index improves on the best posterior mean (as ``"mean"``).
+        give_up: With ``tradeoff="ratio"`` and a cost model, the most log EI (nats) a proposal
+            may give up against the best cost-blind candidate of the same ask (a separate
+            multi-start search of the quality term alone, over fresh configurations): the
+            acquisition's winner among the proposals within the cap. It bounds what
+            cheapness (a reused prefix, a cheap region) may cost in quality per trial, so a
+            cost-aware study cannot drift far from what plain EI would do. None: no cap.
         failures: What failed trials teach: ``"impute"``, the worst observed value as their
             objective (the objective GP steers away from them), or ``"model"``: the
             objective GP sees complete trials only, a second GP regresses the outcome
@@ -428,6 +434,7 @@ class CostAwareEI(WarmStartState, Method):
         cost_weight: float = 1.0,
         tradeoff: str = "ratio",
         failures: str = "impute",
+        give_up: float | None = None,
     ) -> None:
         if cost not in (None, "total", "stage"):
             raise OptimizerError(f"`cost` must be None, 'total' or 'stage', but got {cost!r}")
@@ -456,6 +463,10 @@ class CostAwareEI(WarmStartState, Method):
             )
         if memoize and cost != "stage":
             raise OptimizerError("`memoize=True` needs per-stage costs (cost='stage')")
+        if give_up is not None and not (
+            isinstance(give_up, int | float) and 0 <= give_up < math.inf
+        ):
+            raise OptimizerError(f"`give_up` must be None or a number >= 0, but got {give_up!r}")
         if load_eps is not None and not (load_eps > 0 and math.isfinite(load_eps)):
             raise OptimizerError(f"`load_eps` must be a positive number, but got {load_eps!r}")
         check_positive_ints(
@@ -485,6 +496,7 @@ class CostAwareEI(WarmStartState, Method):
         self.cost_weight = float(cost_weight)
         self.tradeoff = tradeoff
         self.failures = failures
+        self.give_up = None if give_up is None else float(give_up)
         self._init: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ models
@@ -637,9 +649,43 @@ class CostAwareEI(WarmStartState, Method):
         pool, starts = [pool[i] for i in keep], [starts[i] for i in keep]
         ranked = self._rounded(acq, self._optimize_pool(acq, pool, starts, obs.space), obs.space)
         ranked.sort(key=lambda p: p.acq_value, reverse=True)
+        capped = self.give_up is not None and isinstance(acq, LogEIPerCost) and acq.uses_cost
+        if capped:
+            ranked, best = self._within_cap(acq, obs, ranked)
         if self.memoize:
             ranked = acquisition_terms(acq, ranked)
+            if capped:  # what the cap measured against, beside each proposal's terms
+                ranked = [
+                    replace(p, acq_terms={**p.acq_terms, "log_ei_best": best}) for p in ranked
+                ]
         return replace(ranked[0], alternatives=tuple(ranked[1:]))
+
+    def _within_cap(
+        self, acq: LogEIPerCost, obs: Observations, ranked: list[Proposal]
+    ) -> tuple[list[Proposal], float]:
+        """``ranked`` with the best cost-blind candidates added and reordered: first the
+        proposals whose log EI is within ``give_up`` nats of the best log EI found (by
+        acquisition, best first), then the others (the runners-up used on repeats); and
+        that best log EI."""
+        blind = LogEIPerCost(acq.model, None, None, eta=0.0, log_ei=acq.log_ei)
+        d = obs.space.dim
+        raw = SobolEngine(d, scramble=True, seed=obs.seed + 1).draw(
+            self.raw_samples, dtype=torch.double
+        )
+        with torch.no_grad():
+            values = blind(raw.unsqueeze(-2))
+        top = values.topk(min(self.num_restarts, raw.shape[0])).indices
+        found = self._optimize_pool(blind, [None], [raw[top].unsqueeze(-2)], obs.space)
+        ranked = ranked + self._rounded(acq, found, obs.space)
+        X = torch.stack([p.x for p in ranked]).unsqueeze(-2)
+        with torch.no_grad():
+            quality = blind(X).reshape(-1)
+        best = float(quality.max())
+        order = sorted(
+            range(len(ranked)),
+            key=lambda j: (float(quality[j]) < best - self.give_up, -float(ranked[j].acq_value)),
+        )
+        return [ranked[j] for j in order], best
 
     @staticmethod
     def _rounded(

@@ -78,6 +78,7 @@ class EEIPUOptions(MSCArBOOptions):
     failures: str = "model"
     prefix_restarts: int = 2
     prefix_raw_samples: int = 64
+    give_up: float | None = None
     prefix_starts: int = 16
 
 

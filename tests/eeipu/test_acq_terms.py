@@ -99,6 +99,29 @@ def test_terms_split_the_acquisition_and_a_reusing_winner_beats_the_best_fresh_o
     assert reused >= 2, "the study should reuse a prefix, or this test checks nothing"
 
 
+def test_give_up_caps_the_log_ei_a_proposal_gives_up_against_the_best_cost_blind_one():
+    free = Spy()
+    study(free, n=14)
+    gave = [w.acq_terms["log_ei_fresh"] - w.acq_terms["log_ei"] for w, _ in free.seen]
+    assert max(gave) > 0.5, "uncapped, some winner should give up more than the cap below"
+    capped = Spy(give_up=0.5)
+    study(capped, n=14)
+    for winner, _ in capped.seen:
+        w = winner.acq_terms
+        assert w["log_ei"] >= w["log_ei_best"] - 0.5 - 1e-9
+        # The best is the cost-blind search's, at least every scored candidate's log EI.
+        scored = [p.acq_terms["log_ei"] for p in (winner, *winner.alternatives)]
+        assert w["log_ei_best"] == pytest.approx(max(scored), abs=1e-9)
+        # Within the cap, the acquisition still decides.
+        eligible = [
+            p
+            for p in (winner, *winner.alternatives)
+            if p.acq_terms["log_ei"] >= w["log_ei_best"] - 0.5
+        ]
+        assert winner.acq_value == max(p.acq_value for p in eligible)
+    assert any(w.prefix is not None for w, _ in capped.seen), "the cap should not forbid reuse"
+
+
 def test_trials_carry_the_terms_to_their_records_and_through_enqueue():
     opt = study("eeipu", n=9, n_init=6)
     trials = opt.trials
