@@ -130,18 +130,26 @@ def test_bad_settings_name_the_option(tmp_path, capsys):
 
 def test_family_benchmark_end_to_end_reuses_its_runs(tmp_path, capsys):
     args = ["--problems", "2", "--seeds", "2", "--budget", "3", "--n-init", "3"]
-    args += ["--methods", "eeipu", "ei", "--workers", "1", "--results-dir", str(tmp_path)]
+    args += ["--methods", "eeipu", "ei", "optuna_tpe", "--workers", "1"]
+    args += ["--results-dir", str(tmp_path)]
     args += ["--method-options", json.dumps(TINY)]
     assert family.main(args) == 0
     err = capsys.readouterr().err
-    assert "8 runs to do, 0 reused" in err
+    assert "12 runs to do, 0 reused" in err
     page = (tmp_path / "family_dev.md").read_text()
     assert (tmp_path / "family_dev.png").stat().st_size > 0
     assert "| eeipu |" in page and "| ei | +0.000 |" in page
+    # Optuna's own start-up trials: compared on the final best only.
+    assert "| optuna_tpe | n/a |" in page
     assert "## Shape `dear_first` (1 problems)" in page and "| dev-01 | dear_last |" in page
     assert "every method evaluated the same warm-up per seed" in page
     raw = sorted((tmp_path / "raw" / "family" / "dev").rglob("*.json"))
-    assert len(raw) == 8
+    assert len(raw) == 12
+    tpe = json.loads((tmp_path / "raw/family/dev/dev-00/optuna_tpe-seed1.json").read_text())
+    assert tpe["method_options_used"]["sampler"] == "TPESampler"
+    assert (
+        sum(t["cost"] for t in tpe["trials"][:-1]) < 30.0 <= sum(t["cost"] for t in tpe["trials"])
+    )
     # Again: every run reused; --report-only refuses settings it has no runs for.
     assert family.main([*args, "--report-only"]) == 0
     assert "runs to do" not in capsys.readouterr().err
