@@ -448,6 +448,7 @@ def run_optuna(problem: FamilyProblem, job: Mapping[str, Any]) -> dict[str, Any]
     problem each trial carries its true objective: what the best-looking trial is worth)."""
     import optuna
 
+    from benchmarks.suite import raw_run
     from stages.pipelines.simulate import SimulatedCache
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -483,19 +484,8 @@ def run_optuna(problem: FamilyProblem, job: Mapping[str, Any]) -> dict[str, Any]
                 "params": params,
             }
         )
-    return {
-        "problem": job["problem"],
-        "method": job["method"],
-        "seed": job["seed"],
-        "budget": job["budget"],
-        "n_init": job["n_init"],
-        "direction": "maximize",
-        "optimum": problem.optimum(),
-        "method_options_used": {"sampler": OPTUNA[job["method"]], "optuna": optuna.__version__},
-        "wall_seconds": round(time.perf_counter() - start, 2),
-        "trials": trials,
-        "fingerprint": job["fingerprint"],
-    }
+    used = {"sampler": OPTUNA[job["method"]], "optuna": optuna.__version__}
+    return raw_run(job, problem, trials, used, time.perf_counter() - start)
 
 
 def _raw_path(s: Settings, job: Mapping[str, Any]) -> Path:

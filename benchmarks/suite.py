@@ -54,6 +54,7 @@ __all__ = [
     "load_config",
     "load_raw",
     "main",
+    "raw_run",
     "run_simulated",
     "run_suite",
     "save_json",
@@ -242,6 +243,18 @@ def run_simulated(problem: Any, job: Mapping[str, Any]) -> dict[str, Any]:
     simulate(
         opt, problem, load_cost=job["load_cost"], max_trials=job["max_trials"], on_trial=record
     )
+    return raw_run(job, problem, trials, used, time.perf_counter() - start)
+
+
+def raw_run(
+    job: Mapping[str, Any],
+    problem: Any,
+    trials: list[dict[str, Any]],
+    used: Mapping[str, Any],
+    wall_seconds: float,
+) -> dict[str, Any]:
+    """The raw run of a simulated (method, seed) job: its settings, the trials (in telling
+    order), the options the method ran with and its wall time."""
     return {
         "problem": job["problem"],
         "method": job["method"],
@@ -250,8 +263,8 @@ def run_simulated(problem: Any, job: Mapping[str, Any]) -> dict[str, Any]:
         "n_init": job["n_init"],
         "direction": "maximize",
         "optimum": problem.optimum(),
-        "method_options_used": used,
-        "wall_seconds": round(time.perf_counter() - start, 2),
+        "method_options_used": dict(used),
+        "wall_seconds": round(wall_seconds, 2),
         "trials": trials,
         "fingerprint": job["fingerprint"],
     }
