@@ -377,6 +377,14 @@ class Settings:
     workers: int = 2
     results_dir: Path = ROOT / "benchmarks" / "results"
     report_only: bool = False
+    # label -> (method, options on top of method_options): a design under development,
+    # named in ``methods`` by its label (``--variant eeipu_cap1=eeipu:{"give_up": 1}``).
+    variants: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None
+
+    def method_of(self, label: str) -> tuple[str, dict[str, Any]]:
+        """The method a label runs and all the options it gets."""
+        method, extra = (self.variants or {}).get(label, (label, {}))
+        return method, {**(self.method_options or {}), **extra}
 
     def check(self) -> None:
         if self.set_name not in SETS:
@@ -389,7 +397,14 @@ class Settings:
             raise FamilyError(f"`--budget` must be a positive number, but got {self.budget!r}")
         from eeipu import METHODS
 
-        unknown = [m for m in self.methods if m not in METHODS and m not in OPTUNA]
+        for label, (method, _) in (self.variants or {}).items():
+            if label in METHODS or label in OPTUNA or method not in METHODS:
+                raise FamilyError(
+                    f"`--variant {label}={method}:...` must name a new label and a method of "
+                    f"eeipu.METHODS {sorted(METHODS)}"
+                )
+        known = set(METHODS) | set(OPTUNA) | set(self.variants or {})
+        unknown = [m for m in self.methods if m not in known]
         if unknown or not self.methods or len(set(self.methods)) != len(self.methods):
             raise FamilyError(
                 f"`--methods` must be distinct names of eeipu.METHODS {sorted(METHODS)} "
@@ -399,13 +414,17 @@ class Settings:
             raise FamilyError(f"`--methods` must include the baseline {BASELINE!r}")
 
 
-def _job(s: Settings, index: int, method: str, seed: int) -> dict[str, Any]:
+def _job(s: Settings, index: int, label: str, seed: int) -> dict[str, Any]:
+    from eeipu import options_used_by
+
+    method, options = s.method_of(label)
     fingerprint = {
         "family": "eeipu-family-1",
         "problem": f"{s.set_name}-{index:02d}",
         "budget_fulls": s.budget,
         "n_init": s.n_init,
-        "method_options": {} if method in OPTUNA else dict(s.method_options or {}),
+        # A method's runs depend on the options it uses only (EI's serve every EEIPU variant).
+        "method_options": {} if method in OPTUNA else options_used_by(method, options),
         "max_prefixes": None if method in OPTUNA else s.max_prefixes,
         "method": method,
         "seed": seed,
@@ -415,10 +434,11 @@ def _job(s: Settings, index: int, method: str, seed: int) -> dict[str, Any]:
         "index": index,
         "problem": fingerprint["problem"],
         "method": method,
+        "label": label,
         "seed": seed,
         "budget": s.budget * FULL_COST,
         "n_init": s.n_init,
-        "method_options": dict(s.method_options or {}),
+        "method_options": options,
         "max_prefixes": s.max_prefixes,
         "max_trials": None,
         "fingerprint": fingerprint,
@@ -495,7 +515,7 @@ def _raw_path(s: Settings, job: Mapping[str, Any]) -> Path:
         / "family"
         / s.set_name
         / job["problem"]
-        / f"{job['method']}-seed{job['seed']}.json"
+        / f"{job['label']}-seed{job['seed']}.json"
     )
 
 
@@ -542,17 +562,18 @@ def run_family(s: Settings) -> dict[tuple[str, str, int], dict[str, Any]]:
         # The dearest first (EEIPU's runs ask most often), so the pool's tail is short.
         todo.sort(key=lambda j: (j["method"] != "eeipu", j["index"], j["seed"]))
         print(f"family {s.set_name}: {len(todo)} runs to do, {len(runs)} reused", file=sys.stderr)
-        start = time.perf_counter()
-        for done, run in enumerate(_execute(todo, s.workers), 1):
+        start, total = time.perf_counter(), len(todo)
+        for done, run in enumerate(_execute(list(todo), s.workers), 1):
             job = next(j for j in todo if j["fingerprint"] == run["fingerprint"])
+            todo.remove(job)
             save_json(_raw_path(s, job), run)
-            runs[job["problem"], job["method"], job["seed"]] = run
+            runs[job["problem"], job["label"], job["seed"]] = run
             elapsed = time.perf_counter() - start
             print(
-                f"[{done}/{len(todo)}] {job['problem']} {job['method']} seed {job['seed']}: "
+                f"[{done}/{total}] {job['problem']} {job['label']} seed {job['seed']}: "
                 f"{len(run['trials'])} trials in {run['wall_seconds']:.0f} s "
                 f"(elapsed {elapsed / 60:.1f} min, "
-                f"~{elapsed / done * (len(todo) - done) / 60:.0f} min left)",
+                f"~{elapsed / done * (total - done) / 60:.0f} min left)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -688,7 +709,12 @@ def write_report(s: Settings, runs: Mapping[tuple[str, str, int], Mapping[str, A
         f"drawn), {s.seeds} seeds each, methods {', '.join(s.methods)}. Budget "
         f"{s.budget:g} full trials ({s.budget * FULL_COST:g} units) per run, warm-up included; "
         f"{s.n_init} shared Sobol warm-up trials per seed; method options "
-        f"{json.dumps(dict(s.method_options or {}))} (empty: each method's defaults).",
+        f"{json.dumps(dict(s.method_options or {}))} (empty: each method's defaults)"
+        + "".join(
+            f"; `{label}` is {method} with {json.dumps(dict(extra))}"
+            for label, (method, extra) in (s.variants or {}).items()
+        )
+        + ".",
         "",
         "```bash",
         f".venv/bin/python -m {cmd.removeprefix('python -m ')}",
@@ -797,7 +823,22 @@ def _argv(s: Settings) -> list[str]:
     out += ["--methods", *s.methods, "--budget", f"{s.budget:g}", "--n-init", str(s.n_init)]
     if s.method_options:
         out += ["--method-options", json.dumps(dict(s.method_options), sort_keys=True)]
+    for label, (method, extra) in (s.variants or {}).items():
+        out += ["--variant", f"{label}={method}:{json.dumps(dict(extra), sort_keys=True)}"]
     return out
+
+
+def _variant(text: str) -> tuple[str, tuple[str, dict[str, Any]]]:
+    """``LABEL=METHOD:JSON`` -> (label, (method, options))."""
+    label, sep, rest = text.partition("=")
+    method, colon, options = rest.partition(":")
+    try:
+        extra = json.loads(options) if colon else {}
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: the options are not JSON ({e})") from None
+    if not (sep and label and method and isinstance(extra, dict)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not LABEL=METHOD:{{JSON options}}")
+    return label, (method, extra)
 
 
 SMOKE = {
@@ -830,6 +871,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--method-options", type=json.loads, default=None, help="JSON, for every method"
     )
+    parser.add_argument(
+        "--variant",
+        dest="variants",
+        type=_variant,
+        action="append",
+        metavar="LABEL=METHOD:JSON",
+        help="a method with extra options, named LABEL in --methods",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--report-only", action="store_true")
@@ -840,6 +889,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if smoke:
         given.update(SMOKE, results_dir=Path(tempfile.mkdtemp(prefix="eeipu-family-smoke-")))
     given["methods"] = tuple(given["methods"])
+    given["variants"] = dict(given["variants"] or [])
     settings = Settings(**given)
     try:
         runs = run_family(settings)

@@ -123,6 +123,11 @@ def test_bad_settings_name_the_option(tmp_path, capsys):
     assert "`--methods` must be distinct names of eeipu.METHODS" in capsys.readouterr().err
     assert family.main(["--seeds", "0", "--results-dir", str(tmp_path)]) == 2
     assert "`--seeds` must be an integer >= 1" in capsys.readouterr().err
+    assert family.main(["--variant", "ei=eeipu:{}", "--results-dir", str(tmp_path)]) == 2
+    assert "must name a new label and a method" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        family.main(["--variant", "x=eeipu:{give_up: 1}"])
+    assert "the options are not JSON" in capsys.readouterr().err
     with pytest.raises(FamilyError, match="problem set must be one of"):
         generate("test", 0)
     assert not list(tmp_path.iterdir())
@@ -155,3 +160,11 @@ def test_family_benchmark_end_to_end_reuses_its_runs(tmp_path, capsys):
     assert "runs to do" not in capsys.readouterr().err
     assert family.main([*args, "--report-only", "--seeds", "3"]) == 2
     assert "--report-only: no raw run of dev-00 eeipu seed 2" in capsys.readouterr().err
+    # A variant (a method with extra options) runs alone: EI's runs do not use its option.
+    variant = ["--methods", "eeipu", "ei", "cap", "--variant", 'cap=eeipu:{"give_up": 1.0}']
+    assert family.main([*args, *variant]) == 0
+    assert "4 runs to do, 8 reused" in capsys.readouterr().err
+    page = (tmp_path / "family_dev.md").read_text()
+    assert '`cap` is eeipu with {"give_up": 1.0}' in page and "| cap |" in page
+    cap = json.loads((tmp_path / "raw/family/dev/dev-01/cap-seed0.json").read_text())
+    assert cap["method_options_used"]["give_up"] == 1.0
