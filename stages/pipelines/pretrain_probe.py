@@ -23,10 +23,11 @@ ones included, without their labels).
   every pixel is zeroed with probability ``noise`` (masking noise). Returns the encoder's
   features of all images: ``hidden`` (its second ``width``-wide layer) and ``latent``, with
   the labels and the split. The dear stage: its cost grows with ``epochs`` and ``width``.
-* ``probe`` (features, lr, epochs, weight_decay): standardizes the chosen features
-  (``latent``, ``hidden`` or ``both``, with the pool's mean and std), then trains a linear
-  softmax layer on the labeled images only (full batch, AdamW, ``epochs`` steps). Returns
-  the standardized features and the probe's logits for every image.
+* ``probe`` (features, lr, epochs, l2): standardizes the chosen features (``latent``,
+  ``hidden`` or ``both``, with the pool's mean and std), then trains a linear softmax layer
+  on the labeled images only (full batch, Adam, ``epochs`` steps, cross-entropy plus
+  ``l2 / 2`` times its weights' squared norm). Returns the standardized features and the
+  probe's logits for every image.
 * ``blend`` (k, alpha, weight, temperature): label spreading (Zhou et al. 2004) on the
   pool's symmetric cosine k-nearest-neighbour graph, seeded with the labeled images'
   one-hot labels (``SPREAD_STEPS`` steps of ``F <- alpha S F + (1 - alpha) Y``); each
@@ -95,7 +96,7 @@ SPACE: dict[str, dict[str, dict[str, Any]]] = {
         "features": {"type": "categorical", "choices": list(FEATURES)},
         "lr": {"type": "float", "low": 1e-3, "high": 1.0, "log": True},
         "epochs": {"type": "int", "low": 10, "high": 300, "log": True},
-        "weight_decay": {"type": "float", "low": 1e-4, "high": 10.0, "log": True},
+        "l2": {"type": "float", "low": 1e-5, "high": 1.0, "log": True},
     },
     "blend": {
         "k": {"type": "int", "low": 2, "high": 50, "log": True},
@@ -358,7 +359,7 @@ def probe(
     features: str,
     lr: float,
     epochs: int,
-    weight_decay: float,
+    l2: float,
     setting: _Setting,
     seed: int,
 ) -> dict[str, torch.Tensor]:
@@ -367,9 +368,11 @@ def probe(
     Args:
         embedding: The ``pretrain`` output.
         features: ``"latent"``, ``"hidden"`` or ``"both"`` (the two concatenated).
-        lr: AdamW's learning rate.
+        lr: Adam's learning rate.
         epochs: Full-batch steps on the labeled images.
-        weight_decay: AdamW's decoupled weight decay (the probe's regularization).
+        l2: The penalty ``l2 / 2 * ||W||^2`` on the probe's weights (not its bias), added
+            to the mean cross-entropy. (In the loss rather than as AdamW's decoupled decay,
+            which diverges once ``lr * weight_decay`` passes 2.)
         setting: The size's constants (bound by the factory).
         seed: Seeds the probe's initial weights.
 
@@ -387,10 +390,10 @@ def probe(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=_generator(seed, "probe"))))
             head = nn.Linear(f.shape[1], N_CLASSES)
-        opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+        opt = torch.optim.Adam(head.parameters(), lr=lr)
         x_lab, y_lab = f[embedding["labeled"]], embedding["y"][embedding["labeled"]]
         for _ in range(epochs):
-            loss = F.cross_entropy(head(x_lab), y_lab)
+            loss = F.cross_entropy(head(x_lab), y_lab) + l2 / 2 * head.weight.square().sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

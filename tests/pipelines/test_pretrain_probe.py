@@ -17,7 +17,7 @@ from tests.helpers import FAST, check_prefix_reuse, check_smoke_study, composed
 # Cheap corners of the space (a smoke trial well under a second).
 A = {
     "pretrain": {"width": 64, "latent": 16, "epochs": 10, "lr": 3e-3, "noise": 0.3},
-    "probe": {"features": "hidden", "lr": 1e-2, "epochs": 50, "weight_decay": 1e-2},
+    "probe": {"features": "hidden", "lr": 1e-2, "epochs": 50, "l2": 1e-3},
     "blend": {"k": 5, "alpha": 0.9, "weight": 0.5, "temperature": 1.0},
 }
 # B shares A's first two stages (only the blend differs); C shares only A's first.
@@ -156,12 +156,12 @@ def test_probe_features_and_standardization(smoke):
     assert torch.allclose(pool.mean(dim=0), torch.zeros(64), atol=1e-4)
     both = pipe["probe"](embedding=emb, **{**A["probe"], "features": "both"})
     assert both["features"].shape == (401, 16 + 64)
-    # Trained long, the probe fits its 50 labels; weight decay pulls its logits toward zero.
+    # Trained long, the probe fits its 50 labels; the penalty pulls its logits toward zero.
     labeled = emb["labeled"]
     long = {**A["probe"], "lr": 0.1, "epochs": 300}
-    fitted = pipe["probe"](embedding=emb, **{**long, "weight_decay": 1e-4})["logits"]
+    fitted = pipe["probe"](embedding=emb, **{**long, "l2": 1e-5})["logits"]
     assert bool((fitted[labeled].argmax(dim=1) == emb["y"][labeled]).all())
-    decayed = pipe["probe"](embedding=emb, **{**long, "weight_decay": 10.0})["logits"]
+    decayed = pipe["probe"](embedding=emb, **{**long, "l2": 1.0})["logits"]
     assert decayed.abs().mean() < 0.5 * fitted.abs().mean()
 
 
