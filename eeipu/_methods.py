@@ -405,6 +405,11 @@ class CostAwareEI(WarmStartState, Method):
             acquisition's winner among the proposals within the cap. It bounds what
             cheapness (a reused prefix, a cheap region) may cost in quality per trial, so a
             cost-aware study cannot drift far from what plain EI would do. None: no cap.
+        min_saving: With ``tradeoff="ratio"`` and a cost model, a proposal other than the
+            best cost-blind candidate must be expected to cost at most 1/``min_saving`` of
+            it (in expected inverse cost), so that cheapness that saves little (a cached
+            prefix of a cheap stage, a slightly cheaper region) cannot cost quality. None:
+            no such rule. With both rules a proposal must pass both.
         failures: What failed trials teach: ``"impute"``, the worst observed value as their
             objective (the objective GP steers away from them), or ``"model"``: the
             objective GP sees complete trials only, a second GP regresses the outcome
@@ -435,6 +440,7 @@ class CostAwareEI(WarmStartState, Method):
         tradeoff: str = "ratio",
         failures: str = "impute",
         give_up: float | None = None,
+        min_saving: float | None = None,
     ) -> None:
         if cost not in (None, "total", "stage"):
             raise OptimizerError(f"`cost` must be None, 'total' or 'stage', but got {cost!r}")
@@ -467,6 +473,12 @@ class CostAwareEI(WarmStartState, Method):
             isinstance(give_up, int | float) and 0 <= give_up < math.inf
         ):
             raise OptimizerError(f"`give_up` must be None or a number >= 0, but got {give_up!r}")
+        if min_saving is not None and not (
+            isinstance(min_saving, int | float) and 1 <= min_saving < math.inf
+        ):
+            raise OptimizerError(
+                f"`min_saving` must be None or a number >= 1, but got {min_saving!r}"
+            )
         if load_eps is not None and not (load_eps > 0 and math.isfinite(load_eps)):
             raise OptimizerError(f"`load_eps` must be a positive number, but got {load_eps!r}")
         check_positive_ints(
@@ -497,6 +509,7 @@ class CostAwareEI(WarmStartState, Method):
         self.tradeoff = tradeoff
         self.failures = failures
         self.give_up = None if give_up is None else float(give_up)
+        self.min_saving = None if min_saving is None else float(min_saving)
         self._init: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ models
@@ -649,7 +662,11 @@ class CostAwareEI(WarmStartState, Method):
         pool, starts = [pool[i] for i in keep], [starts[i] for i in keep]
         ranked = self._rounded(acq, self._optimize_pool(acq, pool, starts, obs.space), obs.space)
         ranked.sort(key=lambda p: p.acq_value, reverse=True)
-        capped = self.give_up is not None and isinstance(acq, LogEIPerCost) and acq.uses_cost
+        capped = (
+            (self.give_up is not None or self.min_saving is not None)
+            and isinstance(acq, LogEIPerCost)
+            and acq.uses_cost
+        )
         if capped:
             ranked, best = self._within_cap(acq, obs, ranked)
         if self.memoize:
@@ -664,9 +681,10 @@ class CostAwareEI(WarmStartState, Method):
         self, acq: LogEIPerCost, obs: Observations, ranked: list[Proposal]
     ) -> tuple[list[Proposal], float]:
         """``ranked`` with the best cost-blind candidates added and reordered: first the
-        proposals whose log EI is within ``give_up`` nats of the best log EI found (by
-        acquisition, best first), then the others (the runners-up used on repeats); and
-        that best log EI."""
+        eligible proposals (by acquisition, best first), then the others (the runners-up
+        used on repeats); and the best log EI found. Eligible: the best cost-blind
+        candidate, and any proposal whose log EI is within ``give_up`` nats of it and whose
+        expected inverse cost is at least ``min_saving`` times its."""
         blind = LogEIPerCost(acq.model, None, None, eta=0.0, log_ei=acq.log_ei)
         d = obs.space.dim
         raw = SobolEngine(d, scramble=True, seed=obs.seed + 1).draw(
@@ -680,10 +698,20 @@ class CostAwareEI(WarmStartState, Method):
         X = torch.stack([p.x for p in ranked]).unsqueeze(-2)
         with torch.no_grad():
             quality = blind(X).reshape(-1)
-        best = float(quality.max())
+        top = int(quality.argmax())
+        best = float(quality[top])
+        eligible = quality >= best - (math.inf if self.give_up is None else self.give_up)
+        if self.min_saving is not None:
+            with torch.no_grad():
+                acq.n_cached = torch.tensor(
+                    [0 if p.prefix is None else p.prefix.n_stages for p in ranked]
+                )
+                lic = acq.log_inverse_cost(X).reshape(-1)
+            saving = lic - lic[top]
+            eligible &= saving >= math.log(self.min_saving)
+        eligible[top] = True
         order = sorted(
-            range(len(ranked)),
-            key=lambda j: (float(quality[j]) < best - self.give_up, -float(ranked[j].acq_value)),
+            range(len(ranked)), key=lambda j: (not bool(eligible[j]), -float(ranked[j].acq_value))
         )
         return [ranked[j] for j in order], best
 

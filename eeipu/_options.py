@@ -79,6 +79,7 @@ class EEIPUOptions(MSCArBOOptions):
     prefix_restarts: int = 2
     prefix_raw_samples: int = 64
     give_up: float | None = None
+    min_saving: float | None = None
     prefix_starts: int = 16
 
 

@@ -122,6 +122,27 @@ def test_give_up_caps_the_log_ei_a_proposal_gives_up_against_the_best_cost_blind
     assert any(w.prefix is not None for w, _ in capped.seen), "the cap should not forbid reuse"
 
 
+def test_min_saving_keeps_the_best_cost_blind_candidate_unless_another_saves_enough():
+    spy = Spy(min_saving=3.0)
+    study(spy, n=14)
+    deviated = 0
+    for winner, _ in spy.seen:
+        w = winner.acq_terms
+        best = max((winner, *winner.alternatives), key=lambda p: p.acq_terms["log_ei"])
+        assert best.acq_terms["log_ei"] == pytest.approx(w["log_ei_best"], abs=1e-6)
+        if winner is not best:
+            deviated += 1
+            assert w["log_inv_cost"] - best.acq_terms["log_inv_cost"] >= math.log(3.0) - 1e-9
+    assert deviated >= 1, "a 20x dearer first stage: reusing it saves enough to deviate"
+    # A saving no candidate reaches: every winner is the best cost-blind candidate.
+    never = Spy(min_saving=1e9)
+    study(never, n=9)
+    for winner, _ in never.seen:
+        assert winner.acq_terms["log_ei"] == pytest.approx(
+            winner.acq_terms["log_ei_best"], abs=1e-6
+        )
+
+
 def test_trials_carry_the_terms_to_their_records_and_through_enqueue():
     opt = study("eeipu", n=9, n_init=6)
     trials = opt.trials
