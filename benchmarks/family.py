@@ -559,8 +559,8 @@ def run_family(s: Settings) -> dict[tuple[str, str, int], dict[str, Any]]:
                 else:
                     todo.append(job)
     if todo:
-        # The dearest first (EEIPU's runs ask most often), so the pool's tail is short.
-        todo.sort(key=lambda j: (j["method"] != "eeipu", j["index"], j["seed"]))
+        # Problem by problem, so a page written from a partial run compares like with like.
+        todo.sort(key=lambda j: (j["index"], j["seed"]))
         print(f"family {s.set_name}: {len(todo)} runs to do, {len(runs)} reused", file=sys.stderr)
         start, total = time.perf_counter(), len(todo)
         for done, run in enumerate(_execute(list(todo), s.workers), 1):
