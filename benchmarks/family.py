@@ -78,7 +78,6 @@ __all__ = [
     "FamilyProblem",
     "generate",
     "main",
-    "problem_table",
     "run_family",
 ]
 
@@ -194,14 +193,14 @@ class FamilyProblem:
     # ------------------------------------------------------------------ the objective
     def _raw(self, k: int, u: Any) -> Any:
         """Stage k's test function at unit-cube points ``u`` (n x d)."""
+        import torch
+
         s, (lo, hi) = self.stages[k], self._box[k]
         z = u[:, list(s.order)]
         flips = [i for i, f in enumerate(s.flips) if f]
         if flips:
             z = z.clone()
             z[:, flips] = 1.0 - z[:, flips]
-        import torch
-
         z = torch.tensor(s.shift, dtype=torch.double) + 0.75 * z
         return self._fns[k].evaluate_true(lo + (hi - lo) * z)
 
@@ -354,11 +353,6 @@ def generate(set_name: str, index: int) -> FamilyProblem:
             )
         )
     return FamilyProblem(f"{set_name}-{index:02d}", shape, stages, noise_fraction)
-
-
-def problem_table(set_name: str, count: int) -> list[dict[str, Any]]:
-    """:meth:`FamilyProblem.describe` of the set's first ``count`` problems."""
-    return [generate(set_name, i).describe() for i in range(count)]
 
 
 # ---------------------------------------------------------------------- runs
@@ -688,7 +682,8 @@ def write_report(s: Settings, runs: Mapping[tuple[str, str, int], Mapping[str, A
     summary = summarize(s, runs)
     per = summary["per"]
     names = sorted(per)
-    shapes = {n: generate(s.set_name, int(n.rsplit("-", 1)[1])).shape for n in names}
+    described = {n: generate(s.set_name, int(n.rsplit("-", 1)[1])).describe() for n in names}
+    shapes = {n: d["shape"] for n, d in described.items()}
     header = (
         "| method | improvement vs EI: mean | (90% bootstrap) | 10th percentile | won | lost "
         "| final best vs EI (90% bootstrap) | normalized final best "
@@ -757,7 +752,7 @@ def write_report(s: Settings, runs: Mapping[tuple[str, str, int], Mapping[str, A
         "|---|---|---:|---|---|---:|" + "---:|" * len(s.methods),
     ]
     for n in names:
-        d = generate(s.set_name, int(n.rsplit("-", 1)[1])).describe()
+        d = described[n]
         cells = []
         for method in s.methods:
             p = per[n][method]
