@@ -61,6 +61,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks._provenance import describe, provenance
+
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ("dev", "report")
 SHAPES = ("dear_first", "dear_last", "flat", "param_dependent", "decaying")
@@ -555,6 +557,9 @@ def run_family(s: Settings) -> dict[tuple[str, str, int], dict[str, Any]]:
     if todo:
         # Problem by problem, so a page written from a partial run compares like with like.
         todo.sort(key=lambda j: (j["index"], j["seed"]))
+        made_by = provenance()
+        for job in todo:
+            job["provenance"] = made_by
         print(f"family {s.set_name}: {len(todo)} runs to do, {len(runs)} reused", file=sys.stderr)
         start, total = time.perf_counter(), len(todo)
         for done, run in enumerate(_execute(list(todo), s.workers), 1):
@@ -718,6 +723,7 @@ def write_report(s: Settings, runs: Mapping[tuple[str, str, int], Mapping[str, A
         f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; {wall / 60:.0f} min of run time summed over "
         f"{len(runs)} runs. Page written {_dt.datetime.now():%Y-%m-%d %H:%M}.",
+        f"- {describe(runs.values())}",
         "- *vs EI*: per problem, the improvement after the warm-up (best at the end of the "
         "budget minus best at the end of the shared warm-up) minus plain EI's on the same "
         "seed, averaged over seeds, in units of the problem's range (0 minus the median "

@@ -44,6 +44,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks._provenance import describe, provenance
 from flows.conf import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,6 +268,7 @@ def raw_run(
         "wall_seconds": round(wall_seconds, 2),
         "trials": trials,
         "fingerprint": job["fingerprint"],
+        "provenance": job.get("provenance"),
     }
 
 
@@ -367,6 +369,7 @@ def _pipeline_runs(
 
     name = cfg["problem"]["name"]
     work = Path(cfg["work_dir"]) / name
+    made_by = provenance()
     for seed, methods in todo.items():
         warm_store = work / f"seed{seed}" / "warmup"
         warm_json = _raw_dir(cfg) / f"warmup-seed{seed}.json"
@@ -407,6 +410,7 @@ def _pipeline_runs(
                 "wall_seconds": round(wall, 2),
                 "trials": _trial_rows(records),
                 "fingerprint": fingerprint(cfg, method, seed),
+                "provenance": made_by,
             }
 
 
@@ -444,6 +448,7 @@ def _machine_facts(runs: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> list[
         f"Run wall time: {sum(walls) / 60:.1f} min summed over {len(walls)} runs "
         f"(median {sorted(walls)[len(walls) // 2] if walls else 0:.0f} s per run). Page written "
         f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.",
+        describe(r for by_seed in runs.values() for r in by_seed.values()),
     ]
 
 
@@ -567,6 +572,7 @@ def run_suite(cfg: Mapping[str, Any], command: str) -> tuple[Path, Path]:
         flush=True,
     )
     if n_jobs and problem["kind"] == "synthetic":
+        made_by = provenance()
         jobs = [
             {
                 "problem": problem["name"],
@@ -580,6 +586,7 @@ def run_suite(cfg: Mapping[str, Any], command: str) -> tuple[Path, Path]:
                 "method_options": cfg["method_options"],
                 "max_trials": problem.get("max_trials"),
                 "fingerprint": fingerprint(cfg, m, s),
+                "provenance": made_by,
             }
             for s, ms in todo.items()
             for m in ms

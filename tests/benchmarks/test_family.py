@@ -6,7 +6,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import platform
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -152,6 +154,13 @@ def test_family_benchmark_end_to_end_reuses_its_runs(tmp_path, capsys):
     assert len(raw) == 12
     tpe = json.loads((tmp_path / "raw/family/dev/dev-00/optuna_tpe-seed1.json").read_text())
     assert tpe["method_options_used"]["sampler"] == "TPESampler"
+    # Every raw run says which commit and which optimizer code made it; so does the page.
+    made = tpe["provenance"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert made["commit"] == head.stdout.strip() and len(made["code"]) == 16
+    assert made["python"] == platform.python_version() and made["botorch"]
+    assert f"- Code: made by commit `{made['commit'][:10]}" in page
+    assert "(12 runs); one version of the optimizer's code (eeipu, stages/pipelines)" in page
     assert (
         sum(t["cost"] for t in tpe["trials"][:-1]) < 30.0 <= sum(t["cost"] for t in tpe["trials"])
     )

@@ -385,6 +385,7 @@ def test_smoke_synthetic_writes_tables_and_plot_and_reuses_runs(tmp_path, capsys
     assert "python -m benchmarks.suite problem=synthetic3" in md and "smoke=true" in md
     assert "| **mean of the others** |" in md and "SMOKE" in md
     assert "every method evaluated the same 3 warm-up configurations" in md
+    assert "Code: made by commit `" in md and "(3 runs); one version of the optimizer" in md
     assert "## eeipu's prefix reuse and what it gave up" in md and "| eeipu | 1/1 |" in md
     # Wall seconds beside the budget units, per method.
     assert "| budget spent | wall s/run |" in md
@@ -395,6 +396,7 @@ def test_smoke_synthetic_writes_tables_and_plot_and_reuses_runs(tmp_path, capsys
     for m in ("eeipu", "ei", "random"):
         run = json.loads((tmp_path / "raw" / "synthetic3" / f"{m}-seed0.json").read_text())
         assert run["method"] == m and run["trials"] and run["budget"] == 50.0
+        assert run["provenance"]["commit"] and run["provenance"]["code"]
         # Only eeipu's proposals record the acquisition's terms (issue 12).
         recorded = [t for t in run["trials"][3:] if "acq_terms" in t]
         assert bool(recorded) == (m == "eeipu")
@@ -438,6 +440,7 @@ def test_smoke_real_pipeline_through_the_flows(tmp_path, capsys, prefect_harness
             sum(r["costs"].values()) + r["overhead"] for r in warm
         ]
         assert (tmp_path / "work" / "ml_stacking" / "seed0" / m / "studies").is_dir()
+        assert run["provenance"]["commit"] and run["provenance"]["cores"]
     assert (tmp_path / "results" / "ml_stacking.png").exists()
     page = (tmp_path / "results" / "ml_stacking.md").read_text()
     assert "| eeipu |" in page and "charge_overhead (each trial also costs" in page
