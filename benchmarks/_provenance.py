@@ -83,29 +83,41 @@ def provenance() -> dict[str, Any]:
 
 
 def describe(runs: Iterable[Mapping[str, Any]]) -> str:
-    """One line for a page: which commits (and optimizer code) made ``runs``."""
+    """One line for a page: which commits made ``runs``, how many commits changing the
+    optimizer's code lie between each and HEAD, and how many versions of that code made them."""
     runs = list(runs)
-    by_commit: dict[str, int] = {}
+    by_commit: dict[tuple[str, bool], int] = {}
     codes, dirty, unknown = set(), 0, 0
     for run in runs:
         made = run.get("provenance")
         if not made or not made.get("commit"):
             unknown += 1
             continue
-        key = made["commit"][:10] + (" (uncommitted changes)" if made.get("dirty") else "")
+        key = (made["commit"], bool(made.get("dirty")))
         by_commit[key] = by_commit.get(key, 0) + 1
         codes.add(made.get("code"))
         dirty += bool(made.get("code_dirty"))
-    parts = [f"`{c}` ({n} runs)" for c, n in sorted(by_commit.items(), key=lambda kv: -kv[1])]
+    head = _git("rev-parse", "HEAD")
+    parts = []
+    for (commit, was_dirty), n in sorted(by_commit.items(), key=lambda kv: -kv[1]):
+        label = f"`{commit[:10]}`" + (" with uncommitted changes" if was_dirty else "")
+        label += f" ({n} runs"
+        if head and commit != head:
+            later = _git("rev-list", "--count", f"{commit}..{head}", "--", *CODE_PATHS)
+            label += (
+                f"; {later} later commits change the optimizer's code"
+                if later is not None
+                else "; not in this checkout's history"
+            )
+        parts.append(label + ")")
     if unknown:
         parts.append(f"not recorded ({unknown} runs, made before runs recorded their commit)")
-    line = f"Code: made by commit {', '.join(parts)}" if parts else "Code: no runs"
+    line = f"Code: made by commit {'; '.join(parts)}" if parts else "Code: no runs"
+    where = ", ".join(CODE_PATHS)
     if len(codes) > 1:
-        line += (
-            f"; {len(codes)} different versions of the optimizer's code ({', '.join(CODE_PATHS)})"
-        )
+        line += f"; {len(codes)} different versions of the optimizer's code ({where})"
     elif codes:
-        line += f"; one version of the optimizer's code ({', '.join(CODE_PATHS)})"
+        line += f"; one version of the optimizer's code ({where})"
     if dirty:
         line += f", {dirty} runs with uncommitted changes to it"
     return line + "."

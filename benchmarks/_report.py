@@ -41,6 +41,21 @@ def _ms(values: Sequence[float | None], digits: int = 3) -> str:
     return f"{_fmt(m, digits)} ± {_fmt(s, 2)}"
 
 
+def verdict(lo: float, hi: float) -> str:
+    """ "ahead", "behind" or "within noise": where a difference's interval lies against 0."""
+    if lo > 0:
+        return "ahead"
+    if hi < 0:
+        return "behind"
+    return "within noise"
+
+
+def distinct_resamples(n: int) -> int:
+    """How many distinct bootstrap resamples ``n`` paired seeds have (multisets of size n
+    drawn from n): 10 for 3 seeds, 126 for 5, 92378 for 10."""
+    return math.comb(2 * n - 1, n) if n > 0 else 0
+
+
 def _pct(v: float) -> str:
     if math.isnan(v):
         return "n/a"
@@ -138,8 +153,8 @@ class Report:
         lines = [
             f"| {ref} vs | candidates after warm-up | (90% bootstrap) | candidates (total) "
             "| improvement after warm-up | (90% bootstrap) | mean improvement difference "
-            "(90% bootstrap) |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "(90% bootstrap) | verdict |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for other in [*self.baselines, None]:
             label = "**mean of the others**" if other is None else other
@@ -157,7 +172,7 @@ class Report:
             lines.append(
                 f"| {label} | {_pct(c)} | [{_pct(clo)}, {_pct(chi)}] | {_pct(t)} "
                 f"| {_pct(g)} | [{_pct(glo)}, {_pct(ghi)}] "
-                f"| {_fmt(diff)} [{_fmt(dlo)}, {_fmt(dhi)}] |"
+                f"| {_fmt(diff)} [{_fmt(dlo)}, {_fmt(dhi)}] | {verdict(dlo, dhi)} |"
             )
         return "\n".join(lines)
 
@@ -229,14 +244,16 @@ class Report:
                 refv = self.values(ref, "improvement")
                 othv = self.values(best_other, "improvement")
                 lo, hi = bootstrap_diff(refv, othv)
-                ok = imp[ref] >= imp[best_other] or hi >= 0
+                said = verdict(lo, hi)
                 out.append(
                     (
-                        f"{ref}'s mean improvement is within noise of the best baseline's "
-                        "(the 90% paired-bootstrap interval of the difference reaches 0)",
-                        ok,
-                        f"{ref} {_fmt(imp[ref])} vs {best_other} {_fmt(imp[best_other])}; "
-                        f"difference {_fmt(imp[ref] - imp[best_other])} [{_fmt(lo)}, {_fmt(hi)}]",
+                        f"{ref}'s mean improvement is within noise of the best baseline's or "
+                        "ahead of it (the 90% paired-bootstrap interval of the difference "
+                        "reaches 0 or lies above it)",
+                        said != "behind",
+                        f"{said}: {ref} {_fmt(imp[ref])} vs {best_other} "
+                        f"{_fmt(imp[best_other])}; difference {_fmt(imp[ref] - imp[best_other])} "
+                        f"[{_fmt(lo)}, {_fmt(hi)}]",
                     )
                 )
             else:
@@ -271,6 +288,16 @@ def build_report(
         "",
         *[f"- {f}" for f in facts],
         "",
+        *(
+            [
+                f"**Preliminary**: {n} seed{'s' if n != 1 else ''} (fewer than 5); a paired "
+                f"bootstrap over {n} seeds has only {distinct_resamples(n)} distinct "
+                "resamples, so its intervals are coarse.",
+                "",
+            ]
+            if n < 5
+            else []
+        ),
         f"## Per method (mean ± sample std over {n} seed{'s' if n != 1 else ''})",
         "",
         report.method_table(),
@@ -310,7 +337,8 @@ def build_report(
         "`(eeipu - other) / other * 100`; averaging per-seed ratios instead is undefined when "
         "a baseline improved 0 on a seed). *mean of the others*: B_s = the mean over the "
         "baselines on seed s. Brackets: 5th-95th percentiles over 2000 paired bootstrap "
-        "resamples of the seeds.",
+        "resamples of the seeds. *verdict*: *ahead* when the interval of the mean "
+        "difference lies above 0, *behind* when below, else *within noise*.",
         "- *cost to target*: cumulative cost at the first trial reaching the seed's target "
         f"(warm-up best + {report.target_fraction:g} of the way to the best objective any "
         "method found on that seed); the mean is over the seeds where it was reached.",

@@ -62,9 +62,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._provenance import describe, provenance
+from benchmarks._report import verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ("dev", "report")
+REUSE = ("same_code", "any")
 SHAPES = ("dear_first", "dear_last", "flat", "param_dependent", "decaying")
 FULL_COST = 10.0  # a full trial's cost at the base costs
 BASELINE = "ei"
@@ -373,6 +375,8 @@ class Settings:
     workers: int = 2
     results_dir: Path = ROOT / "benchmarks" / "results"
     report_only: bool = False
+    # same_code: reuse a raw run only if today's optimizer code made it; any: whatever made it.
+    reuse: str = "same_code"
     # label -> (method, options on top of method_options): a design under development,
     # named in ``methods`` by its label (``--variant eeipu_cap1=eeipu:{"give_up": 1}``).
     variants: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None
@@ -383,6 +387,8 @@ class Settings:
         return method, {**(self.method_options or {}), **extra}
 
     def check(self) -> None:
+        if self.reuse not in REUSE:
+            raise FamilyError(f"`--reuse` must be one of {list(REUSE)}, but got {self.reuse!r}")
         if self.set_name not in SETS:
             raise FamilyError(f"`--set` must be one of {list(SETS)}, but got {self.set_name!r}")
         for key in ("problems", "seeds", "n_init", "workers"):
@@ -535,29 +541,42 @@ def _execute(jobs: list[dict[str, Any]], workers: int) -> Iterator[dict[str, Any
 def run_family(s: Settings) -> dict[tuple[str, str, int], dict[str, Any]]:
     """Every (problem, method, seed) of ``s``, reusing the raw runs whose settings match;
     returns the runs keyed by (problem, method, seed)."""
-    from benchmarks.suite import load_raw, save_json
+    from benchmarks.suite import load_raw, reusable, save_json
 
     s.check()
     runs: dict[tuple[str, str, int], dict[str, Any]] = {}
     todo = []
+    made_by = provenance()
+    stale = 0
     for index in range(s.problems):
         for method in s.methods:
             for seed in range(s.seeds):
                 job = _job(s, index, method, seed)
                 run = load_raw(_raw_path(s, job), job["fingerprint"])
-                if run is not None:
+                if reusable(run, s.reuse, made_by["code"]):
                     runs[job["problem"], method, seed] = run
+                    stale += (run.get("provenance") or {}).get("code") != made_by["code"]
                 elif s.report_only:
                     raise FamilyError(
                         f"--report-only: no raw run of {job['problem']} {method} seed {seed} "
                         f"with these settings under {s.results_dir}"
+                        + (
+                            " made by today's optimizer code (--reuse any takes any)"
+                            if run is not None
+                            else ""
+                        )
                     )
                 else:
                     todo.append(job)
+    if stale:
+        print(
+            f"--reuse any: reusing {stale} raw runs made by other optimizer code than today's "
+            "(the page says which commits made them)",
+            file=sys.stderr,
+        )
     if todo:
         # Problem by problem, so a page written from a partial run compares like with like.
         todo.sort(key=lambda j: (j["index"], j["seed"]))
-        made_by = provenance()
         for job in todo:
             job["provenance"] = made_by
         print(f"family {s.set_name}: {len(todo)} runs to do, {len(runs)} reused", file=sys.stderr)
@@ -672,11 +691,11 @@ def _method_rows(
             f"| {sum(finals) / len(finals):.3f}"
         )
         if method in OPTUNA:  # its own start-up trials: no shared warm-up to improve on
-            rows.append(f"| {method} | n/a | | | | | {final} | n/a |")
+            rows.append(f"| {method} | n/a | | | | | | {final} | n/a |")
             continue
         rows.append(
             f"| {method} | {sum(diffs) / len(diffs):+.3f} | [{lo:+.3f}, {hi:+.3f}] "
-            f"| {_percentile(diffs, 0.1):+.3f} | {verdicts.count(1)}/{len(names)} "
+            f"| {verdict(lo, hi) if method != BASELINE else ''} | {_percentile(diffs, 0.1):+.3f} | {verdicts.count(1)}/{len(names)} "
             f"| {verdicts.count(-1)}/{len(names)} | {final} | {ratio:.2f}x |"
         )
     return rows
@@ -690,10 +709,11 @@ def write_report(s: Settings, runs: Mapping[tuple[str, str, int], Mapping[str, A
     described = {n: generate(s.set_name, int(n.rsplit("-", 1)[1])).describe() for n in names}
     shapes = {n: d["shape"] for n, d in described.items()}
     header = (
-        "| method | improvement vs EI: mean | (90% bootstrap) | 10th percentile | won | lost "
+        "| method | improvement vs EI: mean | (90% bootstrap) | verdict | 10th percentile "
+        "| won | lost "
         "| final best vs EI (90% bootstrap) | normalized final best "
         "| candidates after warm-up vs EI |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"
     )
     wall = sum(r["wall_seconds"] for r in runs.values())
     cmd = "python -m benchmarks.family " + " ".join(shlex.quote(a) for a in _argv(s))
@@ -729,7 +749,9 @@ def write_report(s: Settings, runs: Mapping[tuple[str, str, int], Mapping[str, A
         "seed, averaged over seeds, in units of the problem's range (0 minus the median "
         "objective of random configurations; the optimum is about 0). The mean and its 90% "
         "bootstrap interval are over problems; *won*/*lost*: problems where the mean paired "
-        "difference is beyond twice its standard error over seeds and beyond 0.01.",
+        "difference is beyond twice its standard error over seeds and beyond 0.01. "
+        "*verdict*: *ahead* when the interval of the mean lies above 0, *behind* when below, "
+        "else *within noise*.",
         "- *normalized final best*: 1 + final best / range (0: a typical random "
         "configuration, about 1: the optimum); *final best vs EI*: its paired difference to "
         "EI's, mean over problems. On noisy problems every best is the true value of what "
@@ -740,6 +762,21 @@ def write_report(s: Settings, runs: Mapping[tuple[str, str, int], Mapping[str, A
         "final best only; they see the same simulated costs and cache (their proposals "
         "never repeat a prefix, so they never hit it).",
         "",
+        *(
+            [
+                f"**Preliminary**: {s.seeds} seed{'s' if s.seeds != 1 else ''} per problem "
+                "(3 is the family's design)"
+                + (
+                    "; with one seed no problem can be won or lost beyond noise, so won and "
+                    "lost read 0."
+                    if s.seeds < 2
+                    else "."
+                ),
+                "",
+            ]
+            if s.seeds < 3
+            else []
+        ),
         "## All problems",
         "",
         header,
@@ -824,6 +861,8 @@ def _argv(s: Settings) -> list[str]:
     out += ["--methods", *s.methods, "--budget", f"{s.budget:g}", "--n-init", str(s.n_init)]
     if s.method_options:
         out += ["--method-options", json.dumps(dict(s.method_options), sort_keys=True)]
+    if s.reuse != "same_code":
+        out += ["--reuse", s.reuse]
     for label, (method, extra) in (s.variants or {}).items():
         out += ["--variant", f"{label}={method}:{json.dumps(dict(extra), sort_keys=True)}"]
     return out
@@ -883,6 +922,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--reuse",
+        choices=REUSE,
+        default="same_code",
+        help="same_code: reuse a raw run only if today's optimizer code made it",
+    )
     parser.add_argument("--smoke", action="store_true", help="3 problems, tiny budget, temp dir")
     a = parser.parse_args(argv)
     given = dict(vars(a))

@@ -99,6 +99,8 @@ def _check(cfg: Mapping[str, Any]) -> None:
             raise SuiteError(f"`{key}` must be a positive integer, but got {v!r}")
     if not (isinstance(cfg["budget"], int | float) and cfg["budget"] > 0):
         raise SuiteError(f"`budget` must be a positive number, but got {cfg['budget']!r}")
+    if cfg["reuse"] not in ("same_code", "any"):
+        raise SuiteError(f"`reuse` must be 'same_code' or 'any', but got {cfg['reuse']!r}")
     if cfg["missing_methods"] not in ("skip", "error"):
         raise SuiteError(
             f"`missing_methods` must be 'skip' or 'error', but got {cfg['missing_methods']!r}"
@@ -167,6 +169,21 @@ def load_raw(path: Path, fp: Mapping[str, Any]) -> dict[str, Any] | None:
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     return run if run.get("fingerprint") == json.loads(json.dumps(fp)) else None
+
+
+def reusable(run: Mapping[str, Any] | None, reuse: str, code: str | None) -> bool:
+    """Whether a saved raw run (None: none matched the settings) may stand for a run of
+    today's code ``code`` (:func:`benchmarks._provenance.provenance`'s ``code``): made by
+    that very optimizer code, or any code with ``reuse == "any"``."""
+    if run is None:
+        return False
+    return reuse == "any" or (run.get("provenance") or {}).get("code") == code
+
+
+def _cached(cfg: Mapping[str, Any], method: str, seed: int, code: str | None) -> dict | None:
+    """The raw run of (method, seed) that ``cfg`` may reuse, or None."""
+    run = load_raw(_raw_path(cfg, method, seed), fingerprint(cfg, method, seed))
+    return run if reusable(run, cfg["reuse"], code) else None
 
 
 def save_json(path: Path, obj: Any) -> None:
@@ -471,9 +488,14 @@ def _warmup_note(runs: Mapping[str, Mapping[int, Mapping[str, Any]]], n_init: in
 
 
 def write_report(
-    cfg: Mapping[str, Any], methods: Sequence[str], missing: Sequence[str], command: str
+    cfg: Mapping[str, Any],
+    methods: Sequence[str],
+    missing: Sequence[str],
+    command: str,
+    code: str | None,
 ) -> tuple[Path, Path]:
-    """Rebuild ``<problem>.md`` and ``<problem>.png`` from the raw runs that exist."""
+    """Rebuild ``<problem>.md`` and ``<problem>.png`` from the raw runs that exist and may be
+    reused (``cfg['reuse']``; ``code``: today's optimizer code)."""
     from benchmarks._report import Report, build_report, write_plot
 
     problem = cfg["problem"]
@@ -483,7 +505,7 @@ def write_report(
     for m in methods:
         got = {}
         for s in seeds:
-            run = load_raw(_raw_path(cfg, m, s), fingerprint(cfg, m, s))
+            run = _cached(cfg, m, s, code)
             if run is not None:
                 got[s] = run
         if len(got) == len(seeds):
@@ -496,7 +518,14 @@ def write_report(
             "(re-run the command once they are registered: only the missing runs execute)."
         )
     if cfg["reference"] not in runs:
-        raise SuiteError(f"the reference method {cfg['reference']!r} has no complete runs")
+        raise SuiteError(
+            f"the reference method {cfg['reference']!r} has no complete runs"
+            + (
+                ""
+                if cfg["reuse"] == "any"
+                else " made by today's optimizer code (or set reuse=any)"
+            )
+        )
     notes.append(_warmup_note(runs, cfg["n_init"]))
     capped = {
         m: sum(sum(t["cost"] for t in r["trials"]) < r["budget"] for r in by_seed.values())
@@ -558,11 +587,21 @@ def run_suite(cfg: Mapping[str, Any], command: str) -> tuple[Path, Path]:
     seeds = _seeds(cfg)
     problem = cfg["problem"]
     todo: dict[int, list[str]] = {}
+    code = provenance()["code"]
+    stale = 0
     for s in seeds:
         for m in methods:
-            fp = fingerprint(cfg, m, s)
-            if cfg["rerun"] or load_raw(_raw_path(cfg, m, s), fp) is None:
+            run = _cached(cfg, m, s, code)
+            if cfg["rerun"] or run is None:
                 todo.setdefault(s, []).append(m)
+            elif (run.get("provenance") or {}).get("code") != code:
+                stale += 1
+    if stale:
+        print(
+            f"reuse=any: reusing {stale} raw runs made by other optimizer code than today's "
+            "(the page says which commits made them)",
+            flush=True,
+        )
     n_jobs = sum(len(v) for v in todo.values())
     if cfg["report_only"]:
         todo, n_jobs = {}, 0
@@ -599,7 +638,7 @@ def run_suite(cfg: Mapping[str, Any], command: str) -> tuple[Path, Path]:
         for run in _pipeline_runs(cfg, todo):
             save_json(_raw_path(cfg, run["method"], run["seed"]), run)
             print(_progress(run), flush=True)
-    return write_report(cfg, methods, missing, command)
+    return write_report(cfg, methods, missing, command, code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -169,10 +169,25 @@ def test_family_benchmark_end_to_end_reuses_its_runs(tmp_path, capsys):
     assert "runs to do" not in capsys.readouterr().err
     assert family.main([*args, "--report-only", "--seeds", "3"]) == 2
     assert "--report-only: no raw run of dev-00 eeipu seed 2" in capsys.readouterr().err
+    # A raw run made by other optimizer code counts only with --reuse any, which says so.
+    path = tmp_path / "raw/family/dev/dev-01/ei-seed1.json"
+    ei = json.loads(path.read_text())
+    ei["provenance"]["code"] = "0123456789abcdef"
+    path.write_text(json.dumps(ei))
+    assert family.main([*args, "--report-only"]) == 2
+    assert "ei seed 1 with these settings under" in (err := capsys.readouterr().err)
+    assert "made by today's optimizer code (--reuse any takes any)" in err
+    assert family.main([*args, "--report-only", "--reuse", "any"]) == 0
+    assert "reusing 1 raw runs made by other optimizer code" in capsys.readouterr().err
+    page = (tmp_path / "family_dev.md").read_text()
+    assert "2 different versions of the optimizer's code" in page and "--reuse any" in page
+    assert "**Preliminary**: 2 seeds per problem" in page and "| verdict |" in page
     # A variant (a method with extra options) runs alone: EI's runs do not use its option.
+    # (Without --reuse any, the tampered EI run is made again.)
     variant = ["--methods", "eeipu", "ei", "cap", "--variant", 'cap=eeipu:{"give_up": 1.0}']
     assert family.main([*args, *variant]) == 0
-    assert "4 runs to do, 8 reused" in capsys.readouterr().err
+    assert "5 runs to do, 7 reused" in capsys.readouterr().err
+    assert json.loads(path.read_text())["provenance"]["code"] != "0123456789abcdef"
     page = (tmp_path / "family_dev.md").read_text()
     assert '`cap` is eeipu with {"give_up": 1.0}' in page and "| cap |" in page
     cap = json.loads((tmp_path / "raw/family/dev/dev-01/cap-seed0.json").read_text())

@@ -139,6 +139,14 @@ def _with_terms(run, terms):
     return run
 
 
+def test_verdicts_come_from_the_interval_and_resamples_are_counted():
+    from benchmarks._report import distinct_resamples, verdict
+
+    assert verdict(1.38, 19.1) == "ahead" and verdict(-2.0, -0.1) == "behind"
+    assert verdict(-0.1, 0.2) == verdict(0.0, 0.0) == "within noise"
+    assert [distinct_resamples(n) for n in (1, 2, 3, 5, 10)] == [1, 3, 10, 126, 92378]
+
+
 def test_reuse_metrics_by_hand():
     """After a warm-up of 1: a reuser giving up 1 nat for a 4x cheaper point, a fresh
     proposal, a reuser that was also the better point (-0.5 nats, 2x cheaper), and a trial
@@ -372,6 +380,8 @@ def test_config_errors_name_the_key(capsys):
     assert "error:" in capsys.readouterr().err
     assert suite.main(["methods=[eeipu,nope]", "missing_methods=error"]) == 2
     assert "['nope'], unknown to eeipu.METHODS" in capsys.readouterr().err
+    assert suite.main(["reuse=always"]) == 2
+    assert "`reuse` must be 'same_code' or 'any', but got 'always'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -405,11 +415,30 @@ def test_smoke_synthetic_writes_tables_and_plot_and_reuses_runs(tmp_path, capsys
             < 50.0
             <= sum(t["cost"] for t in run["trials"])
         )
+    # One seed: the page says it is preliminary; verdicts come from the intervals.
+    assert "**Preliminary**: 1 seed (fewer than 5)" in md and "only 1 distinct resamples" in md
+    assert "| verdict |" in md
     # Adding a method runs only that method; the others come from the raw cache.
     assert suite.main([*args, "methods=[eeipu,ei,random,carbo]"]) == 0
     out = capsys.readouterr().out
     assert "1 runs to do, 3 cached" in out
     assert "| carbo |" in (tmp_path / "synthetic3.md").read_text()
+    # A raw run made by other optimizer code is not reused unless reuse=any, which says so.
+    path = tmp_path / "raw" / "synthetic3" / "ei-seed0.json"
+    ei = json.loads(path.read_text())
+    ei["provenance"]["code"] = "0123456789abcdef"
+    suite.save_json(path, ei)
+    assert suite.main([*args, "reuse=any"]) == 0
+    out = capsys.readouterr().out
+    assert "0 runs to do, 3 cached" in out and "reusing 1 raw runs made by other" in out
+    assert (
+        "2 different versions of the optimizer's code" in (tmp_path / "synthetic3.md").read_text()
+    )
+    assert suite.main([*args, "report_only=true"]) == 0  # today's code only: ei left out
+    assert "ei: only 0/1 seeds ran" in (tmp_path / "synthetic3.md").read_text()
+    assert suite.main(args) == 0
+    assert "1 runs to do, 2 cached" in capsys.readouterr().out
+    assert json.loads(path.read_text())["provenance"]["code"] != "0123456789abcdef"
 
 
 @pytest.mark.slow
