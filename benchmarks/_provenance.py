@@ -7,22 +7,24 @@ uncommitted changes to the optimizer's code when it ran).
 
 from __future__ import annotations
 
-import contextlib
+import ast
 import datetime as _dt
 import hashlib
 import os
 import platform
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CODE_PATHS", "describe", "provenance"]
+__all__ = ["CODE_PATHS", "PIPELINE_CODE_PATHS", "code_id", "describe", "provenance"]
 
 ROOT = Path(__file__).resolve().parents[1]
-# The code a simulated run's numbers depend on: the optimizer and the simulation.
+# The code a simulated run's numbers depend on: the optimizer, the simulation, the problems.
 CODE_PATHS = ("eeipu", "stages/pipelines")
+# A real pipeline's studies also run the framework: the cache, the flows, the study loop.
+PIPELINE_CODE_PATHS = ("eeipu", "stages", "flows")
 _PACKAGES = ("torch", "botorch", "gpytorch", "scipy", "optuna")
 
 
@@ -43,37 +45,55 @@ def _version(name: str) -> str | None:
         return None
 
 
-def provenance() -> dict[str, Any]:
-    """The commit, the state of the optimizer's code, the package versions, the machine and
-    the date, as a JSON-able dict.
+def code_id(paths: Sequence[str] = CODE_PATHS, root: Path = ROOT) -> str:
+    """A digest of the code under ``paths`` (folders or files relative to the repository
+    root) as it runs: each Python file's syntax tree with its docstrings dropped (comments
+    and formatting never reach the tree), every other file's bytes. Two checkouts with the
+    same id run the same code; a docstring or comment edit keeps the id, any change to what
+    runs gives another."""
+    h = hashlib.blake2b(digest_size=8)
+    for path in paths:
+        top = root / path
+        files = sorted(top.rglob("*")) if top.is_dir() else [top]
+        for f in files:
+            if not f.is_file() or "__pycache__" in f.parts or f.suffix == ".pyc":
+                continue
+            h.update(str(f.relative_to(root)).encode() + b"\0")
+            data = f.read_bytes()
+            if f.suffix == ".py":
+                data = ast.dump(_without_docstrings(ast.parse(data))).encode()
+            h.update(data + b"\0")
+    return h.hexdigest()
 
-    ``code`` identifies the optimizer's code (:data:`CODE_PATHS`) exactly: the git tree ids of
-    those folders at HEAD, plus a digest of any uncommitted change to them (``code_dirty``).
-    Two runs with the same ``code`` ran the same optimizer, whatever else the commits changed.
-    Outside a git checkout every git field is None.
-    """
+
+def _without_docstrings(tree: ast.Module) -> ast.Module:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def provenance(paths: Sequence[str] = CODE_PATHS) -> dict[str, Any]:
+    """The commit, the optimizer's code (:func:`code_id` of ``paths``), the package
+    versions, the machine and the date, as a JSON-able dict. ``dirty``: the checkout had
+    uncommitted changes; ``code_dirty``: some of them under ``paths``. Outside a git
+    checkout the git fields are None."""
     commit = _git("rev-parse", "HEAD")
-    trees = [_git("rev-parse", f"HEAD:{p}") for p in CODE_PATHS] if commit else []
-    diff = _git("diff", "HEAD", "--", *CODE_PATHS) if commit else None
-    untracked = _git("ls-files", "--others", "--exclude-standard", "--", *CODE_PATHS)
-    code = None
-    if commit and all(trees):
-        h = hashlib.blake2b(digest_size=8)
-        h.update("\n".join(t or "" for t in trees).encode())
-        if diff:
-            h.update(diff.encode())
-        if untracked:
-            for name in untracked.splitlines():
-                h.update(name.encode())
-                with contextlib.suppress(OSError):
-                    h.update((ROOT / name).read_bytes())
-        code = h.hexdigest()
     status = _git("status", "--porcelain") if commit else None
+    under = _git("status", "--porcelain", "--", *paths) if commit else None
     return {
         "commit": commit,
         "dirty": bool(status) if status is not None else None,
-        "code": code,
-        "code_dirty": bool(diff or untracked) if commit else None,
+        "code": code_id(paths),
+        "code_paths": list(paths),
+        "code_dirty": bool(under) if under is not None else None,
         "python": platform.python_version(),
         **{name: _version(name) for name in _PACKAGES},
         "cores": os.cpu_count(),
@@ -83,29 +103,29 @@ def provenance() -> dict[str, Any]:
 
 
 def describe(runs: Iterable[Mapping[str, Any]]) -> str:
-    """One line for a page: which commits made ``runs``, how many commits changing the
-    optimizer's code lie between each and HEAD, and how many versions of that code made them."""
+    """One line for a page: which commits made ``runs``, how many later commits change the
+    code each run depended on, and how many versions of that code made them."""
     runs = list(runs)
-    by_commit: dict[tuple[str, bool], int] = {}
+    by_commit: dict[tuple[str, bool, tuple[str, ...]], int] = {}
     codes, dirty, unknown = set(), 0, 0
     for run in runs:
         made = run.get("provenance")
         if not made or not made.get("commit"):
             unknown += 1
             continue
-        key = (made["commit"], bool(made.get("dirty")))
+        key = (made["commit"], bool(made.get("dirty")), tuple(made.get("code_paths") or ()))
         by_commit[key] = by_commit.get(key, 0) + 1
         codes.add(made.get("code"))
         dirty += bool(made.get("code_dirty"))
     head = _git("rev-parse", "HEAD")
     parts = []
-    for (commit, was_dirty), n in sorted(by_commit.items(), key=lambda kv: -kv[1]):
+    for (commit, was_dirty, paths), n in sorted(by_commit.items(), key=lambda kv: -kv[1]):
         label = f"`{commit[:10]}`" + (" with uncommitted changes" if was_dirty else "")
         label += f" ({n} runs"
         if head and commit != head:
-            later = _git("rev-list", "--count", f"{commit}..{head}", "--", *CODE_PATHS)
+            later = _git("rev-list", "--count", f"{commit}..{head}", "--", *(paths or CODE_PATHS))
             label += (
-                f"; {later} later commits change the optimizer's code"
+                f"; {later} later commits touch its code"
                 if later is not None
                 else "; not in this checkout's history"
             )
@@ -113,11 +133,13 @@ def describe(runs: Iterable[Mapping[str, Any]]) -> str:
     if unknown:
         parts.append(f"not recorded ({unknown} runs, made before runs recorded their commit)")
     line = f"Code: made by commit {'; '.join(parts)}" if parts else "Code: no runs"
-    where = ", ".join(CODE_PATHS)
     if len(codes) > 1:
-        line += f"; {len(codes)} different versions of the optimizer's code ({where})"
+        line += f"; {len(codes)} different versions of the code they ran"
     elif codes:
-        line += f"; one version of the optimizer's code ({where})"
+        line += "; one version of the code they ran"
+    paths = sorted({p for (_, _, ps) in by_commit for p in ps})
+    if paths:
+        line += f" ({', '.join(paths)}, docstrings and comments aside)"
     if dirty:
-        line += f", {dirty} runs with uncommitted changes to it"
+        line += f"; {dirty} runs with uncommitted changes to it"
     return line + "."

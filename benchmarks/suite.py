@@ -44,7 +44,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._provenance import describe, provenance
+from benchmarks._provenance import (
+    CODE_PATHS,
+    PIPELINE_CODE_PATHS,
+    code_id,
+    describe,
+    provenance,
+)
 from flows.conf import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,6 +184,11 @@ def reusable(run: Mapping[str, Any] | None, reuse: str, code: str | None) -> boo
     if run is None:
         return False
     return reuse == "any" or (run.get("provenance") or {}).get("code") == code
+
+
+def _code_paths(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The code a run of ``cfg``'s problem depends on (simulated or through the flows)."""
+    return CODE_PATHS if cfg["problem"]["kind"] == "synthetic" else PIPELINE_CODE_PATHS
 
 
 def _cached(cfg: Mapping[str, Any], method: str, seed: int, code: str | None) -> dict | None:
@@ -386,7 +397,7 @@ def _pipeline_runs(
 
     name = cfg["problem"]["name"]
     work = Path(cfg["work_dir"]) / name
-    made_by = provenance()
+    made_by = provenance(PIPELINE_CODE_PATHS)
     for seed, methods in todo.items():
         warm_store = work / f"seed{seed}" / "warmup"
         warm_json = _raw_dir(cfg) / f"warmup-seed{seed}.json"
@@ -587,7 +598,7 @@ def run_suite(cfg: Mapping[str, Any], command: str) -> tuple[Path, Path]:
     seeds = _seeds(cfg)
     problem = cfg["problem"]
     todo: dict[int, list[str]] = {}
-    code = provenance()["code"]
+    code = code_id(_code_paths(cfg))
     stale = 0
     for s in seeds:
         for m in methods:

@@ -160,7 +160,9 @@ def test_family_benchmark_end_to_end_reuses_its_runs(tmp_path, capsys):
     assert made["commit"] == head.stdout.strip() and len(made["code"]) == 16
     assert made["python"] == platform.python_version() and made["botorch"]
     assert f"- Code: made by commit `{made['commit'][:10]}" in page
-    assert "(12 runs); one version of the optimizer's code (eeipu, stages/pipelines)" in page
+    assert (
+        "(12 runs); one version of the code they ran (eeipu, stages/pipelines, docstrings" in page
+    )
     assert (
         sum(t["cost"] for t in tpe["trials"][:-1]) < 30.0 <= sum(t["cost"] for t in tpe["trials"])
     )
@@ -180,7 +182,7 @@ def test_family_benchmark_end_to_end_reuses_its_runs(tmp_path, capsys):
     assert family.main([*args, "--report-only", "--reuse", "any"]) == 0
     assert "reusing 1 raw runs made by other optimizer code" in capsys.readouterr().err
     page = (tmp_path / "family_dev.md").read_text()
-    assert "2 different versions of the optimizer's code" in page and "--reuse any" in page
+    assert "2 different versions of the code they ran" in page and "--reuse any" in page
     assert "**Preliminary**: 2 seeds per problem" in page and "| verdict |" in page
     # A variant (a method with extra options) runs alone: EI's runs do not use its option.
     # (Without --reuse any, the tampered EI run is made again.)

@@ -139,6 +139,24 @@ def _with_terms(run, terms):
     return run
 
 
+def test_code_id_changes_with_the_code_not_with_its_docstrings_or_comments(tmp_path):
+    from benchmarks._provenance import code_id
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    src = '"""Module."""\n\n\ndef f(x):\n    """Twice x."""\n    return 2 * x  # double\n'
+    (pkg / "m.py").write_text(src)
+    (pkg / "conf.yaml").write_text("a: 1\n")
+    first = code_id(["pkg"], root=tmp_path)
+    (pkg / "m.py").write_text(src.replace("Twice x.", "x doubled.").replace("# double", ""))
+    assert code_id(["pkg"], root=tmp_path) == first
+    (pkg / "m.py").write_text(src.replace("2 * x", "3 * x"))
+    assert code_id(["pkg"], root=tmp_path) != first
+    (pkg / "m.py").write_text(src)
+    (pkg / "conf.yaml").write_text("a: 2\n")
+    assert code_id(["pkg"], root=tmp_path) != first
+
+
 def test_verdicts_come_from_the_interval_and_resamples_are_counted():
     from benchmarks._report import distinct_resamples, verdict
 
@@ -395,7 +413,7 @@ def test_smoke_synthetic_writes_tables_and_plot_and_reuses_runs(tmp_path, capsys
     assert "python -m benchmarks.suite problem=synthetic3" in md and "smoke=true" in md
     assert "| **mean of the others** |" in md and "SMOKE" in md
     assert "every method evaluated the same 3 warm-up configurations" in md
-    assert "Code: made by commit `" in md and "(3 runs); one version of the optimizer" in md
+    assert "Code: made by commit `" in md and "(3 runs); one version of the code they ran" in md
     assert "## eeipu's prefix reuse and what it gave up" in md and "| eeipu | 1/1 |" in md
     # Wall seconds beside the budget units, per method.
     assert "| budget spent | wall s/run |" in md
@@ -431,9 +449,7 @@ def test_smoke_synthetic_writes_tables_and_plot_and_reuses_runs(tmp_path, capsys
     assert suite.main([*args, "reuse=any"]) == 0
     out = capsys.readouterr().out
     assert "0 runs to do, 3 cached" in out and "reusing 1 raw runs made by other" in out
-    assert (
-        "2 different versions of the optimizer's code" in (tmp_path / "synthetic3.md").read_text()
-    )
+    assert "2 different versions of the code they ran" in (tmp_path / "synthetic3.md").read_text()
     assert suite.main([*args, "report_only=true"]) == 0  # today's code only: ei left out
     assert "ei: only 0/1 seeds ran" in (tmp_path / "synthetic3.md").read_text()
     assert suite.main(args) == 0
