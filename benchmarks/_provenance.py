@@ -67,16 +67,23 @@ def code_id(paths: Sequence[str] = CODE_PATHS, root: Path = ROOT) -> str:
 
 
 def _without_docstrings(tree: ast.Module) -> ast.Module:
+    """``tree`` without its bare string statements (docstrings, attribute docstrings): they
+    do nothing when the code runs."""
     for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (
-            isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
-            and body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(body[0].value, ast.Constant)
-            and isinstance(body[0].value.value, str)
-        ):
-            node.body = body[1:] or [ast.Pass()]
+        for field in ("body", "orelse", "finalbody"):
+            stmts = getattr(node, field, None)
+            if not isinstance(stmts, list) or not stmts or not isinstance(stmts[0], ast.stmt):
+                continue
+            kept = [
+                st
+                for st in stmts
+                if not (
+                    isinstance(st, ast.Expr)
+                    and isinstance(st.value, ast.Constant)
+                    and isinstance(st.value.value, str)
+                )
+            ]
+            setattr(node, field, kept or [ast.Pass()])
     return tree
 
 

@@ -145,10 +145,13 @@ def test_code_id_changes_with_the_code_not_with_its_docstrings_or_comments(tmp_p
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     src = '"""Module."""\n\n\ndef f(x):\n    """Twice x."""\n    return 2 * x  # double\n'
+    src += 'K = 1\n"""An attribute docstring."""\n'
     (pkg / "m.py").write_text(src)
     (pkg / "conf.yaml").write_text("a: 1\n")
     first = code_id(["pkg"], root=tmp_path)
     (pkg / "m.py").write_text(src.replace("Twice x.", "x doubled.").replace("# double", ""))
+    assert code_id(["pkg"], root=tmp_path) == first
+    (pkg / "m.py").write_text(src.replace('"""An attribute docstring."""\n', ""))
     assert code_id(["pkg"], root=tmp_path) == first
     (pkg / "m.py").write_text(src.replace("2 * x", "3 * x"))
     assert code_id(["pkg"], root=tmp_path) != first
