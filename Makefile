@@ -7,8 +7,8 @@
 #   .venv-3.13    Python 3.13, newest dependencies: tests/eeipu and tests/stages
 #   .venv-oldest  Python 3.11, the LOWEST version of every direct dependency: tests/eeipu,
 #                 tests/stages and the in-process CLI tests (checks pyproject's lower bounds)
-# Each installs the project with its `dev` and `examples` extras; only .venv runs the example
-# pipelines' tests (tests/pipelines).
+# Each installs the project with its `dev` and `examples` extras (.venv also `docs`, for the
+# site); only .venv runs the example pipelines' tests (tests/pipelines) and builds the docs.
 # Interpreters are found by tools/find-python (PATH, pyenv, /usr/bin); name one with
 # PY=/path/to/python for .venv, PY311, PY312, PY313 for the others. EXTRA_PYTHONS= skips
 # 3.12 and 3.13.
@@ -37,7 +37,7 @@ CORE_TESTS := tests/eeipu tests/stages
 OLDEST_TESTS := $(CORE_TESTS) tests/flows/test_bad_input.py
 
 .PHONY: run test test-main test-oldest $(addprefix test-,$(EXTRA_PYTHONS)) lint install \
-	clean browser postgres server worker task-worker
+	clean browser postgres server worker task-worker docs docs-serve
 
 # Debian's Chromium and ChromeDriver for the browser test (tests/flows/test_server_ui.py).
 CHROMIUM := /usr/bin/chromium
@@ -55,7 +55,7 @@ $(STAMP): pyproject.toml
 	rm -rf $(VENV)
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
-	$(UV) pip install -q --compile-bytecode -p $(BIN)/python -e '.[dev,examples]'
+	$(UV) pip install -q --compile-bytecode -p $(BIN)/python -e '.[dev,examples,docs]'
 	touch $(STAMP)
 
 .venv-%/.installed-stamp: pyproject.toml $(STAMP)
@@ -99,6 +99,15 @@ endef
 $(foreach v,$(EXTRA_PYTHONS),$(eval $(call venv_tests,$(v),$(CORE_TESTS))))
 $(eval $(call venv_tests,oldest,$(OLDEST_TESTS)))
 
+# The documentation site (mkdocs.yml) into site/, failing on any warning (a broken link, a
+# public name without a docstring); docs-serve rebuilds it on every change, on
+# http://127.0.0.1:8000. NO_MKDOCS_2_WARNING: Material's banner about its successor.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+
 browser:
 	@if [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; then \
 		$(SUDO) apt-get update -qq && \
@@ -132,4 +141,4 @@ task-worker: $(STAMP)
 	$(BIN)/eeipu worker --limit $(or $(LIMIT),1)
 
 clean:
-	rm -rf $(VENV) .venv-3.* .venv-oldest outputs multirun .eeipu
+	rm -rf $(VENV) .venv-3.* .venv-oldest outputs multirun .eeipu site

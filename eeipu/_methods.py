@@ -257,6 +257,8 @@ def _posterior_mean(model: SingleTaskGP, X: Tensor) -> Tensor:
 
 
 METHODS: dict[str, Callable[..., Method]] = {}
+"""Method name -> its factory (keyword options -> :class:`Method`), filled by
+:func:`register_method`; :func:`make_method` builds a method from it by name."""
 
 
 def options_type(

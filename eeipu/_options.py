@@ -106,7 +106,6 @@ class CascadeBOOptions(_SearchOptions):
     mc_samples: int = 64
 
 
-#: Method name -> the frozen dataclass of its options (None: the factory takes any keyword).
 METHOD_OPTIONS: dict[str, type | None] = {
     "random": RandomSearchOptions,
     "ei": EIOptions,
@@ -117,6 +116,8 @@ METHOD_OPTIONS: dict[str, type | None] = {
     "lambo": LaMBOOptions,
     "ms_bo": CascadeBOOptions,
 }
+"""Method name -> the frozen dataclass of its options, or None where the factory takes any
+keyword (torch-free: a configuration is checked against it before torch is imported)."""
 
 
 def method_options(name: str, **options: Any) -> Any:

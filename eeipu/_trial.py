@@ -11,6 +11,9 @@ __all__ = ["Trial", "TrialState"]
 
 
 class TrialState(enum.StrEnum):
+    """Where a trial stands: ``PENDING`` from ``ask()`` until told, then ``COMPLETE`` (an
+    objective was told) or ``FAILED`` (told ``objective=None``)."""
+
     PENDING = "pending"
     COMPLETE = "complete"
     FAILED = "failed"

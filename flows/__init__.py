@@ -8,7 +8,18 @@ Modules: :mod:`flows.study` (the study loop), :mod:`flows.executors`, :mod:`flow
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+# For type checkers and the API reference (griffe reads them); `X as X` marks a re-export.
+if TYPE_CHECKING:
+    from flows._config import ConfigError as ConfigError
+    from flows._config import OptimizerConfig as OptimizerConfig
+    from flows._config import PipelineConfig as PipelineConfig
+    from flows._config import StorageConfig as StorageConfig
+    from flows._config import StudyConfig as StudyConfig
+    from flows._eviction import reuse_value as reuse_value
+    from flows._journal import StudyJournal as StudyJournal
+    from flows._outputs import write_outputs as write_outputs
 
 # name -> the module that defines it
 _HOMES = {

@@ -78,6 +78,7 @@ def _rule(ok: Callable[[Any], bool], rule: str) -> BeforeValidator:
             raise _broken(f"must be {rule}, but got {value!r}")
         return value
 
+    check.__doc__ = f"must be {rule}"  # the rule, as the configuration reference shows it
     return BeforeValidator(check)
 
 
@@ -113,6 +114,7 @@ def _number(
             raise _broken(f"must be >= 0, but got {value!r}")
         return int(value) if integer else float(value)
 
+    check.__doc__ = f"must be {kind}" + (" >= 0" if non_negative else "")
     return BeforeValidator(check)
 
 
@@ -126,7 +128,8 @@ def _mapping(value: Any) -> dict[str, Any]:
 
 
 def _positive_size(value: Any, handler: Callable[[Any], Any]) -> Any:
-    """pydantic's ByteSize (``5000``, ``"500MB"``, ``"2 GiB"``), but positive and no bool."""
+    """must be a positive size in bytes (``5000000``) or with a unit (``500MB``, ``2GiB``):
+    pydantic's ByteSize, but positive and never a bool"""
     if value is None:
         return None
     try:
@@ -180,20 +183,32 @@ class PipelineConfig(_Section):
     space, is passed to the stage function and joins its cache key."""
 
     name: _Text
+    """The pipeline's name, as in the default study name ``<pipeline>-<method>-seed<seed>``."""
     target: _Text
+    """The function that builds the pipeline: ``module:function`` or ``module.function``."""
     kwargs: _Mapping = {}
+    """Keyword arguments of ``target``; they join every stage's cache key."""
     space: dict[str, dict[str, dict[str, Any]]] | None = None
+    """``{stage: {param: spec}}`` in place of the stages' declared search space (a spec as
+    in :meth:`eeipu.SearchSpace.from_dict`)."""
     metric: str | None = None
+    """The key of the objective where the last stage returns a dict of metrics."""
     direction: Annotated[
         Literal["maximize", "minimize"],
         _rule(lambda v: v in ("maximize", "minimize"), "'maximize' or 'minimize'"),
     ] = "maximize"
+    """Whether a larger or a smaller objective is better."""
     stage_tags: dict[str, list[str]] = {}
+    """``{stage: [tag, ...]}``: Prefect tags added to those stages' tasks (e.g. ``gpu``); not
+    part of the cache key."""
     fixed: dict[str, dict[str, Any]] = {}
+    """``{stage: {param: value}}``: pinned parameters, passed to the stage and joined to its
+    cache key, and out of the search space (``eeipu best`` writes this section)."""
 
     @field_validator("fixed", mode="before")
     @classmethod
     def _fixed(cls, fixed: Any) -> Any:
+        """must map stage -> parameter -> value"""
         fixed = fixed or {}
         if not isinstance(fixed, Mapping) or not all(
             isinstance(v, Mapping) for v in fixed.values()
@@ -207,6 +222,7 @@ class PipelineConfig(_Section):
     @field_validator("space", mode="before")
     @classmethod
     def _space(cls, space: Any) -> Any:
+        """must be a valid search space (:meth:`eeipu.SearchSpace.from_dict`)"""
         if space is None:
             return None
         if not isinstance(space, Mapping):
@@ -220,6 +236,7 @@ class PipelineConfig(_Section):
     @field_validator("stage_tags", mode="before")
     @classmethod
     def _stage_tags(cls, tags: Any) -> Any:
+        """must map stage -> list of tags"""
         tags = tags or {}
         if not isinstance(tags, Mapping) or not all(
             isinstance(v, list | tuple) and all(isinstance(t, str) for t in v)
@@ -255,12 +272,18 @@ class OptimizerConfig(_Section):
     """The method (a name in ``eeipu.METHODS``), its options, and the prefix-pool size."""
 
     method: str
+    """A registered method: ``eeipu``, ``ei``, ``eips``, ``carbo``, ``ms_carbo``, ``ms_bo``,
+    ``lambo``, ``random``, or one added with :func:`eeipu.register_method`."""
     max_prefixes: _Count = 24
+    """Size cap of the prefix pool: the cached stage prefixes whose candidates an ``ask()``
+    screens (``max_prefixes`` of :class:`eeipu.Optimizer`)."""
     options: _Mapping = {}
+    """The method's keyword options (:data:`eeipu.METHOD_OPTIONS` lists each method's)."""
 
     @field_validator("method", mode="before")
     @classmethod
     def _method(cls, method: Any) -> Any:
+        """must be a registered method (:data:`eeipu.METHOD_OPTIONS`)"""
         names = sorted(METHOD_OPTIONS)  # every registered method, without importing torch
         if method not in names:
             raise _broken(f"must be one of {names}, but got {method!r}")
@@ -269,8 +292,8 @@ class OptimizerConfig(_Section):
     @field_validator("options")
     @classmethod
     def _options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        """Only the options the method uses (``eeipu.METHOD_OPTIONS``); values are checked
-        when the method is built."""
+        """must be options the method uses (:data:`eeipu.METHOD_OPTIONS`); their values are
+        checked when the method is built"""
         method = info.data.get("method")
         kind = METHOD_OPTIONS.get(method) if method else None
         known = {f.name for f in fields(kind)} if kind else None
@@ -294,13 +317,20 @@ class StorageConfig(_Section):
     ``options`` (fsspec storage options, maybe credentials) is never serialized or shown."""
 
     url: str
+    """A local folder or an fsspec URL (``s3://bucket/prefix``, a valid bucket name) holding
+    the stage cache and the study journals."""
     options: Annotated[_Mapping, Field(exclude=True, repr=False)] = {}
+    """fsspec storage options (maybe credentials): never serialized, logged or shown."""
     max_bytes: Bytes | None = None
+    """A cap on the cached payloads (``5000000``, ``500MB``, ``2GiB``); over it, the entries
+    least worth keeping are evicted (docs: Faults, "Bounded cache")."""
     retry_seconds: _Seconds = 30.0
+    """Remote storage: retry a failing read or write this long (with backoff), then stop."""
 
     @field_validator("url", mode="before")
     @classmethod
     def _url(cls, url: Any) -> Any:
+        """must be a folder or URL; an ``s3://`` URL must name a valid bucket"""
         if not isinstance(url, str) or not url.strip():
             raise _broken(f"must be a folder or URL, but got {url!r}")
         if url.startswith("s3://") and not _S3_URL.match(url):
@@ -326,32 +356,65 @@ class StudyConfig(_Section):
             "1-100 letters, digits, '_', '.' or '-' (starting with a letter or digit)",
         ),
     ]
+    """The study's name: its journal, outputs and Prefect tags; an existing study resumes."""
     pipeline: PipelineConfig
+    """The pipeline section (config group ``pipeline/``)."""
     optimizer: OptimizerConfig
+    """The optimizer section (config group ``optimizer/``)."""
     storage: StorageConfig
+    """The storage section (config group ``storage/``)."""
     budget: Annotated[float, _number(positive=True)]
+    """The total cost budget, warm-up included (stage cost units; seconds for real
+    pipelines)."""
     seed: _Count = 0
+    """Seeds the warm-up draws and the optimizer: same seed, same candidates."""
     n_init: _Positive = 10
+    """Random warm-up trials before the model proposes (the same for every method of a
+    seed)."""
     retries: _Count = 0
+    """Prefect retries of a failing stage."""
     retry_delay_seconds: _Seconds = 0.0
+    """Seconds between those retries."""
     continue_on_failure: _Flag = True
+    """Record a failed trial (with its cost) and go on; false: the first failure stops the
+    study."""
     charge_overhead: _Flag = False
+    """Also charge each trial its ``ask()`` seconds and the wall time outside its stages, so
+    that the budget is wall time (where stage costs are seconds)."""
     max_failures_in_a_row: _Positive = 5
-    output_dir: _Text = ""  # "" (or null) -> outputs/<study>
+    """Stop after this many failed trials in a row (likely a bug, not a region)."""
+    output_dir: _Text = ""
+    """Where ``results.csv``, ``best.yaml`` and ``best_vs_cost.png`` go; empty or null:
+    ``outputs/<study>``."""
     progress: _Flag = True
+    """Print one console line per trial."""
     max_trials: Annotated[int | None, _number(integer=True, positive=True)] = None
+    """An optional cap on trials: cache hits make trials cheap in budget terms, but each
+    still costs an ``ask()`` and orchestration."""
     warm_start: tuple[str, ...] = ()
+    """Earlier studies on the same storage (same pipeline and space) whose trials feed the
+    models as priors, e.g. ``warm_start=[old-study]``."""
     extra_budget: Annotated[float | None, _number(positive=True)] = None
+    """Continue an existing study with ``max(last budget, spent) + extra_budget``; required
+    by ``eeipu serve``."""
     parallel: _Positive = 1
+    """Trials in flight at a time."""
     work_pool: Annotated[  # before-validators run last-listed first: null -> "eeipu"
         str,
         _rule(lambda v: isinstance(v, str) and bool(_STUDY_NAME.match(v)), "a work pool name"),
         BeforeValidator(lambda v: v or "eeipu"),
     ] = "eeipu"
+    """The Prefect work pool whose workers run the trials (``executor=work_pool``)."""
     executor: Annotated[Executor, _one_of(get_args(Executor))] = "auto"
+    """How trials run: ``auto`` (in process if ``parallel`` is 1, else ``work_pool``),
+    ``local`` (``parallel`` at a time in this process), ``work_pool`` (Prefect workers), or
+    ``task_workers`` (warm ``eeipu worker`` processes)."""
     # What the shipped real pipelines' kwargs interpolate (${size}, ${device}).
     size: _Text = "full"
+    """The shipped real pipelines' size: ``smoke`` (seconds per trial), ``full``, or
+    ``hard`` (ml_stacking, vision_cnn)."""
     device: _Text = "cpu"
+    """The shipped real pipelines' torch device: ``cpu`` or ``cuda``."""
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> StudyConfig:
@@ -370,7 +433,7 @@ class StudyConfig(_Section):
     @field_validator("warm_start", mode="before")
     @classmethod
     def _warm_start(cls, value: Any) -> Any:
-        """Names of earlier studies on the same storage (a list, maybe empty)."""
+        """must be a list of study names (maybe empty), none twice, not the study itself"""
         if value is None:
             return ()
         if isinstance(value, str) or not isinstance(value, list | tuple):

@@ -43,6 +43,8 @@ from stages._errors import StoreError, StoreUnavailable
 __all__ = ["DEFAULT_STORE_URL", "Store"]
 
 DEFAULT_STORE_URL = ".eeipu/cache"
+"""Where :class:`Store` keeps its entries when given no URL (relative to the working
+directory), as ``storage.url`` does in the shipped ``local`` storage config."""
 
 logger = logging.getLogger(__name__)
 
