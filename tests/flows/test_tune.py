@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from flows import ConfigError, StudyConfig
-from tests.helpers import EI, ENTRY_POINTS, FAST, cli, composed, journal, run_study
+from tests.helpers import EI, ENTRY_POINTS, FAST, ROOT, cli, composed, journal, run_study
 
 
 # ---------------------------------------------------------------------- configs
@@ -173,6 +175,41 @@ def test_cli_multirun_two_studies_share_one_cache(tmp_path, api_env, entry):
     # the second job's warm-up (same seed) came from the first job's cache
     ei = sorted((cache / "studies" / "synthetic-ei-seed0" / "trials").glob("*.json"))
     assert json.loads(ei[0].read_text())["cached"] == ["prep", "train", "finetune"]
+
+
+_TWO_STUDIES = """
+import sys
+from flows.tune import run
+from tests.helpers import FAST, composed
+for seed in (0, 1):
+    cfg = composed(*FAST, f"seed={seed}", f"storage.url={sys.argv[1]}/cache")
+    cfg["output_dir"] = f"{sys.argv[1]}/out{seed}"
+    run(cfg)
+"""
+
+
+@pytest.mark.slow
+def test_two_studies_in_one_process_on_temporary_servers_exit_promptly(tmp_path):
+    """No PREFECT_API_URL: each study starts and stops a temporary server of its own.
+    Prefect's events worker is process-wide; unless it is drained while its server runs,
+    the second study's events go to the first (stopped) server and the process exit waits
+    ~7 s for each of them (over 4 minutes here before the fix): the subprocess would time
+    out, and stderr says so."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-c", _TWO_STUDIES, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=200,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = sorted(p.name for p in (tmp_path / "cache" / "studies").iterdir())
+    assert names == ["synthetic-eeipu-seed0", "synthetic-eeipu-seed1"]
+    for said in ("Unable to connect", "failed to process item", "Still processing items"):
+        assert said not in proc.stderr + proc.stdout
 
 
 def test_cli_rerun_of_a_finished_study_answers_from_the_journal(tmp_path, api_env):
