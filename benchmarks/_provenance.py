@@ -137,9 +137,12 @@ def describe(runs: Iterable[Mapping[str, Any]]) -> str:
                 else "; not in this checkout's history"
             )
         parts.append(label + ")")
+    line = f"Code: made by commit {'; '.join(parts)}" if parts else "Code:"
     if unknown:
-        parts.append(f"not recorded ({unknown} runs, made before runs recorded their commit)")
-    line = f"Code: made by commit {'; '.join(parts)}" if parts else "Code: no runs"
+        line += "; " if parts else " "
+        line += f"not recorded for {unknown} runs (made before runs recorded their commit)"
+    if not runs:
+        line = "Code: no runs"
     if len(codes) > 1:
         line += f"; {len(codes)} different versions of the code they ran"
     elif codes:

@@ -701,6 +701,52 @@ def _method_rows(
     return rows
 
 
+def _checks(
+    s: Settings, per: Mapping[str, Mapping[str, Mapping[str, Any]]], names: Sequence[str]
+) -> list[str]:
+    """Issue 30's done-when checks for eeipu (when it ran), over all problems."""
+    if "eeipu" not in s.methods:
+        return []
+    diffs = [per[n]["eeipu"]["diff"] for n in names]
+    lo, hi = _bootstrap_mean(diffs)
+    mean, p10 = sum(diffs) / len(diffs), _percentile(diffs, 0.1)
+    lost = [per[n]["eeipu"]["verdict"] for n in names].count(-1)
+    final = {
+        m: sum(sum(per[n][m]["final"]) / s.seeds for n in names) / len(names) for m in s.methods
+    }
+    items = [
+        (
+            "mean normalized improvement over EI > 0 with its 90% interval above 0",
+            lo > 0,
+            f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]",
+        ),
+        ("10th percentile >= -0.05", p10 >= -0.05, f"{p10:+.3f}"),
+        (
+            "loses to EI beyond noise on <= 10% of problems",
+            lost <= 0.1 * len(names),
+            f"{lost}/{len(names)}" + (" (one seed: no loss can be seen)" if s.seeds < 2 else ""),
+        ),
+    ]
+    for m in OPTUNA:
+        if m in s.methods:
+            items.append(
+                (
+                    f"normalized final best >= {m}'s",
+                    final["eeipu"] >= final[m],
+                    f"{final['eeipu']:.3f} vs {final[m]:.3f}",
+                )
+            )
+    return [
+        "",
+        f"Checks (issue 30's done-when, on this {s.set_name} set):",
+        "",
+        *[
+            f"- [{'x' if ok else ' '}] {what}: **{'met' if ok else 'MISSED'}** ({detail})"
+            for what, ok, detail in items
+        ],
+    ]
+
+
 def write_report(s: Settings, runs: Mapping[tuple[str, str, int], Mapping[str, Any]]) -> Path:
     """``<results_dir>/family_<set>.md`` and ``.png`` from the raw runs; returns the page."""
     summary = summarize(s, runs)
@@ -781,6 +827,7 @@ def write_report(s: Settings, runs: Mapping[tuple[str, str, int], Mapping[str, A
         "",
         header,
         *_method_rows(s, per, names),
+        *_checks(s, per, names),
     ]
     for shape in SHAPES:
         members = [n for n in names if shapes[n] == shape]
@@ -799,14 +846,18 @@ def write_report(s: Settings, runs: Mapping[tuple[str, str, int], Mapping[str, A
         cells = []
         for method in s.methods:
             p = per[n][method]
-            mark = {1: " ▲", -1: " ▼", 0: ""}[p["verdict"]] if method != BASELINE else ""
+            mark = "" if method in (BASELINE, *OPTUNA) else {1: " ▲", -1: " ▼", 0: ""}[p["verdict"]]
             cells.append(f"{sum(p['imp']) / s.seeds:.3f}{mark}")
         lines.append(
             f"| {n} | {d['shape']} | {d['stages']} | {'/'.join(map(str, d['dims']))} "
             f"| {'/'.join(f'{c:.2f}' for c in d['cost_shares'])} | {d['noise_sd']:g} "
             f"| {' | '.join(cells)} |"
         )
-    lines += ["", "▲/▼: won/lost against EI beyond noise.", ""]
+    lines += [
+        "",
+        "▲/▼: won/lost against EI beyond noise (not for Optuna's samplers: own start-up trials).",
+        "",
+    ]
     if summary["warmup_differs"]:
         lines.append(
             "**Warning**: the warm-up differed between methods on "

@@ -150,6 +150,10 @@ def test_family_benchmark_end_to_end_reuses_its_runs(tmp_path, capsys):
     assert "| optuna_tpe | n/a |" in page
     assert "## Shape `dear_first` (1 problems)" in page and "| dev-01 | dear_last |" in page
     assert "every method evaluated the same warm-up per seed" in page
+    assert "Checks (issue 30's done-when, on this dev set):" in page
+    assert "- [x] normalized final best >= optuna_tpe's: **met**" in page or (
+        "- [ ] normalized final best >= optuna_tpe's: **MISSED**" in page
+    )
     raw = sorted((tmp_path / "raw" / "family" / "dev").rglob("*.json"))
     assert len(raw) == 12
     tpe = json.loads((tmp_path / "raw/family/dev/dev-00/optuna_tpe-seed1.json").read_text())
