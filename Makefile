@@ -87,14 +87,15 @@ EXTRA_TESTS := $(addprefix test-,$(EXTRA_PYTHONS)) test-oldest
 test: test-main
 	$(MAKE) --no-print-directory -j3 --output-sync=target $(EXTRA_TESTS)
 
+# --durations: the slowest tests in every log, where the suite's time goes.
 test-main: lint browser postgres
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=30 $(PYTEST_ARGS)
 
 # test-NAME: the test paths $(2) in .venv-NAME, after a line naming the versions installed.
 define venv_tests
 test-$(1): .venv-$(1)/.installed-stamp
 	$$(call show_versions,.venv-$(1))
-	.venv-$(1)/bin/python -m pytest -p no:cacheprovider $(2) $$(PYTEST_ARGS)
+	.venv-$(1)/bin/python -m pytest -p no:cacheprovider --durations=10 $(2) $$(PYTEST_ARGS)
 endef
 $(foreach v,$(EXTRA_PYTHONS),$(eval $(call venv_tests,$(v),$(CORE_TESTS))))
 $(eval $(call venv_tests,oldest,$(OLDEST_TESTS)))
