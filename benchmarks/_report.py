@@ -256,9 +256,62 @@ class Report:
                         f"[{_fmt(lo)}, {_fmt(hi)}]",
                     )
                 )
+            elif name == "ahead_of_best":
+                lo, hi = bootstrap_diff(
+                    self.values(ref, "improvement"), self.values(best_other, "improvement")
+                )
+                out.append(
+                    (
+                        f"{ref}'s mean improvement is ahead of the best baseline's (the 90% "
+                        "paired-bootstrap interval of the difference lies above 0)",
+                        verdict(lo, hi) == "ahead",
+                        f"{verdict(lo, hi)}: {ref} {_fmt(imp[ref])} vs {best_other} "
+                        f"{_fmt(imp[best_other])}; difference {_fmt(imp[ref] - imp[best_other])} "
+                        f"[{_fmt(lo)}, {_fmt(hi)}]",
+                    )
+                )
+            elif name == "cost_to_best_baseline":
+                out.append(self._cost_to_best_baseline(best_other))
             else:
                 raise ValueError(f"unknown check {name!r}")
         return out
+
+    def mean_curve(self, method: str, grid: Sequence[float]) -> list[float]:
+        """The mean over seeds of the best objective by cumulative cost (NaN where a seed
+        has no complete trial yet)."""
+        curves = [best_curve(self.runs[method][s], grid) for s in self.seeds]
+        return [sum(c[i] for c in curves) / len(curves) for i in range(len(grid))]
+
+    def _cost_to_best_baseline(self, best_other: str) -> tuple[str, bool, str]:
+        """Where the reference's mean best-vs-cost curve first reaches the best baseline's
+        final mean, against where the baseline's own curve does: at most 0.6x."""
+        ref = self.reference
+        sign = (
+            1.0
+            if self.runs[ref][self.seeds[0]].get("direction", "maximize") == "maximize"
+            else -1.0
+        )
+        target = sum(self.values(best_other, "final_best")) / len(self.seeds)
+        top = max(
+            sum(t["cost"] for t in r["trials"]) for m in self.methods for r in self.runs[m].values()
+        )
+        grid = [top * i / 2000 for i in range(1, 2001)]
+
+        def reach(method: str) -> float | None:
+            for g, y in zip(grid, self.mean_curve(method, grid), strict=True):
+                if not math.isnan(y) and sign * y >= sign * target - 1e-12:
+                    return g
+            return None
+
+        mine, theirs = reach(ref), reach(best_other)
+        name = (
+            f"{ref}'s mean best reaches the best baseline's final mean ({best_other}, "
+            f"{_fmt(target, 4)}) for <= 0.6x the cost the baseline needs"
+        )
+        if mine is None or theirs is None:
+            return name, False, f"{ref} never reached it" if mine is None else "baseline never did"
+        ratio = mine / theirs
+        return name, ratio <= 0.6, f"{_fmt(mine)} vs {_fmt(theirs)}: {ratio:.2f}x"
 
 
 def build_report(

@@ -114,6 +114,12 @@ def test_report_gains_and_targets_by_hand():
     assert rep.to_target["random"] == [None, 2]
     checks = dict((name.split(" ")[1], ok) for name, ok, _ in rep.checks(["candidates_vs_mean"]))
     assert checks == {"evaluates": True}  # exactly +100%
+    # The best baseline (by mean improvement) is random (2.5), its final mean (1 + 4) / 2 =
+    # 2.5. The mean best of eeipu's seeds reaches it at cost 3 ((4 + 6) / 2), random's own
+    # at 6 ((1 + 4) / 2): 0.5x. Improvement differences 3 and 2: ahead on every resample.
+    (_, ok, detail), (_, ahead, said) = rep.checks(["cost_to_best_baseline", "ahead_of_best"])
+    assert ok and detail == "3 vs 6: 0.50x"
+    assert ahead and said.startswith("ahead: eeipu 5 vs random 2.5")
     table = rep.gain_table()
     assert "| ei | +200% |" in table and "| **mean of the others** | +100% |" in table
 
