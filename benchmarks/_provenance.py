@@ -18,7 +18,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CODE_PATHS", "PIPELINE_CODE_PATHS", "code_id", "describe", "provenance"]
+__all__ = [
+    "CODE_PATHS",
+    "PIPELINE_CODE_PATHS",
+    "REUSE",
+    "code_id",
+    "describe",
+    "made_by",
+    "provenance",
+    "reusable",
+    "reuse_note",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 # The code a simulated run's numbers depend on: the optimizer, the simulation, the problems.
@@ -26,6 +36,9 @@ CODE_PATHS = ("eeipu", "stages/pipelines")
 # A real pipeline's studies also run the framework: the cache, the flows, the study loop.
 PIPELINE_CODE_PATHS = ("eeipu", "stages", "flows")
 _PACKAGES = ("torch", "botorch", "gpytorch", "scipy", "optuna")
+# Which saved raw runs may stand for a run of today's code: only those today's code made
+# (same_code), or any with matching settings (any).
+REUSE = ("same_code", "any")
 
 
 def _git(*args: str) -> str | None:
@@ -153,3 +166,25 @@ def describe(runs: Iterable[Mapping[str, Any]]) -> str:
     if dirty:
         line += f"; {dirty} runs with uncommitted changes to it"
     return line + "."
+
+
+def made_by(run: Mapping[str, Any], code: str | None) -> bool:
+    """Whether the optimizer code ``code`` (:func:`code_id`) made the raw run ``run``."""
+    return (run.get("provenance") or {}).get("code") == code
+
+
+def reusable(run: Mapping[str, Any] | None, reuse: str, code: str | None) -> bool:
+    """Whether a saved raw run (None: none matched the settings) may stand for a run of
+    today's code ``code``: made by that very code, or any code with ``reuse == "any"``."""
+    if run is None:
+        return False
+    return reuse == "any" or made_by(run, code)
+
+
+def reuse_note(stale: int, option: str) -> str:
+    """The line a benchmark prints when ``option`` (``reuse=any``, ``--reuse any``) made it
+    reuse ``stale`` raw runs of other code."""
+    return (
+        f"{option}: reusing {stale} raw runs made by other optimizer code than today's "
+        "(the page says which commits made them)"
+    )

@@ -61,12 +61,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks._provenance import describe, provenance
+from benchmarks._provenance import REUSE, describe, made_by, provenance, reusable, reuse_note
 from benchmarks._report import verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ("dev", "report")
-REUSE = ("same_code", "any")
 SHAPES = ("dear_first", "dear_last", "flat", "param_dependent", "decaying")
 FULL_COST = 10.0  # a full trial's cost at the base costs
 BASELINE = "ei"
@@ -541,21 +540,21 @@ def _execute(jobs: list[dict[str, Any]], workers: int) -> Iterator[dict[str, Any
 def run_family(s: Settings) -> dict[tuple[str, str, int], dict[str, Any]]:
     """Every (problem, method, seed) of ``s``, reusing the raw runs whose settings match;
     returns the runs keyed by (problem, method, seed)."""
-    from benchmarks.suite import load_raw, reusable, save_json
+    from benchmarks.suite import load_raw, save_json
 
     s.check()
     runs: dict[tuple[str, str, int], dict[str, Any]] = {}
     todo = []
-    made_by = provenance()
+    made = provenance()
     stale = 0
     for index in range(s.problems):
         for method in s.methods:
             for seed in range(s.seeds):
                 job = _job(s, index, method, seed)
                 run = load_raw(_raw_path(s, job), job["fingerprint"])
-                if reusable(run, s.reuse, made_by["code"]):
+                if reusable(run, s.reuse, made["code"]):
                     runs[job["problem"], method, seed] = run
-                    stale += (run.get("provenance") or {}).get("code") != made_by["code"]
+                    stale += not made_by(run, made["code"])
                 elif s.report_only:
                     raise FamilyError(
                         f"--report-only: no raw run of {job['problem']} {method} seed {seed} "
@@ -569,16 +568,12 @@ def run_family(s: Settings) -> dict[tuple[str, str, int], dict[str, Any]]:
                 else:
                     todo.append(job)
     if stale:
-        print(
-            f"--reuse any: reusing {stale} raw runs made by other optimizer code than today's "
-            "(the page says which commits made them)",
-            file=sys.stderr,
-        )
+        print(reuse_note(stale, "--reuse any"), file=sys.stderr)
     if todo:
         # Problem by problem, so a page written from a partial run compares like with like.
         todo.sort(key=lambda j: (j["index"], j["seed"]))
         for job in todo:
-            job["provenance"] = made_by
+            job["provenance"] = made
         print(f"family {s.set_name}: {len(todo)} runs to do, {len(runs)} reused", file=sys.stderr)
         start, total = time.perf_counter(), len(todo)
         for done, run in enumerate(_execute(list(todo), s.workers), 1):
@@ -672,6 +667,13 @@ def summarize(
     return {"per": per, "warmup_differs": warmup_differs}
 
 
+def _mean_final(
+    s: Settings, per: Mapping[str, Mapping[str, Mapping[str, Any]]], names: Sequence[str], m: str
+) -> float:
+    """Method ``m``'s normalized final best, averaged over its seeds and then the problems."""
+    return sum(sum(per[n][m]["final"]) / s.seeds for n in names) / len(names)
+
+
 def _method_rows(
     s: Settings, per: Mapping[str, Mapping[str, Mapping[str, Any]]], names: Sequence[str]
 ) -> list[str]:
@@ -680,7 +682,6 @@ def _method_rows(
         diffs = [per[n][method]["diff"] for n in names]
         verdicts = [per[n][method]["verdict"] for n in names]
         lo, hi = _bootstrap_mean(diffs)
-        finals = [sum(per[n][method]["final"]) / s.seeds for n in names]
         post = [sum(per[n][method]["post"]) / s.seeds for n in names]
         base_post = [sum(per[n][BASELINE]["post"]) / s.seeds for n in names]
         ratio = sum(post) / max(sum(base_post), 1e-12)
@@ -688,7 +689,7 @@ def _method_rows(
         flo, fhi = _bootstrap_mean(final_diffs)
         final = (
             f"{sum(final_diffs) / len(final_diffs):+.3f} [{flo:+.3f}, {fhi:+.3f}] "
-            f"| {sum(finals) / len(finals):.3f}"
+            f"| {_mean_final(s, per, names, method):.3f}"
         )
         if method in OPTUNA:  # its own start-up trials: no shared warm-up to improve on
             rows.append(f"| {method} | n/a | | | | | | {final} | n/a |")
@@ -711,9 +712,7 @@ def _checks(
     lo, hi = _bootstrap_mean(diffs)
     mean, p10 = sum(diffs) / len(diffs), _percentile(diffs, 0.1)
     lost = [per[n]["eeipu"]["verdict"] for n in names].count(-1)
-    final = {
-        m: sum(sum(per[n][m]["final"]) / s.seeds for n in names) / len(names) for m in s.methods
-    }
+    final = {m: _mean_final(s, per, names, m) for m in s.methods}
     items = [
         (
             "mean normalized improvement over EI > 0 with its 90% interval above 0",

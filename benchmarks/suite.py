@@ -47,9 +47,13 @@ from typing import Any
 from benchmarks._provenance import (
     CODE_PATHS,
     PIPELINE_CODE_PATHS,
+    REUSE,
     code_id,
     describe,
+    made_by,
     provenance,
+    reusable,
+    reuse_note,
 )
 from flows.conf import CONFIG_DIR
 
@@ -105,8 +109,8 @@ def _check(cfg: Mapping[str, Any]) -> None:
             raise SuiteError(f"`{key}` must be a positive integer, but got {v!r}")
     if not (isinstance(cfg["budget"], int | float) and cfg["budget"] > 0):
         raise SuiteError(f"`budget` must be a positive number, but got {cfg['budget']!r}")
-    if cfg["reuse"] not in ("same_code", "any"):
-        raise SuiteError(f"`reuse` must be 'same_code' or 'any', but got {cfg['reuse']!r}")
+    if cfg["reuse"] not in REUSE:
+        raise SuiteError(f"`reuse` must be one of {list(REUSE)}, but got {cfg['reuse']!r}")
     if cfg["missing_methods"] not in ("skip", "error"):
         raise SuiteError(
             f"`missing_methods` must be 'skip' or 'error', but got {cfg['missing_methods']!r}"
@@ -175,15 +179,6 @@ def load_raw(path: Path, fp: Mapping[str, Any]) -> dict[str, Any] | None:
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     return run if run.get("fingerprint") == json.loads(json.dumps(fp)) else None
-
-
-def reusable(run: Mapping[str, Any] | None, reuse: str, code: str | None) -> bool:
-    """Whether a saved raw run (None: none matched the settings) may stand for a run of
-    today's code ``code`` (:func:`benchmarks._provenance.provenance`'s ``code``): made by
-    that very optimizer code, or any code with ``reuse == "any"``."""
-    if run is None:
-        return False
-    return reuse == "any" or (run.get("provenance") or {}).get("code") == code
 
 
 def _code_paths(cfg: Mapping[str, Any]) -> tuple[str, ...]:
@@ -397,7 +392,7 @@ def _pipeline_runs(
 
     name = cfg["problem"]["name"]
     work = Path(cfg["work_dir"]) / name
-    made_by = provenance(PIPELINE_CODE_PATHS)
+    made = provenance(PIPELINE_CODE_PATHS)
     for seed, methods in todo.items():
         warm_store = work / f"seed{seed}" / "warmup"
         warm_json = _raw_dir(cfg) / f"warmup-seed{seed}.json"
@@ -438,7 +433,7 @@ def _pipeline_runs(
                 "wall_seconds": round(wall, 2),
                 "trials": _trial_rows(records),
                 "fingerprint": fingerprint(cfg, method, seed),
-                "provenance": made_by,
+                "provenance": made,
             }
 
 
@@ -605,14 +600,10 @@ def run_suite(cfg: Mapping[str, Any], command: str) -> tuple[Path, Path]:
             run = _cached(cfg, m, s, code)
             if cfg["rerun"] or run is None:
                 todo.setdefault(s, []).append(m)
-            elif (run.get("provenance") or {}).get("code") != code:
+            elif not made_by(run, code):
                 stale += 1
     if stale:
-        print(
-            f"reuse=any: reusing {stale} raw runs made by other optimizer code than today's "
-            "(the page says which commits made them)",
-            flush=True,
-        )
+        print(reuse_note(stale, "reuse=any"), flush=True)
     n_jobs = sum(len(v) for v in todo.values())
     if cfg["report_only"]:
         todo, n_jobs = {}, 0
@@ -622,7 +613,7 @@ def run_suite(cfg: Mapping[str, Any], command: str) -> tuple[Path, Path]:
         flush=True,
     )
     if n_jobs and problem["kind"] == "synthetic":
-        made_by = provenance()
+        made = provenance()
         jobs = [
             {
                 "problem": problem["name"],
@@ -636,7 +627,7 @@ def run_suite(cfg: Mapping[str, Any], command: str) -> tuple[Path, Path]:
                 "method_options": cfg["method_options"],
                 "max_trials": problem.get("max_trials"),
                 "fingerprint": fingerprint(cfg, m, s),
-                "provenance": made_by,
+                "provenance": made,
             }
             for s, ms in todo.items()
             for m in ms

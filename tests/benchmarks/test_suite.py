@@ -408,7 +408,9 @@ def test_config_errors_name_the_key(capsys):
     assert suite.main(["methods=[eeipu,nope]", "missing_methods=error"]) == 2
     assert "['nope'], unknown to eeipu.METHODS" in capsys.readouterr().err
     assert suite.main(["reuse=always"]) == 2
-    assert "`reuse` must be 'same_code' or 'any', but got 'always'" in capsys.readouterr().err
+    assert (
+        "`reuse` must be one of ['same_code', 'any'], but got 'always'" in capsys.readouterr().err
+    )
 
 
 @pytest.mark.slow
