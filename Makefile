@@ -36,7 +36,7 @@ CORE_TESTS := tests/eeipu tests/stages
 # Hydra/Prefect at their lowest versions: the CLI's bad-input table runs in process.
 OLDEST_TESTS := $(CORE_TESTS) tests/flows/test_bad_input.py
 
-.PHONY: run test test-main test-oldest $(addprefix test-,$(EXTRA_PYTHONS)) lint install \
+.PHONY: run test test-fast test-extended test-main test-main-extended test-oldest $(addprefix test-,$(EXTRA_PYTHONS)) lint install \
 	clean browser postgres server worker task-worker docs docs-serve
 
 # Debian's Chromium and ChromeDriver for the browser test (tests/flows/test_server_ui.py).
@@ -80,25 +80,50 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-# The whole suite on 3.11, then the core suites on 3.12/3.13 (newest dependencies) and on
-# the oldest dependencies pyproject admits: those three side by side (mostly one busy core
-# each; their output is printed job by job).
+# Test tiers (docs/development.md, "Test tiers"); CI (.ci/run) runs `test`, then
+# `test-extended`, so every test runs there.
+#   test-fast      the edit-run loop: the main suite without the slow, browser, PostgreSQL and
+#                  extended tests, on two workers; no lint, no other Pythons
+#   test           the README's test command: lint, the main suite but its extended tests on
+#                  two workers, then on 3.13 and on the oldest dependencies side by side (one
+#                  core each; output job by job) the version-sensitive core (MATRIX_QUICK)
+#   test-extended  the rest: the extended tests (variants of checks `test` makes: the same
+#                  fault on another executor, another signal), then the whole core suites on
+#                  3.12, 3.13 and the oldest dependencies side by side
+# --durations: the slowest tests in every log, where the suite's time goes. --dist loadgroup
+# keeps the PostgreSQL tests on one worker (one PostgreSQL server per run; tests/conftest.py).
+XDIST := -n 2 --dist loadgroup
+FAST := not slow and not browser and not postgres and not extended
+# The optimizer's ask/tell contract, both L-BFGS-B paths and the stages runtime (keys, store,
+# S3, Prefect tasks): what a Python or a dependency version changes first.
+MATRIX_QUICK := tests/stages tests/eeipu/test_optimizer.py tests/eeipu/test_lbfgs_paths.py
 EXTRA_TESTS := $(addprefix test-,$(EXTRA_PYTHONS)) test-oldest
+QUICK_TESTS := $(filter-out test-3.12,$(EXTRA_TESTS))
 test: test-main
+	$(MAKE) --no-print-directory -j2 --output-sync=target $(QUICK_TESTS) QUICK=1
+
+test-extended: test-main-extended
 	$(MAKE) --no-print-directory -j3 --output-sync=target $(EXTRA_TESTS)
 
-# --durations: the slowest tests in every log, where the suite's time goes.
-test-main: lint browser postgres
-	$(BIN)/python -m pytest --durations=30 $(PYTEST_ARGS)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest $(XDIST) -p no:cacheprovider --durations=15 -m "$(FAST)" $(PYTEST_ARGS)
 
-# test-NAME: the test paths $(2) in .venv-NAME, after a line naming the versions installed.
+test-main: lint browser postgres
+	$(BIN)/python -m pytest $(XDIST) --durations=30 -m "not extended" $(PYTEST_ARGS)
+
+test-main-extended: $(STAMP) browser postgres
+	$(BIN)/python -m pytest $(XDIST) -p no:cacheprovider --durations=30 -m extended $(PYTEST_ARGS)
+
+# test-NAME: the test paths $(2) in .venv-NAME, after a line naming the versions installed;
+# with QUICK=1 only $(3), and not the slow or extended ones among them.
 define venv_tests
 test-$(1): .venv-$(1)/.installed-stamp
 	$$(call show_versions,.venv-$(1))
-	.venv-$(1)/bin/python -m pytest -p no:cacheprovider --durations=10 $(2) $$(PYTEST_ARGS)
+	.venv-$(1)/bin/python -m pytest -p no:cacheprovider --durations=10 \
+		$$(if $$(QUICK),-m "not slow and not extended" $(3),$(2)) $$(PYTEST_ARGS)
 endef
-$(foreach v,$(EXTRA_PYTHONS),$(eval $(call venv_tests,$(v),$(CORE_TESTS))))
-$(eval $(call venv_tests,oldest,$(OLDEST_TESTS)))
+$(foreach v,$(EXTRA_PYTHONS),$(eval $(call venv_tests,$(v),$(CORE_TESTS),$(MATRIX_QUICK))))
+$(eval $(call venv_tests,oldest,$(OLDEST_TESTS),$(MATRIX_QUICK) tests/flows/test_bad_input.py))
 
 # The documentation site (mkdocs.yml) into site/, failing on any warning (a broken link, a
 # public name without a docstring); docs-serve rebuilds it on every change, on

@@ -172,3 +172,19 @@ def s3_bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
         Bucket=bucket
     )
     return bucket
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that runs a PostgreSQL-backed Prefect server ``postgres`` (so
+    ``make test-fast`` can leave them out) and keep them on one xdist worker (``--dist
+    loadgroup``), so that a run starts one such server, not one per worker.
+
+    Under pytest-xdist (``make test``: two workers) the slow tests come first, so that the
+    last minutes are not one long test on one worker while the other waits. Every worker
+    sorts alike, as xdist requires."""
+    for item in items:
+        if "postgres_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+            item.add_marker(pytest.mark.xdist_group("postgres"))
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hydra import compose, initialize_config_dir
 
 from flows.conf import CONFIG_DIR
@@ -132,6 +133,9 @@ EXECUTORS = {
     "inline": [],
     "local2": ["executor=local", "parallel=2"],
 }
+# The fault tests' executors: inline in `make test`, local2 (the same check on the local
+# executor, whose own tests are in tests/flows/test_executors.py) in `make test-extended`.
+EXECUTOR_CASES = [pytest.param("inline"), pytest.param("local2", marks=pytest.mark.extended)]
 
 
 def stop(proc: subprocess.Popen, log: Any = None) -> None:

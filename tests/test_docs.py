@@ -18,7 +18,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
+# One xdist worker (make test runs two) builds the site once: session scope, as xdist may
+# interleave other modules' tests with these.
+pytestmark = pytest.mark.xdist_group("docs")
+
+
+@pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("site")
     done = subprocess.run(

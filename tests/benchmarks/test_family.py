@@ -135,6 +135,7 @@ def test_bad_settings_name_the_option(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_family_benchmark_end_to_end_reuses_its_runs(tmp_path, capsys):
     args = ["--problems", "2", "--seeds", "2", "--budget", "3", "--n-init", "3"]
     args += ["--methods", "eeipu", "ei", "optuna_tpe", "--workers", "1"]

@@ -316,6 +316,7 @@ def test_cost_trap_makes_the_first_stage_dear_at_its_optimum():
         SyntheticProblem(noise_sd=-1.0)
 
 
+@pytest.mark.slow
 def test_failures_variant_fails_a_share_of_each_stage_and_simulate_tells_what_ran():
     import torch
 
@@ -469,6 +470,7 @@ def test_smoke_synthetic_writes_tables_and_plot_and_reuses_runs(tmp_path, capsys
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # make test-extended: a variant of the synthetic smoke test
 def test_smoke_real_pipeline_through_the_flows(tmp_path, capsys, prefect_harness):
     """ml_stacking at size=smoke through flows.tune.run: the shared warm-up is copied into
     every method's own cache and journal, so all methods start from the same trials. With

@@ -71,9 +71,20 @@ def run_study(space, method, n_trials=16, seed=0, **options):
 
 
 # ---------------------------------------------------------------- every method
-@pytest.mark.parametrize("method", sorted(METHODS))
-@pytest.mark.parametrize("name", sorted(SPACES))
-def test_every_method_runs_with_fixed_stages(method, name):
+# make test-fast runs eeipu on every layout and every method on the first; make test the grid.
+@pytest.mark.parametrize(
+    ("name", "method"),
+    [
+        pytest.param(
+            name,
+            method,
+            marks=[] if method == "eeipu" or name == min(SPACES) else [pytest.mark.slow],
+        )
+        for name in sorted(SPACES)
+        for method in sorted(METHODS)
+    ],
+)
+def test_every_method_runs_with_fixed_stages(name, method):
     space = SearchSpace.from_dict(SPACES[name])
     opt = run_study(space, method)
     trials = opt.trials

@@ -20,7 +20,11 @@ def _completed(problem, params):
 
 @pytest.mark.parametrize(
     ("method", "fail_share"),
-    [("eeipu", None), ("carbo", None), ("eeipu", (0.0, 0.4, 0.4))],  # the last: failures modelled
+    [
+        ("eeipu", None),
+        pytest.param("carbo", None, marks=pytest.mark.slow),  # not in make test-fast
+        pytest.param("eeipu", (0.0, 0.4, 0.4), marks=pytest.mark.slow),  # failures modelled
+    ],
 )
 def test_replay_plus_state_reproduces_the_next_ask(method, fail_share):
     problem = SyntheticProblem(fail_share=fail_share)

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import FAST, ROOT
 
 
@@ -76,6 +78,7 @@ def _essence(records: list[dict]) -> list[tuple]:
     ]
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path, api_env):
     (tmp_path / "ref").mkdir()
     (tmp_path / "crash").mkdir()
@@ -124,6 +127,7 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pa
     )
 
 
+@pytest.mark.extended  # make test-extended: a variant of the sequential SIGKILL test
 def test_sigkill_of_a_parallel_study_loses_nothing_and_recomputes_nothing(tmp_path, api_env):
     """Two trials in flight on the controller's threads (``executor=local``): kills land
     with trials running; each resume re-runs the trials in flight, adopting what they

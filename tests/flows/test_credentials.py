@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import boto3
+import pytest
 
 from tests.helpers import FAST, cli
 
@@ -48,6 +49,7 @@ def _database_bytes() -> bytes:
     return b"".join(p.read_bytes() for p in files)
 
 
+@pytest.mark.slow
 def test_env_credentials_never_leak(prefect_harness, api_env, moto_endpoint, tmp_path):
     env = {
         **api_env,

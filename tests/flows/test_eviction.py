@@ -9,7 +9,7 @@ import pytest
 from flows import ConfigError, StorageConfig, StudyConfig
 from stages import Store
 from stages.pipelines import synthetic_pipeline
-from tests.helpers import EXECUTORS, composed, journal, run_study
+from tests.helpers import EXECUTOR_CASES, EXECUTORS, composed, journal, run_study
 
 
 @pytest.mark.parametrize(
@@ -39,7 +39,8 @@ def test_evict_takes_lowest_value_then_oldest_and_spares_protected(tmp_path):
     assert store.evict(150, {}) == []
 
 
-@pytest.mark.parametrize("executor", EXECUTORS)
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", EXECUTOR_CASES)
 def test_study_under_max_bytes_evicts_and_the_optimizer_sees_it(
     prefect_harness, tmp_path, executor
 ):

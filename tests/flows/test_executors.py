@@ -17,6 +17,7 @@ from stages.pipelines import synthetic_pipeline
 from tests.helpers import FAST, composed, journal, run_study
 
 
+@pytest.mark.slow
 def test_local_executor_runs_trials_at_once_and_stops_within_one_trial_of_the_budget(
     prefect_harness, tmp_path
 ):
@@ -101,6 +102,7 @@ class TogetherExecutor(LocalExecutor):
         return self.waiting.pop(0)
 
 
+@pytest.mark.slow
 def test_trials_that_finished_together_are_all_told_before_the_next_ask(prefect_harness, tmp_path):
     """When the loop learns that a trial finished, it tells every other trial that has
     finished too (``next_outcome(timeout=0)``) before it asks again."""
@@ -212,6 +214,7 @@ def gated_synthetic_pipeline() -> Pipeline:
     return Pipeline(stages, metric=base.metric, load_cost=base.load_cost)
 
 
+@pytest.mark.slow
 def test_parallel_study_asks_past_the_warm_up_without_waiting_for_its_dearest_trial(
     prefect_harness, tmp_path
 ):
@@ -263,6 +266,7 @@ def shared_key_pipeline() -> Pipeline:
     return Pipeline([shared, score], load_cost=0.01)
 
 
+@pytest.mark.slow
 def test_trials_held_back_for_a_trial_in_flight_leave_its_slot_free(prefect_harness, tmp_path):
     """Trials that need a stage key a trial in flight is computing wait for it, and the
     first of them starts in its slot when it ends: meanwhile the other slot runs trials

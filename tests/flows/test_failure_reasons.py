@@ -109,6 +109,7 @@ def test_failed_trial_names_stage_reason_and_loaded_stages(prefect_harness, tmp_
         assert line.endswith("| finetune: RuntimeError: marker marker is present")
 
 
+@pytest.mark.slow
 def test_nan_objective_is_blamed_on_the_last_stage(prefect_harness, tmp_path, said):
     run_study(
         tmp_path,
@@ -127,6 +128,7 @@ def test_nan_objective_is_blamed_on_the_last_stage(prefect_harness, tmp_path, sa
     assert len(lines) == 3 and all(ln.endswith("| finetune: objective is nan") for ln in lines)
 
 
+@pytest.mark.slow
 def test_cli_failed_trials_are_one_line_each_and_tracebacks_go_to_tune_log(tmp_path, api_env):
     proc = cli(
         *FAST,

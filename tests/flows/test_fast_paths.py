@@ -62,6 +62,7 @@ def test_a_config_error_imports_neither_torch_nor_prefect(tmp_path, overrides, m
     assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
 
 
+@pytest.mark.slow
 def test_a_finished_study_is_answered_from_its_journal_and_outputs(tmp_path, api_env):
     args = ["study=fin", "budget=200", "n_init=2", "max_trials=2", "progress=true"]
     args += [f"storage.url={tmp_path / 'cache'}"]

@@ -6,10 +6,11 @@ import math
 
 import pytest
 
-from tests.helpers import EXECUTORS, journal, run_study
+from tests.helpers import EXECUTOR_CASES, EXECUTORS, journal, run_study
 
 
-@pytest.mark.parametrize("executor", EXECUTORS)
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", EXECUTOR_CASES)
 def test_flaky_stage_is_retried_and_nan_objective_is_a_failed_trial(
     prefect_harness, tmp_path, executor
 ):
@@ -47,7 +48,7 @@ def test_flaky_stage_is_retried_and_nan_objective_is_a_failed_trial(
     assert math.isclose(result.spent, sum(sum(r["costs"].values()) for r in records))
 
 
-@pytest.mark.parametrize("executor", EXECUTORS)
+@pytest.mark.parametrize("executor", EXECUTOR_CASES)
 def test_a_stage_failing_every_time_stops_the_study_after_n_in_a_row(
     prefect_harness, tmp_path, executor
 ):

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from stages import Pipeline, stage
 from tests.helpers import journal, run_study
 
@@ -48,6 +50,7 @@ def _computed(path: Path) -> list[str]:
     return [json.loads(line)["stage"] for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_study_with_fixed_first_and_last_stages(prefect_harness, tmp_path):
     log = tmp_path / "computed.jsonl"
     result = run_study(

@@ -38,7 +38,12 @@ def _run(url: str, study: str, *overrides: str, out: Path) -> None:
     run(cfg)
 
 
-@pytest.fixture(scope="module")
+# One xdist worker (make test runs two) runs these studies once: session scope, as xdist may
+# interleave other modules' tests with these.
+pytestmark = pytest.mark.xdist_group("inspection")
+
+
+@pytest.fixture(scope="session")
 def storage(prefect_harness, tmp_path_factory) -> Path:
     """Two 4-trial studies (alpha, then beta, whose train stage fails for x0 > 0.6) in one
     local storage, `.eeipu/cache` under a folder of its own (the default `--storage` there)."""

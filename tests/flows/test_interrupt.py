@@ -152,9 +152,11 @@ def _interrupt_then_resume(
     return study, again
 
 
+# Each signal once in make test (sequential SIGINT to the group, parallel SIGTERM), the other
+# pairings in make test-extended.
 @pytest.mark.parametrize(
     ("signum", "group"),
-    [(signal.SIGINT, True), (signal.SIGTERM, False)],
+    [(signal.SIGINT, True), pytest.param(signal.SIGTERM, False, marks=pytest.mark.extended)],
     ids=["sigint-to-group", "sigterm"],
 )
 def test_sequential_study_stops_within_10_s_and_resumes(tmp_path, signum, group):
@@ -164,7 +166,7 @@ def test_sequential_study_stops_within_10_s_and_resumes(tmp_path, signum, group)
 
 @pytest.mark.parametrize(
     ("signum", "group"),
-    [(signal.SIGINT, True), (signal.SIGTERM, False)],
+    [pytest.param(signal.SIGINT, True, marks=pytest.mark.extended), (signal.SIGTERM, False)],
     ids=["sigint-to-group", "sigterm"],
 )
 def test_parallel_study_stops_within_30_s_and_resumes(tmp_path, signum, group):
@@ -173,6 +175,7 @@ def test_parallel_study_stops_within_30_s_and_resumes(tmp_path, signum, group):
 
 
 @pytest.mark.usefixtures("warm_workers")
+@pytest.mark.extended  # make test-extended: a variant of the other interrupt tests
 def test_task_worker_study_stops_within_30_s_and_resumes(tmp_path, api_env):
     # Two warm workers on the session's server (the controller's process group is not
     # theirs): trials in flight at the signal finish on them, told or adopted on resume.
@@ -182,6 +185,7 @@ def test_task_worker_study_stops_within_30_s_and_resumes(tmp_path, api_env):
     )
 
 
+@pytest.mark.extended  # make test-extended: a variant of the other interrupt tests
 def test_work_pool_study_stops_within_30_s_and_resumes(tmp_path, postgres_server, request):
     # Two process workers on PostgreSQL's server (each trial a new process, ~10 s longer):
     # runs still going at the deadline go on, and the re-run waits for them.
@@ -193,6 +197,7 @@ def test_work_pool_study_stops_within_30_s_and_resumes(tmp_path, postgres_server
     )
 
 
+@pytest.mark.extended  # make test-extended: a variant of the sequential interrupt test
 def test_a_long_sequential_trial_is_stopped_and_rerun(tmp_path):
     # A fresh trial takes ~16 s, longer than the 6 s grace: the process exits without it,
     # and the re-run re-runs it (the crash marker lists it). The signal comes 3 s into it.

@@ -15,7 +15,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tests.helpers import EXECUTORS, FAST, ROOT
+from tests.helpers import EXECUTOR_CASES, EXECUTORS, FAST, ROOT
 
 
 def _port() -> int:
@@ -30,7 +30,8 @@ def _records(s3, bucket: str) -> list[dict]:
     return [json.loads(s3.get_object(Bucket=bucket, Key=k)["Body"].read()) for k in keys]
 
 
-@pytest.mark.parametrize("executor", EXECUTORS)
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", EXECUTOR_CASES)
 def test_s3_outage_retries_then_stops_clearly_and_resume_completes(tmp_path, api_env, executor):
     bucket = f"eeipu-outage-{executor}"
     port = _port()

@@ -7,10 +7,10 @@ import csv
 
 import pytest
 
-from tests.helpers import EXECUTORS, journal, run_study
+from tests.helpers import EXECUTOR_CASES, EXECUTORS, journal, run_study
 
 
-@pytest.mark.parametrize("executor", sorted(EXECUTORS))
+@pytest.mark.parametrize("executor", EXECUTOR_CASES)
 def test_overhead_is_charged_recorded_and_replayed(prefect_harness, tmp_path, executor):
     args = [f"study=oh-{executor}", "charge_overhead=true", "max_trials=5", *EXECUTORS[executor]]
     result = run_study(tmp_path, *args)

@@ -88,6 +88,7 @@ def _clean_env(tmp: Path, api_url: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_wheel_runs_a_users_study_from_their_own_folder(installed, tmp_path, prefect_harness):
     user = tmp_path / "project"
     (user / "conf" / "pipeline").mkdir(parents=True)

@@ -127,6 +127,7 @@ def test_two_workers_share_an_s3_cache_without_computing_a_key_twice(
     assert_no_server_errors(postgres_server, *tmp_path.glob("worker-*.log"))
 
 
+@pytest.mark.extended  # make test-extended: a variant of test_eviction.py, test_faults.py
 def test_work_pool_study_evicts_and_stops_after_failures_in_a_row(
     on_postgres, postgres_server, s3_bucket, workers, tmp_path
 ):
@@ -176,6 +177,7 @@ def test_work_pool_study_evicts_and_stops_after_failures_in_a_row(
     assert_no_server_errors(postgres_server, *tmp_path.glob("worker-*.log"))
 
 
+@pytest.mark.extended  # make test-extended: a variant of test_crash_resume.py
 def test_sigkill_of_a_work_pool_study_waits_for_its_runs_and_recomputes_nothing(
     postgres_server, workers, tmp_path
 ):

@@ -28,7 +28,7 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 STUDY = "ui-demo"
 FAST = ["n_init=3", "budget=25", "max_trials=5", *OPTIMIZER_FAST]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
 def _free_port() -> int:

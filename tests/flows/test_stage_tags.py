@@ -18,6 +18,7 @@ def composed(*overrides: str) -> dict:
     return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)
 
 
+@pytest.mark.slow
 def test_stage_tags_reach_the_stage_tasks_under_a_concurrency_limit(prefect_harness, tmp_path):
     from prefect import get_client
 

@@ -112,6 +112,7 @@ def test_warm_workers_run_trials_in_parallel_and_each_runs_several(
     assert (tmp_path / "out" / "results.csv").exists()
 
 
+@pytest.mark.extended  # make test-extended: a variant of the warm workers test
 def test_a_trial_no_worker_takes_is_reported_and_runs_once_one_starts(
     prefect_harness, tmp_path, monkeypatch, capfd
 ):

@@ -53,6 +53,7 @@ def test_config_errors_name_the_key(overrides, message):
 
 
 # ---------------------------------------------------------------------- studies in process
+@pytest.mark.slow
 def test_study_outputs_journal_and_resume(prefect_harness, tmp_path):
     result = run_study(tmp_path, "study=s1")
     records = journal(tmp_path, "s1")
@@ -119,6 +120,7 @@ def test_resume_with_other_settings_is_refused_and_max_trials_caps(prefect_harne
         run_study(tmp_path, "study=s3", *EI)
 
 
+@pytest.mark.extended  # make test-extended: a variant of tests/stages/test_s3.py, test_parallel.py
 def test_s3_study_then_new_process_hits_cache(prefect_harness, s3_bucket, tmp_path, api_env):
     from flows.tune import run
 
@@ -147,7 +149,15 @@ def test_s3_study_then_new_process_hits_cache(prefect_harness, s3_bucket, tmp_pa
 
 
 # ---------------------------------------------------------------------- the real CLI
-@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+# The `eeipu` script in make test, `python -m flows.tune` (same main) in make test-extended.
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param(name, marks=[pytest.mark.extended] if "python" in name else [])
+        for name in ENTRY_POINTS
+    ],
+)
 def test_cli_multirun_two_studies_share_one_cache(tmp_path, api_env, entry):
     cache = tmp_path / "cache"
     # Options both methods use: ei refuses the prefix-pool options (eeipu's alone).
@@ -189,6 +199,9 @@ for seed in (0, 1):
 
 
 @pytest.mark.slow
+# make test-extended: a variant of tests/flows/test_interrupt.py, whose studies start
+# temporary servers of their own too.
+@pytest.mark.extended
 def test_two_studies_in_one_process_on_temporary_servers_exit_promptly(tmp_path):
     """No PREFECT_API_URL: each study starts and stops a temporary server of its own.
     Prefect's events worker is process-wide; unless it is drained while its server runs,
@@ -212,6 +225,7 @@ def test_two_studies_in_one_process_on_temporary_servers_exit_promptly(tmp_path)
         assert said not in proc.stderr + proc.stdout
 
 
+@pytest.mark.extended  # make test-extended: a variant of test_fast_paths.py
 def test_cli_rerun_of_a_finished_study_answers_from_the_journal(tmp_path, api_env):
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
@@ -249,6 +263,7 @@ def test_cli_rerun_of_a_finished_study_answers_from_the_journal(tmp_path, api_en
     assert len(journal(tmp_path, "rerun-fin")) == 3 and study_runs() - runs_before == 2
 
 
+@pytest.mark.slow  # in process, every rule: tests/flows/test_bad_input.py (make test-fast)
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -316,6 +331,7 @@ def test_cli_unreachable_endpoint_and_missing_bucket(tmp_path, api_env, moto_end
     assert "Traceback" not in down.stderr + missing.stderr
 
 
+@pytest.mark.slow
 def test_cli_failing_stage_stops_with_message_and_keeps_journal(tmp_path, api_env):
     cache = tmp_path / "cache"
     proc = cli(
@@ -338,6 +354,7 @@ def test_cli_failing_stage_stops_with_message_and_keeps_journal(tmp_path, api_en
     assert records[-1]["costs"].get("prep") is not None
 
 
+@pytest.mark.slow
 def test_continue_on_failure_records_failed_trials_and_goes_on(prefect_harness, tmp_path):
     result = run_study(
         tmp_path,

@@ -44,6 +44,7 @@ def test_config_errors(overrides, message):
         StudyConfig.from_mapping(composed(*overrides))
 
 
+@pytest.mark.slow
 def test_extra_budget_continues_the_same_study(prefect_harness, tmp_path):
     first = run_study(tmp_path, "study=cont", "budget=20", "extra_budget=15")
     header, records = journal(tmp_path, "cont")
@@ -68,6 +69,7 @@ def test_extra_budget_smaller_than_the_overshoot_still_runs(prefect_harness, tmp
     assert second.n_trials == len(records) == 2
 
 
+@pytest.mark.slow
 def test_warm_start_feeds_priors_and_is_journaled(prefect_harness, tmp_path):
     run_study(tmp_path, "study=src", "budget=40")
     _, source = journal(tmp_path, "src")
@@ -118,6 +120,7 @@ def test_serve_builds_a_cron_deployment(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # make test-extended: a variant of tests/test_guide.py (eeipu serve)
 def test_served_deployment_runs_continue_the_study(prefect_harness, tmp_path):
     """``python -m flows.serve`` against the session's server; two runs of its deployment
     (what the cron schedule triggers) continue one study with extra budget each."""
