@@ -380,7 +380,12 @@ AFTER: dict[str, Callable[[Terminal], None]] = {
 }
 
 
+# make test-extended: the guide's walk-through end to end. Each of its steps is checked on its
+# own in make test: test_readme.py (the example from a folder of its own), tests/stages/
+# test_s3.py, test_stage_tags.py (concurrency limits), test_warm_start.py (eeipu serve);
+# the test above checks every block of the guide is run here or matches its file.
 @pytest.mark.slow
+@pytest.mark.extended
 def test_the_guide_runs(terminal: Terminal):
     blocks = guide_blocks()
     handled: list[str] = []

@@ -48,7 +48,8 @@ def post_warmup_candidates(method: str, seed: int) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1])
+# Seed 1 (the same check on another seed) in make test-extended.
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.extended)])
 def test_eeipu_evaluates_clearly_more_candidates_than_ei(seed):
     eeipu = post_warmup_candidates("eeipu", seed)
     ei = post_warmup_candidates("ei", seed)

@@ -71,14 +71,17 @@ def run_study(space, method, n_trials=16, seed=0, **options):
 
 
 # ---------------------------------------------------------------- every method
-# make test-fast runs eeipu on every layout and every method on the first; make test the grid.
+# make test (and test-fast) runs eeipu on every layout and every method on the first layout;
+# make test-extended the rest of the grid.
 @pytest.mark.parametrize(
     ("name", "method"),
     [
         pytest.param(
             name,
             method,
-            marks=[] if method == "eeipu" or name == min(SPACES) else [pytest.mark.slow],
+            marks=[]
+            if method == "eeipu" or name == min(SPACES)
+            else [pytest.mark.slow, pytest.mark.extended],
         )
         for name in sorted(SPACES)
         for method in sorted(METHODS)

@@ -263,7 +263,12 @@ def test_cli_rerun_of_a_finished_study_answers_from_the_journal(tmp_path, api_en
     assert len(journal(tmp_path, "rerun-fin")) == 3 and study_runs() - runs_before == 2
 
 
-@pytest.mark.slow  # in process, every rule: tests/flows/test_bad_input.py (make test-fast)
+# In process, every rule: tests/flows/test_bad_input.py. Here the real CLI: the cases that
+# need torch (each a few seconds) in make test-extended.
+_EXT = pytest.mark.extended
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -274,21 +279,24 @@ def test_cli_rerun_of_a_finished_study_answers_from_the_journal(tmp_path, api_en
             ["pipeline.space.train.x1.high=-1"],
             "error: `pipeline.space`: `low < high` must hold, but got low=0.0, high=-1 (stage 'train', parameter 'x1')",
         ),
-        (
+        pytest.param(
             ["+optimizer.options.num_restarts=0"],
             "error: `num_restarts` must be a positive integer, but got 0",
+            marks=_EXT,
         ),
         (
             ["storage=s3"],
             "error: `storage.url` is required but missing; set it, e.g. storage.url=...",
         ),
-        (
+        pytest.param(
             ["pipeline.target=stages.nothing_here"],
             "error: `pipeline.target` must name an importable function",
+            marks=_EXT,
         ),
-        (
+        pytest.param(
             ["+pipeline.kwargs.fail_stage=zz"],
             "error: `pipeline.kwargs` do not fit stages.pipelines.synthetic_pipeline: `fail_stage` must be one of",
+            marks=_EXT,
         ),
     ],
 )

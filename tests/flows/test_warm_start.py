@@ -120,7 +120,6 @@ def test_serve_builds_a_cron_deployment(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.extended  # make test-extended: a variant of tests/test_guide.py (eeipu serve)
 def test_served_deployment_runs_continue_the_study(prefect_harness, tmp_path):
     """``python -m flows.serve`` against the session's server; two runs of its deployment
     (what the cron schedule triggers) continue one study with extra budget each."""
