@@ -8,7 +8,8 @@
 #   .venv-oldest  Python 3.11, the LOWEST version of every direct dependency: tests/eeipu,
 #                 tests/stages and the in-process CLI tests (checks pyproject's lower bounds)
 # Each installs the project with its `dev` and `examples` extras (.venv also `docs`, for the
-# site); only .venv runs the example pipelines' tests (tests/pipelines) and builds the docs.
+# site, and `kedro`); only .venv runs the example pipelines' tests (tests/pipelines), the
+# Kedro adapter's (tests/kedro) and builds the docs.
 # Interpreters are found by tools/find-python (PATH, pyenv, /usr/bin); name one with
 # PY=/path/to/python for .venv, PY311, PY312, PY313 for the others. EXTRA_PYTHONS= skips
 # 3.12 and 3.13.
@@ -55,7 +56,7 @@ $(STAMP): pyproject.toml
 	rm -rf $(VENV)
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
-	$(UV) pip install -q --compile-bytecode -p $(BIN)/python -e '.[dev,examples,docs]'
+	$(UV) pip install -q --compile-bytecode -p $(BIN)/python -e '.[dev,examples,docs,kedro]'
 	touch $(STAMP)
 
 .venv-%/.installed-stamp: pyproject.toml $(STAMP)

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_STORAGE",
     "best_main",
+    "best_trial",
     "cache_main",
     "human_bytes",
     "show_main",
@@ -410,6 +411,25 @@ def _best(args: argparse.Namespace) -> int:
         )
     print(_feedback_yaml(study, record, "best observed configuration"), end="")
     return 0
+
+
+def best_trial(storage: str, study: str) -> tuple[dict[str, Any], str]:
+    """A study's best complete trial, as ``eeipu best`` prints it: its journal record
+    (``number``, ``params`` ``{stage: {param: value}}``, ``objective``, ...) and the
+    study's direction.
+
+    Raises:
+        LookupError: No such study, or none of its trials completed.
+        StoreError: The storage cannot be read.
+    """
+    try:
+        found = _load(_open_store(storage), study)
+    except _BadInput as exc:
+        raise LookupError(str(exc)) from None
+    record = _best_record(found)
+    if record is None:
+        raise LookupError(f"study {study!r} has no complete trial yet ({len(found.records)} told)")
+    return record, found.direction
 
 
 def _best_record(study: _Study) -> dict[str, Any] | None:

@@ -48,12 +48,19 @@ def build_pipeline(cfg: StudyConfig) -> Pipeline:
     factory = conf.factory()
     try:
         pipeline = factory(**conf.kwargs)
+    except PipelineError:  # the factory's own one-line verdict (e.g. a Kedro project's)
+        raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"`pipeline.kwargs` do not fit {conf.target}: {exc}") from exc
     if not isinstance(pipeline, Pipeline):
         raise ConfigError(
             f"`pipeline.target` {conf.target} must return a stages.Pipeline, "
             f"but returned {type(pipeline).__name__}"
+        )
+    if pipeline.direction is not None and pipeline.direction != conf.direction:
+        raise ConfigError(
+            f"`pipeline.direction` is {conf.direction!r}, but the pipeline {conf.target} "
+            f"builds says {pipeline.direction!r}: set pipeline.direction={pipeline.direction}"
         )
     stages = list(pipeline.stages)
     sections = (("space", conf.space), ("stage_tags", conf.stage_tags), ("fixed", conf.fixed))
@@ -72,7 +79,12 @@ def build_pipeline(cfg: StudyConfig) -> Pipeline:
     stages = [
         _pinned(replace(s, bound=dict(conf.kwargs)), conf.fixed.get(s.name, {})) for s in stages
     ]
-    return Pipeline(stages, metric=conf.metric or pipeline.metric, load_cost=pipeline.load_cost)
+    return Pipeline(
+        stages,
+        metric=conf.metric or pipeline.metric,
+        load_cost=pipeline.load_cost,
+        direction=pipeline.direction,
+    )
 
 
 def _pinned(stage: Stage, pins: dict[str, Any]) -> Stage:

@@ -344,6 +344,10 @@ class Pipeline:
         load_cost: What a cache hit costs, in the unit of the stages' costs. ``None``
             (default): the measured seconds of loading it. Set it when the stages report
             simulated costs (``stages.Reported``), whose unit is not seconds.
+        direction: ``"maximize"`` or ``"minimize"`` where the pipeline itself says which
+            objective is better (a Kedro project's ``eeipu.yml``); ``None`` (default):
+            the study's ``pipeline.direction`` decides alone. A study refuses a pipeline
+            whose direction differs from its own.
 
     Raises:
         PipelineError: Empty pipeline, duplicate names or outputs, an input no stage
@@ -367,8 +371,13 @@ class Pipeline:
         *,
         metric: str | None = None,
         load_cost: float | None = None,
+        direction: str | None = None,
     ) -> None:
         stages = list(stages)
+        if direction not in (None, "maximize", "minimize"):
+            raise PipelineError(
+                f"`direction` must be None, 'maximize' or 'minimize', but got {direction!r}"
+            )
         if load_cost is not None and not (
             isinstance(load_cost, (int, float)) and math.isfinite(load_cost) and load_cost >= 0
         ):
@@ -411,6 +420,7 @@ class Pipeline:
                 f"stages {sinks} have outputs no stage reads"
             )
         self.metric = metric
+        self.direction = direction
         self.load_cost = None if load_cost is None else float(load_cost)
 
     def _toposort(self, stages: list[Stage]) -> list[Stage]:
