@@ -8,8 +8,8 @@
 #   .venv-oldest  Python 3.11, the LOWEST version of every direct dependency: tests/eeipu,
 #                 tests/stages and the in-process CLI tests (checks pyproject's lower bounds)
 # Each installs the project with its `dev` and `examples` extras (.venv also `docs`, for the
-# site, and `kedro`); only .venv runs the example pipelines' tests (tests/pipelines), the
-# Kedro adapter's (tests/kedro) and builds the docs.
+# site; .venv and .venv-oldest also `kedro`, whose tests/kedro they run); only .venv runs the
+# example pipelines' tests (tests/pipelines) and builds the docs.
 # Interpreters are found by tools/find-python (PATH, pyenv, /usr/bin); name one with
 # PY=/path/to/python for .venv, PY311, PY312, PY313 for the others. EXTRA_PYTHONS= skips
 # 3.12 and 3.13.
@@ -35,7 +35,7 @@ UV := $(BIN)/uv
 STAMP := $(VENV)/.installed-stamp
 CORE_TESTS := tests/eeipu tests/stages
 # Hydra/Prefect at their lowest versions: the CLI's bad-input table runs in process.
-OLDEST_TESTS := $(CORE_TESTS) tests/flows/test_bad_input.py
+OLDEST_TESTS := $(CORE_TESTS) tests/flows/test_bad_input.py tests/kedro
 
 .PHONY: run test test-fast test-extended test-main test-main-extended test-oldest $(addprefix test-,$(EXTRA_PYTHONS)) lint install \
 	clean browser postgres server worker task-worker docs docs-serve
@@ -68,7 +68,7 @@ $(STAMP): pyproject.toml
 .venv-oldest/.installed-stamp: pyproject.toml $(STAMP)
 	$(call need_python,$(PY311),3.11)
 	$(UV) venv -q --clear -p $(PY311) .venv-oldest
-	$(UV) pip install -q --compile-bytecode -p .venv-oldest/bin/python --resolution lowest-direct -e '.[dev,examples]'
+	$(UV) pip install -q --compile-bytecode -p .venv-oldest/bin/python --resolution lowest-direct -e '.[dev,examples,kedro]'
 	touch $@
 
 install: $(STAMP)

@@ -341,8 +341,10 @@ class _NodeRun:
 
 
 class _Discard:
-    def write(self, data: bytes) -> int:
-        return len(data)
+    """A file that forgets what is written (bytes, or the buffers protocol 5 hands over)."""
+
+    def write(self, data: Any) -> None:
+        pass
 
 
 def _check_picklable(node: str, dataset: str, value: Any) -> None:
