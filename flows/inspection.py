@@ -60,6 +60,7 @@ __all__ = [
     "best_trial",
     "cache_main",
     "human_bytes",
+    "recommended_trial",
     "show_main",
     "studies_main",
 ]
@@ -430,6 +431,28 @@ def best_trial(storage: str, study: str) -> tuple[dict[str, Any], str]:
     if record is None:
         raise LookupError(f"study {study!r} has no complete trial yet ({len(found.records)} told)")
     return record, found.direction
+
+
+def recommended_trial(
+    storage: str, study: str, outputs: str | None = None
+) -> tuple[dict[str, Any], str]:
+    """A study's recommended configuration (best posterior mean), as ``eeipu best
+    --recommended`` prints it: the record its run wrote to ``best.yaml`` under ``outputs``
+    (default ``outputs/STUDY``; ``number``, ``params``, ``objective``, ``posterior_mean``),
+    kept only while the journal still holds that trial, and the file it came from.
+
+    Raises:
+        LookupError: No such study, or no recommended configuration of it.
+        StoreError: The storage cannot be read.
+    """
+    try:
+        found = _load(_open_store(storage), study)
+    except _BadInput as exc:
+        raise LookupError(str(exc)) from None
+    record, source = _recommended(found, outputs)
+    if record is None:
+        raise LookupError(f"study {study!r}: {source}")
+    return record, source
 
 
 def _best_record(study: _Study) -> dict[str, Any] | None:

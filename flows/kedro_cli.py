@@ -93,6 +93,12 @@ def tune(metadata: Any, pipeline: str, env: str | None, overrides: tuple[str, ..
     help="the pipeline the study tuned (names the default study)",
 )
 @click.option("--env", "-e", default=None, help="the configuration environment the study tuned in")
+@click.option(
+    "--recommended",
+    is_flag=True,
+    help="the recommended trial (best posterior mean, from the run's best.yaml) instead of "
+    "the best observed one",
+)
 @click.option("--write", is_flag=True, help="write conf/<write-env>/parameters_eeipu.yml")
 @click.option(
     "--write-env",
@@ -107,12 +113,13 @@ def best(
     storage: str | None,
     pipeline: str,
     env: str | None,
+    recommended: bool,
     write: bool,
     write_env: str,
 ) -> None:
     import yaml
 
-    from flows.inspection import DEFAULT_STORAGE, best_trial
+    from flows.inspection import DEFAULT_STORAGE, best_trial, recommended_trial
     from stages import PipelineError, StoreError
     from stages.kedro import KedroProject, write_parameters
 
@@ -121,8 +128,12 @@ def best(
     url = storage or str(root / DEFAULT_STORAGE)
     try:
         record, direction = best_trial(url, study)
+        which = "best"
+        if recommended:
+            record, source = recommended_trial(url, study, str(root / "outputs" / study))
+            which = f"recommended (posterior mean {record['posterior_mean']:.6g}, from {source})"
         header = (
-            f"# study {study} ({direction}): best trial {record['number']}, "
+            f"# study {study} ({direction}): {which} trial {record['number']}, "
             f"objective {record['objective']:.6g}\n"
         )
         project = KedroProject(root, env)

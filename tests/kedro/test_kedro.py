@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from stages import PipelineError
 from stages.kedro import KedroSpec, _with_values
@@ -207,6 +208,14 @@ def test_kedro_eeipu_tune_memoizes_nodes_and_best_write_reproduces(
     _ok(_run([KEDRO, "run", "--env", "eeipu"], project, kedro_env))
     metrics = pickle.loads((project / "data" / "08_reporting" / "metrics.pickle").read_bytes())
     assert metrics["r2_score"] == pytest.approx(best["objective"], rel=1e-9)
+
+    # The recommended trial (best posterior mean), as the study's best.yaml has it.
+    shown = yaml.safe_load((project / "outputs" / study / "best.yaml").read_text())["recommended"]
+    printed = _ok(_run([KEDRO, "eeipu", "best", "--recommended"], project, kedro_env))
+    assert "recommended (posterior mean" in printed and f"trial {shown['trial']}," in printed
+    alpha = shown["params"]["train_model_node"]["model_options.alpha"]
+    line = next(x for x in printed.splitlines() if x.startswith("params:model_options.alpha:"))
+    assert yaml.safe_load(line)["params:model_options.alpha"] == alpha
 
     # The user's own files are never overwritten.
     (project / "conf" / "eeipu" / "parameters_eeipu.yml").write_text("mine: 1\n")
