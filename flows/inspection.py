@@ -423,10 +423,7 @@ def best_trial(storage: str, study: str) -> tuple[dict[str, Any], str]:
         LookupError: No such study, or none of its trials completed.
         StoreError: The storage cannot be read.
     """
-    try:
-        found = _load(_open_store(storage), study)
-    except _BadInput as exc:
-        raise LookupError(str(exc)) from None
+    found = _found(storage, study)
     record = _best_record(found)
     if record is None:
         raise LookupError(f"study {study!r} has no complete trial yet ({len(found.records)} told)")
@@ -445,14 +442,19 @@ def recommended_trial(
         LookupError: No such study, or no recommended configuration of it.
         StoreError: The storage cannot be read.
     """
-    try:
-        found = _load(_open_store(storage), study)
-    except _BadInput as exc:
-        raise LookupError(str(exc)) from None
+    found = _found(storage, study)
     record, source = _recommended(found, outputs)
     if record is None:
         raise LookupError(f"study {study!r}: {source}")
     return record, source
+
+
+def _found(storage: str, study: str) -> _Study:
+    """:func:`_load` for the public readers: an unknown study is a LookupError."""
+    try:
+        return _load(_open_store(storage), study)
+    except _BadInput as exc:
+        raise LookupError(str(exc)) from None
 
 
 def _best_record(study: _Study) -> dict[str, Any] | None:

@@ -136,7 +136,6 @@ def best(
             f"# study {study} ({direction}): {which} trial {record['number']}, "
             f"objective {record['objective']:.6g}\n"
         )
-        project = KedroProject(root, env)
         if not write:
             values = {k: v for section in record["params"].values() for k, v in section.items()}
             click.echo(
@@ -145,7 +144,7 @@ def best(
                 nl=False,
             )
             return
-        path = write_parameters(project, record["params"], write_env, header)
+        path = write_parameters(KedroProject(root, env), record["params"], write_env, header)
     except (LookupError, PipelineError, StoreError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -130,6 +130,7 @@ class KedroProject:
     """
 
     def __init__(self, project: str | Path = ".", env: str | None = None) -> None:
+        from kedro.framework.hooks import _create_hook_manager
         from kedro.framework.project import settings
         from kedro.framework.session import KedroSession
         from kedro.framework.startup import bootstrap_project
@@ -140,18 +141,21 @@ class KedroProject:
             logging.getLogger(chatty).setLevel(logging.WARNING)
         self.path = Path(project).expanduser().resolve()
         try:
-            self.metadata = bootstrap_project(self.path)
+            bootstrap_project(self.path)
         except (RuntimeError, FileNotFoundError, ValueError) as exc:
             raise PipelineError(
                 f"{self.path} is not a Kedro project ({' '.join(str(exc).split())})"
             ) from exc
         with KedroSession.create(project_path=self.path, env=env, save_on_close=False) as s:
             self.context = s.load_context()
-        self.env = env
         self.conf_source = self.path / settings.CONF_SOURCE
         self.catalog = self.context.catalog
         self.params: dict[str, Any] = dict(self.context.params)
-        self.hooks = list(settings.HOOKS)
+        # The project's own hooks, in one manager every node run of this process shares.
+        self.hook_manager = _create_hook_manager()
+        for hook in settings.HOOKS:
+            if not self.hook_manager.is_registered(hook):
+                self.hook_manager.register(hook)
         loader = self.context.config_loader
         loader.config_patterns.setdefault(CONF_KEY, [f"{CONF_KEY}*", f"{CONF_KEY}*/**"])
         where = f"{settings.CONF_SOURCE}/base/{CONF_KEY}.yml"
@@ -211,24 +215,7 @@ def kedro_pipeline(
     nodes = list(kp.nodes)  # Kedro's topological order
     tuned = {key[len(_PARAMS) :]: spec for key, spec in proj.spec.space.items()}
     readers = {key: [n for n in nodes if _reads(n, key)] for key in tuned}
-    for key in tuned:
-        try:
-            value = proj.parameter(key)
-        except KeyError:
-            raise PipelineError(
-                f"eeipu.yml: `space` key 'params:{key}' is not a parameter of the project "
-                f"({_near(proj.params, key)})"
-            ) from None
-        if isinstance(value, Mapping):
-            raise PipelineError(
-                f"eeipu.yml: `space` key 'params:{key}' is a mapping of parameters "
-                f"({sorted(value)}); tune its entries, e.g. 'params:{key}.{next(iter(value), 'x')}'"
-            )
-        if not readers[key]:
-            raise PipelineError(
-                f"eeipu.yml: `space` key 'params:{key}' is read by no node that "
-                f"{proj.spec.objective!r} depends on in pipeline {pipeline!r}"
-            )
+    _check_tuned(proj, readers, pipeline)
     owner = {key: readers[key][0].name for key in tuned}
     producer = {out: n.name for n in nodes for out in n.outputs}
     raw_fingerprints: dict[str, str] = {}
@@ -281,6 +268,29 @@ def kedro_pipeline(
     return Pipeline(stages, metric=proj.spec.metric, direction=proj.spec.direction)
 
 
+def _check_tuned(proj: KedroProject, readers: Mapping[str, list[Any]], pipeline: str) -> None:
+    """Each tuned key (a dotted path after ``params:``) must be a value of the project's
+    parameters that a node of the pipeline reads; else one line naming the rule it breaks."""
+    for key, nodes in readers.items():
+        try:
+            value = proj.parameter(key)
+        except KeyError:
+            raise PipelineError(
+                f"eeipu.yml: `space` key 'params:{key}' is not a parameter of the project "
+                f"({_near(proj.params, key)})"
+            ) from None
+        if isinstance(value, Mapping):
+            raise PipelineError(
+                f"eeipu.yml: `space` key 'params:{key}' is a mapping of parameters "
+                f"({sorted(value)}); tune its entries, e.g. 'params:{key}.{next(iter(value), 'x')}'"
+            )
+        if not nodes:
+            raise PipelineError(
+                f"eeipu.yml: `space` key 'params:{key}' is read by no node that "
+                f"{proj.spec.objective!r} depends on in pipeline {pipeline!r}"
+            )
+
+
 class _NodeRun:
     """A stage's function: one Kedro node, run by Kedro on an in-memory catalog."""
 
@@ -305,7 +315,6 @@ class _NodeRun:
         self.__name__ = node.name
 
     def __call__(self, **kwargs: Any) -> Any:
-        from kedro.framework.hooks import _create_hook_manager
         from kedro.io import DataCatalog, MemoryDataset
         from kedro.pipeline import Pipeline as KedroPipeline
         from kedro.runner import SequentialRunner
@@ -327,11 +336,7 @@ class _NodeRun:
                 **{d: MemoryDataset(copy_mode="assign") for d in self.node.outputs},
             }
         )
-        hooks = _create_hook_manager()
-        for hook in self.project.hooks:
-            if not hooks.is_registered(hook):
-                hooks.register(hook)
-        SequentialRunner().run(KedroPipeline([self.node]), catalog, hooks)
+        SequentialRunner().run(KedroPipeline([self.node]), catalog, self.project.hook_manager)
         outputs = {d: catalog.load(d) for d in self.node.outputs}
         for d, value in outputs.items():
             _check_picklable(self.node.name, d, value)

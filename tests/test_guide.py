@@ -59,13 +59,15 @@ class Block:
     body: str
     marker: str | None
     line: int
+    page: str = "docs/your-pipeline.md"
 
     def __str__(self) -> str:
-        return f"the {self.lang or 'plain'} block at docs/your-pipeline.md:{self.line}"
+        return f"the {self.lang or 'plain'} block at {self.page}:{self.line}"
 
 
-def guide_blocks() -> list[Block]:
-    text = GUIDE.read_text()
+def guide_blocks(guide: Path = GUIDE) -> list[Block]:
+    """Every fenced block of ``guide`` (a page under docs/), in order."""
+    text = guide.read_text()
     blocks = []
     for match in _FENCE.finditer(text):
         before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
@@ -76,6 +78,7 @@ def guide_blocks() -> list[Block]:
                 body=match.group(2),
                 marker=marker.group(1) if marker else None,
                 line=text.count("\n", 0, match.start()) + 1,
+                page=str(guide.relative_to(ROOT)),
             )
         )
     return blocks

@@ -21,33 +21,11 @@ from pathlib import Path
 import pytest
 
 from tests.kedro.spaceflights import write_project
-from tests.test_guide import assert_output_matches
+from tests.test_guide import assert_output_matches, guide_blocks
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs" / "kedro.md"
 INSTALL = "pip install 'eeipu[kedro]'\n"
-
-_FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
-_MARKER = re.compile(r"<!--\s*(.*?)\s*-->\s*$")
-
-
-def _blocks() -> list[tuple[str, str, str | None, str]]:
-    """``(lang, body, marker, where)`` of every fenced block."""
-    text = GUIDE.read_text()
-    out = []
-    for match in _FENCE.finditer(text):
-        before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
-        marker = _MARKER.match(before.strip())
-        line = text.count("\n", 0, match.start()) + 1
-        out.append(
-            (
-                match.group(1),
-                match.group(2),
-                marker.group(1) if marker else None,
-                f"docs/kedro.md:{line}",
-            )
-        )
-    return out
 
 
 def test_the_install_line_names_a_real_extra() -> None:
@@ -55,7 +33,9 @@ def test_the_install_line_names_a_real_extra() -> None:
         "optional-dependencies"
     ]
     assert any(kedro.startswith("kedro>=") for kedro in extras["kedro"])
-    assert [b[1] for b in _blocks() if b[0] == "text" and b[2] is None] == [INSTALL]
+    assert [b.body for b in guide_blocks(GUIDE) if b.lang == "text" and b.marker is None] == [
+        INSTALL
+    ]
 
 
 @pytest.mark.slow
@@ -70,7 +50,9 @@ def test_the_kedro_guide_runs(tmp_path: Path, api_env: dict[str, str]) -> None:
     env.pop("PYTHONPATH", None)
     handled = 0
     last = ""
-    for lang, body, marker, where in _blocks():
+    blocks = guide_blocks(GUIDE)
+    for block in blocks:
+        lang, body, marker, where = block.lang, block.body, block.marker, str(block)
         if marker and marker.startswith("file:"):
             path = project / marker.removeprefix("file:").strip()
             assert path.read_text() == body, f"{where} differs from the project's {path.name}"
@@ -90,7 +72,7 @@ def test_the_kedro_guide_runs(tmp_path: Path, api_env: dict[str, str]) -> None:
         else:
             assert (lang, body) == ("text", INSTALL), f"{where}: a block the test cannot check"
         handled += 1
-    assert handled == len(_blocks()) >= 9
+    assert handled == len(blocks) >= 9
     # What the guide promises of the written parameters: `kedro run --env eeipu` scored the
     # best trial again (the run above wrote the metrics the study's best trial had).
     import pickle
