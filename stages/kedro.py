@@ -211,8 +211,7 @@ def kedro_pipeline(
             ``eeipu.yml``, an unknown pipeline, objective or ``params:`` key.
     """
     proj = KedroProject(project, env)
-    kp = proj.pipeline(pipeline)
-    nodes = list(kp.nodes)  # Kedro's topological order
+    nodes = list(proj.pipeline(pipeline).nodes)  # Kedro's topological order
     tuned = {key[len(_PARAMS) :]: spec for key, spec in proj.spec.space.items()}
     readers = {key: [n for n in nodes if _reads(n, key)] for key in tuned}
     _check_tuned(proj, readers, pipeline)
@@ -232,21 +231,6 @@ def kedro_pipeline(
         for d in raw:
             if d not in raw_fingerprints:
                 raw_fingerprints[d] = _dataset_fingerprint(proj, d)
-        params = {d: _param_input(proj, d) for d in node.inputs if _is_param(d)}
-        identity = {
-            "code": code_fingerprint(node.func),
-            "inputs": list(node.inputs),
-            "outputs": list(node.outputs),
-            "params": params,
-            "raw": {d: raw_fingerprints[d] for d in raw},
-        }
-        try:
-            version = canonical_json(identity)
-        except (TypeError, ValueError) as exc:
-            raise PipelineError(
-                f"node {node.name!r}: its parameters must be plain values (numbers, strings, "
-                f"lists, mappings) to key its cache entries: {exc}"
-            ) from exc
         runner = _NodeRun(
             node=node,
             project=proj,
@@ -261,11 +245,31 @@ def kedro_pipeline(
                 runner,
                 name=node.name,
                 inputs=upstream,
-                version="kedro:" + hashlib.sha256(version.encode()).hexdigest(),
+                version=_node_version(proj, node, {d: raw_fingerprints[d] for d in raw}),
                 space={k: tuned[k] for k in own},
             )
         )
     return Pipeline(stages, metric=proj.spec.metric, direction=proj.spec.direction)
+
+
+def _node_version(proj: KedroProject, node: Any, raw: Mapping[str, str]) -> str:
+    """The node's stage version: a digest of its code, its inputs and outputs, the untuned
+    ``params:`` values it reads and the content fingerprints of the raw datasets it loads."""
+    identity = {
+        "code": code_fingerprint(node.func),
+        "inputs": list(node.inputs),
+        "outputs": list(node.outputs),
+        "params": {d: _param_input(proj, d) for d in node.inputs if _is_param(d)},
+        "raw": dict(raw),
+    }
+    try:
+        version = canonical_json(identity)
+    except (TypeError, ValueError) as exc:
+        raise PipelineError(
+            f"node {node.name!r}: its parameters must be plain values (numbers, strings, "
+            f"lists, mappings) to key its cache entries: {exc}"
+        ) from exc
+    return "kedro:" + hashlib.sha256(version.encode()).hexdigest()
 
 
 def _check_tuned(proj: KedroProject, readers: Mapping[str, list[Any]], pipeline: str) -> None:
