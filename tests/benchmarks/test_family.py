@@ -102,7 +102,7 @@ TINY = {
 
 def test_simulate_charges_each_stage_its_own_load_cost():
     from eeipu import Optimizer, SearchSpace
-    from stages.pipelines import simulate
+    from eeipu.testing import simulate
 
     p = generate("dev", 0)  # dear first stage: EEIPU reuses it
     space = SearchSpace.from_dict(p.space_dict())

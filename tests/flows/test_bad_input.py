@@ -68,7 +68,7 @@ CASES = [
     (["+pipeline.kwargs.fail_stage=zz"], "`fail_stage` must be one of"),
     (
         ["+pipeline.kwargs.bogus=1"],
-        "error: `pipeline.kwargs` do not fit stages.pipelines.synthetic_pipeline",
+        "error: `pipeline.kwargs` do not fit stages.testing.synthetic_pipeline",
     ),
     # --- optimizer
     (["optimizer=nope"], "error: no optimizer config named 'nope'; the optimizer configs are "),
