@@ -44,6 +44,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks._examples import example_search_path, use_examples
 from benchmarks._provenance import (
     CODE_PATHS,
     PIPELINE_CODE_PATHS,
@@ -337,11 +338,14 @@ def _study_config(
     from eeipu import options_used_by
 
     problem = cfg["problem"]
+    use_examples()  # the example projects' modules, as `eeipu tune` in their folder finds them
+    overrides = [
+        example_search_path(),
+        f"pipeline={problem['pipeline']}",
+        f"size={problem['size']}",
+    ]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        composed = compose(
-            "config",
-            overrides=[f"pipeline={problem['pipeline']}", f"size={problem['size']}"],
-        )
+        composed = compose("config", overrides=overrides)
     c = OmegaConf.to_container(composed, resolve=False)
     assert isinstance(c, dict)
     c.update(
