@@ -178,7 +178,8 @@ def test_a_users_stages_or_flows_folder_does_not_shadow_ours(installed, tmp_path
     cmd = [str(installed / "eeipu"), "tune", "--config-dir", "conf", "pipeline=mine", "--cfg"]
     proc = _run([*cmd, "job", "--resolve"], cwd=tmp_path, env=env)
     assert "target: mypipe.make_pipeline" in proc.stdout, proc.stdout[-2000:]
-    # The target imports from the folder (the config check builds the pipeline).
+    # The study code (which `--cfg` does not reach) imports stages after the folder is on
+    # sys.path, and the target from the folder: as the task function does, in one process.
     check = [str(installed / "python"), "-P", "-c", CHECK_IMPORTS]
     out = _run(check, cwd=tmp_path, env=env).stdout.split()
     assert out[2] == str(tmp_path / "mypipe.py") and str(tmp_path) not in out[0] + out[1], out
