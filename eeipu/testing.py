@@ -69,6 +69,52 @@ def _test_function(k: int, dim: int) -> SyntheticTestFunction:
     return Ackley(dim=dim)
 
 
+def _cost_coefficients(seed: int, dims: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per stage, the seeded amplitudes and phases of its cost's dependence on its parameters."""
+    coefs = []
+    for k, d in enumerate(dims):
+        gen = torch.Generator().manual_seed(seed * 1009 + k)
+        amp = torch.randn(d, generator=gen, dtype=torch.double) / math.sqrt(d)
+        phase = torch.rand(d, generator=gen, dtype=torch.double)
+        coefs.append((amp, phase))
+    return coefs
+
+
+def _trap_scales(
+    functions: Sequence[SyntheticTestFunction], trap: Sequence[float]
+) -> tuple[float, ...]:
+    """Per stage, a quarter of the median gap ``f - f*`` over its domain (1.0 without a trap)."""
+    scales = []
+    for fn, t in zip(functions, trap, strict=True):
+        if t == 0.0:
+            scales.append(1.0)
+            continue
+        u = torch.quasirandom.SobolEngine(fn.dim, scramble=True, seed=0).draw(
+            1024, dtype=torch.double
+        )
+        lo, hi = fn.bounds[0].double(), fn.bounds[1].double()
+        gap = fn.evaluate_true(lo + u * (hi - lo)) - float(fn.optimal_value)
+        scales.append(float(gap.median()) / 4)
+    return tuple(scales)
+
+
+def _fail_rules(
+    seed: int, dims: Sequence[int], share: Sequence[float]
+) -> tuple[tuple[torch.Tensor, float] | None, ...]:
+    """Per stage, its failing half-space ``w · u > q`` of the unit cube (None: never fails)."""
+    rules: list[tuple[torch.Tensor, float] | None] = []
+    for k, (d, f) in enumerate(zip(dims, share, strict=True)):
+        if f == 0.0:
+            rules.append(None)
+            continue
+        gen = torch.Generator().manual_seed(seed * 1009 + k + 7919)
+        w = torch.randn(d, generator=gen, dtype=torch.double)
+        w = w / w.norm()
+        u = torch.quasirandom.SobolEngine(d, scramble=True, seed=0).draw(4096, dtype=torch.double)
+        rules.append((w, float(torch.quantile(u @ w, 1.0 - f))))
+    return tuple(rules)
+
+
 @dataclass(frozen=True)
 class SyntheticProblem:
     """A seeded synthetic pipeline.
@@ -148,31 +194,14 @@ class SyntheticProblem:
             raise ValueError(f"base_costs must be {len(dims)} positive numbers, but got {base}")
         object.__setattr__(self, "base_costs", tuple(float(b) for b in base))
         object.__setattr__(self, "_functions", [_test_function(k, d) for k, d in enumerate(dims)])
-        coefs = []
-        for k, d in enumerate(dims):
-            gen = torch.Generator().manual_seed(self.seed * 1009 + k)
-            amp = torch.randn(d, generator=gen, dtype=torch.double) / math.sqrt(d)
-            phase = torch.rand(d, generator=gen, dtype=torch.double)
-            coefs.append((amp, phase))
-        object.__setattr__(self, "_cost_coef", coefs)
+        object.__setattr__(self, "_cost_coef", _cost_coefficients(self.seed, dims))
         if not (self.noise_sd >= 0 and math.isfinite(self.noise_sd)):
             raise ValueError(f"noise_sd must be a finite number >= 0, but got {self.noise_sd}")
         trap = (0.0,) * len(dims) if self.cost_trap is None else tuple(map(float, self.cost_trap))
         if len(trap) != len(dims) or any(not math.isfinite(t) for t in trap):
             raise ValueError(f"cost_trap must be {len(dims)} finite numbers, but got {trap}")
         object.__setattr__(self, "cost_trap", trap)
-        scales = []
-        for fn, t in zip(self._functions, trap, strict=True):
-            if t == 0.0:
-                scales.append(1.0)
-                continue
-            u = torch.quasirandom.SobolEngine(fn.dim, scramble=True, seed=0).draw(
-                1024, dtype=torch.double
-            )
-            lo, hi = fn.bounds[0].double(), fn.bounds[1].double()
-            gap = fn.evaluate_true(lo + u * (hi - lo)) - float(fn.optimal_value)
-            scales.append(float(gap.median()) / 4)
-        object.__setattr__(self, "_trap_scale", tuple(scales))
+        object.__setattr__(self, "_trap_scale", _trap_scales(self._functions, trap))
         share = (
             (0.0,) * len(dims) if self.fail_share is None else tuple(map(float, self.fail_share))
         )
@@ -183,19 +212,7 @@ class SyntheticProblem:
         if not 0 < self.fail_cost <= 1:
             raise ValueError(f"fail_cost must be in (0, 1], but got {self.fail_cost}")
         object.__setattr__(self, "fail_share", share)
-        rules: list[tuple[torch.Tensor, float] | None] = []
-        for k, (d, f) in enumerate(zip(dims, share, strict=True)):
-            if f == 0.0:
-                rules.append(None)
-                continue
-            gen = torch.Generator().manual_seed(self.seed * 1009 + k + 7919)
-            w = torch.randn(d, generator=gen, dtype=torch.double)
-            w = w / w.norm()
-            u = torch.quasirandom.SobolEngine(d, scramble=True, seed=0).draw(
-                4096, dtype=torch.double
-            )
-            rules.append((w, float(torch.quantile(u @ w, 1.0 - f))))
-        object.__setattr__(self, "_fail_rule", tuple(rules))
+        object.__setattr__(self, "_fail_rule", _fail_rules(self.seed, dims, share))
 
     # ------------------------------------------------------------------ search space
     def space_dict(self) -> dict[str, dict[str, dict[str, Any]]]:
