@@ -57,7 +57,7 @@ CASES = [
     # --- pipelines
     (
         ["pipeline=nope"],
-        "error: no pipeline config named 'nope'; the pipeline configs are kedro, ml_stacking, pretrain_pro",
+        "error: no pipeline config named 'nope'; the pipeline configs are kedro, synthetic (add",
     ),
     (
         ["pipeline=synthetc"],
