@@ -9,7 +9,7 @@
 #                 tests/stages and the in-process CLI tests (checks pyproject's lower bounds)
 # Each installs the project with its `dev` and `examples` extras (.venv also `docs`, for the
 # site; .venv and .venv-oldest also `kedro`, whose tests/kedro they run); only .venv runs the
-# example pipelines' tests (tests/pipelines) and builds the docs.
+# example projects' tests (tests/examples, for examples/) and builds the docs.
 # Interpreters are found by tools/find-python (PATH, pyenv, /usr/bin); name one with
 # PY=/path/to/python for .venv, PY311, PY312, PY313 for the others. EXTRA_PYTHONS= skips
 # 3.12 and 3.13.

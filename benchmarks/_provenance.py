@@ -31,10 +31,12 @@ __all__ = [
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
-# The code a simulated run's numbers depend on: the optimizer, the simulation, the problems.
-CODE_PATHS = ("eeipu", "stages/pipelines")
-# A real pipeline's studies also run the framework: the cache, the flows, the study loop.
-PIPELINE_CODE_PATHS = ("eeipu", "stages", "flows")
+# The code a simulated run's numbers depend on: the optimizer, the simulation and the
+# problems (eeipu/testing.py).
+CODE_PATHS = ("eeipu",)
+# A real pipeline's studies also run the framework (the cache, the flows, the study loop)
+# and the example projects' pipelines.
+PIPELINE_CODE_PATHS = ("eeipu", "stages", "flows", "examples")
 _PACKAGES = ("torch", "botorch", "gpytorch", "scipy", "optuna")
 # Which saved raw runs may stand for a run of today's code: only those today's code made
 # (same_code), or any with matching settings (any).

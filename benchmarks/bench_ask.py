@@ -21,7 +21,7 @@ hyperparameters (no fit: a parallel study's asks in a row with no trial told in 
 
     .venv/bin/python benchmarks/bench_ask.py --pending 1 3 --asks 5
 
-``--problem`` picks another synthetic variant (``stages.pipelines.synthetic.VARIANTS``), e.g.
+``--problem`` picks another synthetic variant (``eeipu.testing.VARIANTS``), e.g.
 the 10-stage one, where ``ask()`` fits one cost GP per stage:
 
     .venv/bin/python benchmarks/bench_ask.py --problem synthetic10 --n 100
@@ -44,8 +44,7 @@ from botorch.acquisition.analytic import LogExpectedImprovement
 from botorch.optim import optimize_acqf
 
 from eeipu import Optimizer, SearchSpace, Trial, fit_gp
-from stages.pipelines import SimulatedCache, SyntheticProblem
-from stages.pipelines.synthetic import VARIANTS, synthetic_variant
+from eeipu.testing import VARIANTS, SimulatedCache, SyntheticProblem, synthetic_variant
 
 
 def feed(opt: Optimizer, problem: SyntheticProblem, n: int, cache: SimulatedCache) -> None:

@@ -24,7 +24,7 @@ import scipy  # noqa: E402
 from botorch.generation import gen as botorch_gen  # noqa: E402
 
 from eeipu import Optimizer, SearchSpace, batched_lbfgs_available  # noqa: E402
-from stages.pipelines import SyntheticProblem, simulate  # noqa: E402
+from eeipu.testing import SyntheticProblem, simulate  # noqa: E402
 
 
 def one_study(budget: float, n_init: int, seed: int) -> tuple[int, float, list[float]]:

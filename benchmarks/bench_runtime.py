@@ -262,7 +262,7 @@ def bench_overhead(sizes: Sizes, root: str) -> list[str]:
     from prefect import flow
 
     from stages import Store, run_pipeline
-    from stages.pipelines import synthetic_pipeline
+    from stages.testing import synthetic_pipeline
 
     pipe = synthetic_pipeline()
     names = pipe.stage_names
@@ -461,7 +461,7 @@ def bench_exists(sizes: Sizes, stores: list[tuple[str, Any]]) -> list[str]:
     import random
 
     from stages import StoreCacheView
-    from stages.pipelines import synthetic_pipeline
+    from stages.testing import synthetic_pipeline
 
     pipe = synthetic_pipeline()
     space = pipe.space_dict()

@@ -31,7 +31,7 @@ problem on every machine:
 
 Each method runs each problem with ``--seeds`` seeds (the optimizer's seed: every method
 evaluates the same Sobol warm-up per seed) through :func:`benchmarks.suite.run_simulated`
-(the optimizer's own ask/tell loop, :func:`stages.pipelines.simulate`'s exact cache). The
+(the optimizer's own ask/tell loop, :func:`eeipu.testing.simulate`'s exact cache). The
 page ``<results_dir>/family_<set>.md`` reports per method the distribution over problems of
 its improvement after the warm-up minus plain EI's (normalized by the problem's range,
 paired by seed): mean with a 90% bootstrap interval over problems, 10th percentile, share of
@@ -145,7 +145,7 @@ class _Stage:
 class FamilyProblem:
     """One generated problem (see the module docstring; build it with :func:`generate`).
 
-    It offers what :func:`stages.pipelines.simulate` and
+    It offers what :func:`eeipu.testing.simulate` and
     :func:`benchmarks.suite.run_simulated` need: ``names``, ``space_dict``, ``evaluate``,
     ``stage_outputs``, ``failed_stage`` (never fails), ``true_objective``, ``noise_sd`` and
     ``optimum``, plus ``range`` (0 minus the median objective of 1024 Sobol
@@ -463,14 +463,14 @@ def run_job(job: Mapping[str, Any]) -> dict[str, Any]:
 def run_optuna(problem: FamilyProblem, job: Mapping[str, Any]) -> dict[str, Any]:
     """One seed of an Optuna sampler (``job['method']``, a key of ``OPTUNA``) on ``problem``,
     through Optuna's ask/tell interface with the same simulated cache and costs as
-    :func:`stages.pipelines.simulate`: a trial started while budget is left, a stage that
+    :func:`eeipu.testing.simulate`: a trial started while budget is left, a stage that
     ran before with the same values upstream costs its load cost. Its first ``n_init``
     trials are the sampler's own random start-up trials. Returns the raw run (on a noisy
     problem each trial carries its true objective: what the best-looking trial is worth)."""
     import optuna
 
     from benchmarks.suite import raw_run
-    from stages.pipelines.simulate import SimulatedCache
+    from eeipu.testing import SimulatedCache
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler_type = getattr(optuna.samplers, OPTUNA[job["method"]])

@@ -2,7 +2,7 @@
 
 Checks that ``device=cuda`` really puts the work on the GPU (peak CUDA memory > 0) and prints
 one row per stage. Needs the project installed with the ``examples`` extra (the pipelines
-live in ``stages.pipelines`` and import ``stages``).
+live in ``examples/<name>/`` and import ``stages``).
 
     python benchmarks/gpu_check.py --size smoke full --pipelines vision_cnn t5_distill
 """
@@ -10,7 +10,6 @@ live in ``stages.pipelines`` and import ``stages``).
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import sys
 import time
@@ -36,13 +35,15 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
+    from benchmarks._examples import example_module
+
     print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}", end="")
     if torch.cuda.is_available():
         print(f", {torch.cuda.get_device_name(0)}")
     print("\n| pipeline | size | stage | seconds | peak CUDA MiB |\n|---|---|---|---:|---:|")
     for name in args.pipelines:
         try:
-            module = importlib.import_module(f"stages.pipelines.{name}")
+            module = example_module(name)
         except ImportError as exc:
             print(f"| {name} | - | import failed: {exc} | | |")
             continue

@@ -1,5 +1,5 @@
 """Wall time of parallel studies against a sequential one, on the synthetic pipeline whose
-stages sleep their simulated cost (``stages.pipelines.slept:slept_synthetic_pipeline``), for
+stages sleep their simulated cost (``stages.testing:slept_synthetic_pipeline``), for
 each ``--executor``: ``work_pool`` (process workers: a new process per trial) or
 ``task_workers`` (warm ``eeipu worker`` processes).
 
@@ -187,7 +187,7 @@ def _study(
         *(os.environ["PW_PROFILE"].split() if os.environ.get("PW_PROFILE") else []),
         "-m",
         "flows.tune",
-        "pipeline.target=stages.pipelines.slept:slept_synthetic_pipeline",
+        "pipeline.target=stages.testing:slept_synthetic_pipeline",
         f"+pipeline.kwargs.scale={args.scale}",
         f"budget={args.budget}",
         f"n_init={args.n_init}",

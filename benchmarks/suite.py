@@ -7,8 +7,8 @@
 
 Arguments are Hydra overrides of ``benchmarks/conf/config.yaml`` (group ``problem/``).
 
-* Synthetic problems (``stages.pipelines.synthetic.VARIANTS``) run in process through
-  :func:`stages.pipelines.simulate.simulate` (the optimizer's own ask/tell loop, exact simulated
+* Synthetic problems (``eeipu.testing.VARIANTS``) run in process through
+  :func:`eeipu.testing.simulate` (the optimizer's own ask/tell loop, exact simulated
   cache), in at most ``workers`` processes with torch on one thread each. The warm-up is
   shared per seed by construction: ``Optimizer`` draws its ``n_init`` warm-up points from a
   Sobol sequence of the seed alone, so every method evaluates the same ones (the report
@@ -44,6 +44,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks._examples import example_search_path, use_examples
 from benchmarks._provenance import (
     CODE_PATHS,
     PIPELINE_CODE_PATHS,
@@ -226,20 +227,20 @@ def _make_optimizer(space: Any, job: Mapping[str, Any]) -> tuple[Any, dict[str, 
 
 def run_synthetic(job: Mapping[str, Any]) -> dict[str, Any]:
     """One (method, seed) on a synthetic variant; returns the raw run."""
-    from stages.pipelines import synthetic_variant
+    from eeipu.testing import synthetic_variant
 
     return run_simulated(synthetic_variant(job["variant"], seed=job["seed"]), job)
 
 
 def run_simulated(problem: Any, job: Mapping[str, Any]) -> dict[str, Any]:
     """One (method, seed) of ``job`` on a problem simulated in process
-    (:func:`stages.pipelines.simulate`: ``space_dict``, ``optimum``, ``noise_sd`` and
+    (:func:`eeipu.testing.simulate`: ``space_dict``, ``optimum``, ``noise_sd`` and
     ``true_objective`` besides what ``simulate`` needs); returns the raw run."""
     import torch
 
     torch.set_num_threads(1)
     from eeipu import SearchSpace
-    from stages.pipelines import simulate
+    from eeipu.testing import simulate
 
     space = SearchSpace.from_dict(problem.space_dict())
     opt, used = _make_optimizer(space, job)
@@ -337,11 +338,14 @@ def _study_config(
     from eeipu import options_used_by
 
     problem = cfg["problem"]
+    use_examples()  # the example projects' modules, as `eeipu tune` in their folder finds them
+    overrides = [
+        example_search_path(),
+        f"pipeline={problem['pipeline']}",
+        f"size={problem['size']}",
+    ]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        composed = compose(
-            "config",
-            overrides=[f"pipeline={problem['pipeline']}", f"size={problem['size']}"],
-        )
+        composed = compose("config", overrides=overrides)
     c = OmegaConf.to_container(composed, resolve=False)
     assert isinstance(c, dict)
     c.update(

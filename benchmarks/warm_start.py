@@ -18,7 +18,7 @@ import statistics
 import time
 
 from eeipu import Optimizer, SearchSpace
-from stages.pipelines import SimulatedCache, SyntheticProblem
+from eeipu.testing import SimulatedCache, SyntheticProblem
 
 CHECKPOINTS = (50.0, 100.0, 200.0)
 

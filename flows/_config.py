@@ -11,7 +11,7 @@ Example:
     >>> cfg = StudyConfig.from_mapping({
     ...     "study": "demo", "budget": 50, "storage": {"url": ".eeipu/cache"},
     ...     "optimizer": {"method": "ei"},
-    ...     "pipeline": {"name": "synthetic", "target": "stages.pipelines.synthetic_pipeline"},
+    ...     "pipeline": {"name": "synthetic", "target": "stages.testing.synthetic_pipeline"},
     ... })
     >>> cfg.optimizer.method, cfg.budget, cfg.output_dir, cfg.executor
     ('ei', 50.0, 'outputs/demo', 'auto')

@@ -16,8 +16,10 @@ best        a study's best (``--recommended``: recommended) configuration as YAM
 cache       the stage cache's size per stage, and what ``--max-bytes`` would evict
 ==========  ==========================================================================
 
-``tune`` and ``serve`` put the current folder first on ``sys.path``, as ``python -m`` does,
-so a ``pipeline.target`` in a module beside your configs imports without installing it.
+``tune``, ``serve`` and ``worker`` put the current folder on ``sys.path``
+(:func:`append_user_folder`), so a ``pipeline.target`` in a module beside your configs
+imports without installing it. It goes last: a folder of yours named ``stages`` or
+``flows`` never shadows the installed framework.
 
 Example:
     $ eeipu tune --config-dir conf pipeline=mine budget=100
@@ -33,15 +35,27 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "append_user_folder", "main"]
+
+
+def append_user_folder(folder: str | None = None) -> None:
+    """Put ``folder`` (default: the current folder) on ``sys.path``, after everything there.
+
+    Your pipeline modules in it import by name; the installed packages come first, so a
+    module or package of yours that shares a name with one of ours (``stages``, ``flows``)
+    does not replace it. ``python -m flows.tune`` differs: Python itself puts the current
+    folder first.
+    """
+    folder = os.getcwd() if folder is None else folder
+    if folder not in sys.path:
+        sys.path.append(folder)
 
 
 def _hydra(module: str) -> Callable[[list[str]], int]:
     def run(argv: list[str]) -> int:
         import importlib
 
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
+        append_user_folder()
         entry = importlib.import_module(module)
         # Hydra parses sys.argv itself (overrides, -m, --config-dir, --help, ...).
         saved = sys.argv

@@ -27,9 +27,10 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
+
+from flows.cli import append_user_folder
 
 __all__ = ["main"]
 
@@ -69,8 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if os.getcwd() not in sys.path:  # a pipeline.target beside your configs, as for tune
-        sys.path.insert(0, os.getcwd())
+    append_user_folder()  # a pipeline.target beside your configs, as for tune
     from prefect.task_worker import serve
 
     from flows.executors import warm_trial_task

@@ -1,6 +1,7 @@
 """The pipeline layer: stages, pipelines, the memoizing store and their Prefect runtime.
 
-Example pipelines and test problems live in :mod:`stages.pipelines`, users of this API.
+Test pipelines for the framework itself live in :mod:`stages.testing`; example pipelines
+live in the repository's `examples/` folder, users of this API like any other.
 
 Example:
     >>> from stages import Pipeline, Store, run_pipeline, stage  # doctest: +SKIP

@@ -43,7 +43,7 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 # then dies with "lost sys.stderr". Even here (pytest's global capture is sys.stderr while
 # this file is imported), and dictConfig closes every handler ever made, so the handler is
 # pointed at the real stderr, which absl never closes. (absl comes with rouge-score in the
-# `examples` extra, which tests/pipelines needs.)
+# `examples` extra, which tests/examples needs.)
 with contextlib.suppress(ImportError):
     import absl.logging
 

@@ -102,7 +102,7 @@ TINY = {
 
 def test_simulate_charges_each_stage_its_own_load_cost():
     from eeipu import Optimizer, SearchSpace
-    from stages.pipelines import simulate
+    from eeipu.testing import simulate
 
     p = generate("dev", 0)  # dear first stage: EEIPU reuses it
     space = SearchSpace.from_dict(p.space_dict())
@@ -165,9 +165,7 @@ def test_family_benchmark_end_to_end_reuses_its_runs(tmp_path, capsys):
     assert made["commit"] == head.stdout.strip() and len(made["code"]) == 16
     assert made["python"] == platform.python_version() and made["botorch"]
     assert f"- Code: made by commit `{made['commit'][:10]}" in page
-    assert (
-        "(12 runs); one version of the code they ran (eeipu, stages/pipelines, docstrings" in page
-    )
+    assert "(12 runs); one version of the code they ran (eeipu, docstrings" in page
     assert (
         sum(t["cost"] for t in tpe["trials"][:-1]) < 30.0 <= sum(t["cost"] for t in tpe["trials"])
     )

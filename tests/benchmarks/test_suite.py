@@ -26,7 +26,7 @@ from benchmarks._metrics import (  # noqa: E402
     run_metrics,
 )
 from benchmarks._report import Report, build_report  # noqa: E402
-from stages.pipelines import VARIANTS, SyntheticProblem, synthetic_variant  # noqa: E402
+from eeipu.testing import VARIANTS, SyntheticProblem, synthetic_variant  # noqa: E402
 
 
 def _run(costs, objectives, n_init=2, direction="maximize", cached=None):
@@ -321,7 +321,7 @@ def test_failures_variant_fails_a_share_of_each_stage_and_simulate_tells_what_ra
     import torch
 
     from eeipu import Optimizer, SearchSpace, TrialState
-    from stages.pipelines import simulate
+    from eeipu.testing import simulate
 
     p = synthetic_variant("failures", seed=3)
     space = SearchSpace.from_dict(p.space_dict())

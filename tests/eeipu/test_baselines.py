@@ -20,7 +20,7 @@ from eeipu._lambo import (
     stage_depths,
 )
 from eeipu._ms_bo import CascadeBO, CascadeLogEI
-from stages.pipelines import SyntheticProblem, simulate
+from eeipu.testing import SyntheticProblem, simulate
 
 FAST = {"num_restarts": 2, "raw_samples": 32, "maxiter": 30}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from eeipu import Optimizer, SearchSpace, options_used_by
-from stages.pipelines import SyntheticProblem, simulate
+from eeipu.testing import SyntheticProblem, simulate
 
 SETTING = {
     "dims": (2, 3, 2),

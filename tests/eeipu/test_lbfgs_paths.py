@@ -17,7 +17,7 @@ import torch
 from botorch.generation import gen as botorch_gen
 
 from eeipu import Observations, Optimizer, Prefix, SearchSpace, batched_lbfgs_available, make_method
-from stages.pipelines import SyntheticProblem, simulate
+from eeipu.testing import SyntheticProblem, simulate
 
 GP_METHODS = ["eeipu", "ms_carbo", "carbo", "eips", "ei", "ms_bo", "lambo"]
 FAST_OPTIONS = {"num_restarts": 2, "raw_samples": 32, "mc_samples": 128, "maxiter": 30}

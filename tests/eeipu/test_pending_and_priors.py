@@ -9,7 +9,7 @@ import eeipu._methods
 import eeipu._models
 import eeipu._optimizer
 from eeipu import Optimizer, SearchSpace, TellError
-from stages.pipelines import SyntheticProblem, simulate
+from eeipu.testing import SyntheticProblem, simulate
 
 FAST = {
     "num_restarts": 2,

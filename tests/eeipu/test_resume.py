@@ -7,7 +7,7 @@ import json
 import pytest
 
 from eeipu import Optimizer, SearchSpace
-from stages.pipelines import SimulatedCache, SyntheticProblem
+from eeipu.testing import SimulatedCache, SyntheticProblem
 
 FAST = {"num_restarts": 2, "raw_samples": 32, "mc_samples": 128, "maxiter": 30}
 

@@ -17,7 +17,7 @@ from typing import Any
 from prefect.context import TaskRunContext
 
 from stages import Pipeline, merkle_key
-from stages.pipelines import synthetic_pipeline
+from stages.testing import synthetic_pipeline
 
 
 def crashy_pipeline(log: str, cache: str, sleep: float = 0.15, seed: int = 0) -> Pipeline:

@@ -57,7 +57,7 @@ CASES = [
     # --- pipelines
     (
         ["pipeline=nope"],
-        "error: no pipeline config named 'nope'; the pipeline configs are kedro, ml_stacking, pretrain_pro",
+        "error: no pipeline config named 'nope'; the pipeline configs are kedro, synthetic (add",
     ),
     (
         ["pipeline=synthetc"],
@@ -68,7 +68,7 @@ CASES = [
     (["+pipeline.kwargs.fail_stage=zz"], "`fail_stage` must be one of"),
     (
         ["+pipeline.kwargs.bogus=1"],
-        "error: `pipeline.kwargs` do not fit stages.pipelines.synthetic_pipeline",
+        "error: `pipeline.kwargs` do not fit stages.testing.synthetic_pipeline",
     ),
     # --- optimizer
     (["optimizer=nope"], "error: no optimizer config named 'nope'; the optimizer configs are "),

@@ -8,7 +8,7 @@ import pytest
 
 from flows import ConfigError, StorageConfig, StudyConfig
 from stages import Store
-from stages.pipelines import synthetic_pipeline
+from stages.testing import synthetic_pipeline
 from tests.helpers import EXECUTOR_CASES, EXECUTORS, composed, journal, run_study
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from flows.executors import LocalExecutor
 from stages import Pipeline, Reported, stage
-from stages.pipelines import synthetic_pipeline
+from stages.testing import synthetic_pipeline
 from tests.helpers import FAST, composed, journal, run_study
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from stages import Pipeline, Store
-from stages.pipelines import synthetic_pipeline
+from stages.testing import synthetic_pipeline
 from tests.helpers import FAST, cli, journal, run_study
 
 

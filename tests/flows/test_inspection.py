@@ -24,7 +24,7 @@ from flows.inspection import (
     studies_main,
 )
 from stages import Store
-from stages.pipelines import synthetic_pipeline
+from stages.testing import synthetic_pipeline
 from tests.helpers import OPTIMIZER_FAST, composed
 
 TINY = [*OPTIMIZER_FAST, "budget=30", "n_init=2", "progress=false"]
@@ -374,7 +374,7 @@ def test_cache_finds_the_versions_that_kwargs_set(tmp_path, capsys):
         "study": "v2",
         "method": "random",
         "direction": "maximize",
-        "pipeline": {"name": "synthetic", "target": "stages.pipelines.synthetic_pipeline"},
+        "pipeline": {"name": "synthetic", "target": "stages.testing.synthetic_pipeline"},
         "space": pipe.space_dict(),
         "budget": 10.0,
         "n_init": 1,

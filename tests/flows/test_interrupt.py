@@ -24,7 +24,7 @@ from tests.helpers import ENTRY_POINTS, OPTIMIZER_FAST, ROOT
 
 pytestmark = pytest.mark.slow
 
-_SLEPT = "stages.pipelines.slept.slept_synthetic_pipeline"
+_SLEPT = "stages.testing.slept_synthetic_pipeline"
 _LINE = "interrupted after {} trials; re-run the same command to resume"
 
 

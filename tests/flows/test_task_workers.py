@@ -72,7 +72,7 @@ def test_warm_workers_run_trials_in_parallel_and_each_runs_several(
     cfg = composed(
         "n_init=3",
         *OPTIMIZER_FAST,
-        "pipeline.target=stages.pipelines.slept:slept_synthetic_pipeline",
+        "pipeline.target=stages.testing:slept_synthetic_pipeline",
         "+pipeline.kwargs.scale=0.1",  # stages take real time, so trials can overlap
         f"storage.url={cache}",
         "study=warm",
@@ -125,7 +125,7 @@ def test_a_trial_no_worker_takes_is_reported_and_runs_once_one_starts(
     cfg = composed(
         "n_init=2",
         *OPTIMIZER_FAST,
-        "pipeline.target=stages.pipelines.slept:slept_synthetic_pipeline",
+        "pipeline.target=stages.testing:slept_synthetic_pipeline",
         "+pipeline.kwargs.scale=0.01",
         f"storage.url={tmp_path / 'cache'}",
         "study=late",

@@ -295,7 +295,7 @@ _EXT = pytest.mark.extended
         ),
         pytest.param(
             ["+pipeline.kwargs.fail_stage=zz"],
-            "error: `pipeline.kwargs` do not fit stages.pipelines.synthetic_pipeline: `fail_stage` must be one of",
+            "error: `pipeline.kwargs` do not fit stages.testing.synthetic_pipeline: `fail_stage` must be one of",
             marks=_EXT,
         ),
     ],

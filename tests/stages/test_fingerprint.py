@@ -231,7 +231,7 @@ def test_module_state_does_not_move_keys_but_module_values_do(monkeypatch):
 def test_keys_agree_across_processes():
     # Workers build the pipeline in their own process: the identities must match.
     code = (
-        "from stages.pipelines import synthetic_pipeline; "
+        "from stages.testing import synthetic_pipeline; "
         "print(*(s.identity for s in synthetic_pipeline(seed=3).stages))"
     )
     runs = [
@@ -240,7 +240,7 @@ def test_keys_agree_across_processes():
         ).stdout
         for cwd in (Path(__file__).parents[2], Path("/"))
     ]
-    from stages.pipelines import synthetic_pipeline
+    from stages.testing import synthetic_pipeline
 
     here = " ".join(s.identity for s in synthetic_pipeline(seed=3).stages)
     assert runs == [here + "\n"] * 2

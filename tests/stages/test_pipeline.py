@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from eeipu.testing import SyntheticProblem
 from stages import Pipeline, PipelineError, Reported, Stage, merkle_key, stage
-from stages.pipelines import SyntheticProblem, synthetic_pipeline
+from stages.testing import synthetic_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOAT = {"type": "float", "low": 0.0, "high": 1.0}
@@ -206,7 +207,8 @@ def test_keys_are_identical_in_another_process():
     params = {s: {x: 0.1 + i for i, x in enumerate(sec)} for s, sec in pipe.space_dict().items()}
     code = (
         "import json, sys\n"
-        "from stages.pipelines import SyntheticProblem, synthetic_pipeline\n"
+        "from eeipu.testing import SyntheticProblem\n"
+        "from stages.testing import synthetic_pipeline\n"
         "params = json.loads(sys.argv[1])\n"
         "print(json.dumps(synthetic_pipeline(SyntheticProblem(seed=3)).keys(params)))\n"
     )

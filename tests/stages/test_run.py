@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from eeipu.testing import SyntheticProblem
 from stages import (
     Pipeline,
     Reported,
@@ -18,7 +19,7 @@ from stages import (
     StoreFileSystem,
     run_pipeline,
 )
-from stages.pipelines import SyntheticProblem, synthetic_pipeline
+from stages.testing import synthetic_pipeline
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

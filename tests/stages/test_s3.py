@@ -13,14 +13,14 @@ import boto3
 import pytest
 
 from stages import Store, StoreCacheView, run_pipeline
-from stages.pipelines import synthetic_pipeline
+from stages.testing import synthetic_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = """
 import json, sys
 from stages import Store, StoreCacheView, run_pipeline
-from stages.pipelines import synthetic_pipeline
+from stages.testing import synthetic_pipeline
 url, params = sys.argv[1], json.loads(sys.argv[2])
 pipe, store = synthetic_pipeline(), Store(url)
 view = StoreCacheView(pipe, store)

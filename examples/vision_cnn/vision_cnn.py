@@ -63,11 +63,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,15 +77,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages import Pipeline, Stage
-from stages.pipelines._threads import torch_threads as _threads
 
 __all__ = ["vision_cnn_pipeline"]
+
+
+# Each example carries its own copy: a copy of one example folder needs nothing else.
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (None: leave as is), then restore.
+
+    The setting is process-wide, so it is held only while a stage runs. Small models on a
+    busy 2-core machine train many times faster on one thread than on two spinning ones.
+    """
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 SIZES = ("smoke", "full", "hard")
 N_CLASSES = 10
 FINETUNE_BATCH = 64
 
-# The search space (stage -> parameter -> spec), kept identical to flows/conf/pipeline/vision_cnn.yaml.
+# The search space (stage -> parameter -> spec), kept identical to conf/pipeline/vision_cnn.yaml.
 SPACE: dict[str, dict[str, dict[str, Any]]] = {
     "preprocess": {
         "normalization": {"type": "categorical", "choices": ["none", "standardize", "per_image"]},

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ml_stacking import SPACE, ml_stacking_pipeline, preprocess
 
 from flows import ConfigError, StudyConfig
-from stages.pipelines.ml_stacking import SPACE, ml_stacking_pipeline, preprocess
-from tests.helpers import FAST, check_prefix_reuse, check_smoke_study, composed
+from tests.examples.example_configs import example_composed
+from tests.helpers import FAST, check_prefix_reuse, check_smoke_study
 
 A = {
     "preprocess": {"scaler": "standard", "n_components": 12},
@@ -42,8 +43,11 @@ SMALL = [
 
 
 def _config(tmp_path, *overrides: str) -> dict:
-    return composed(
-        "pipeline=ml_stacking", "size=smoke", f"storage.url={tmp_path / 'cache'}", *overrides
+    return example_composed(
+        "ml_stacking",
+        "size=smoke",
+        f"storage.url={tmp_path / 'cache'}",
+        *overrides,
     )
 
 

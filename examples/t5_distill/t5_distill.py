@@ -56,11 +56,11 @@ Objective: validation ROUGE-Lsum of the final student, in [0, 1] (maximize).
 the same validation set.
 
 Stage timings, baselines, the Sobol spread and distilled against targets-alone students
-(``--distill-sweep``; docs/pipelines/t5_distill.md): ``python -m stages.pipelines.t5_distill
+(``--distill-sweep``; docs/pipelines/t5_distill.md): ``python -m t5_distill
 --help``.
 
 Example:
-    >>> from stages.pipelines.t5_distill import t5_distill_pipeline
+    >>> from t5_distill import t5_distill_pipeline
     >>> pipe = t5_distill_pipeline(size="smoke")
     >>> pipe.stage_names
     ['data', 'teacher', 'student1', 'student2', 'student3']
@@ -70,12 +70,13 @@ from __future__ import annotations
 
 import ast
 import collections
+import contextlib
 import inspect
 import io
 import os
 import sys
 import sysconfig
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,9 +84,28 @@ import torch
 import torch.nn.functional as F
 
 from stages import Pipeline, Stage
-from stages.pipelines._threads import torch_threads as _torch_threads
 
 __all__ = ["T5_DISTILL_SPACE", "baselines", "t5_distill_pipeline"]
+
+
+# Each example carries its own copy: a copy of one example folder needs nothing else.
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (None: leave as is), then restore.
+
+    The setting is process-wide, so it is held only while a stage runs. Small models on a
+    busy 2-core machine train many times faster on one thread than on two spinning ones.
+    """
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 # Source files (relative to the stdlib folder, without ".py"), in a fixed sorted order.
 _MODULES = (
@@ -227,7 +247,7 @@ _MODULES = (
     "zipimport",
 )
 
-# The search space (keep flows/conf/pipeline/t5_distill.yaml identical).
+# The search space (keep conf/pipeline/t5_distill.yaml identical).
 _STUDENT_SPACE: dict[str, dict[str, Any]] = {
     "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
     "temperature": {"type": "float", "low": 1.0, "high": 8.0},

@@ -1,18 +1,25 @@
-"""The literature's synthetic multi-stage problem, as plain functions and as a pipeline.
+"""Test problems for optimizers: the literature's synthetic multi-stage problem and an
+in-process study on it with an exactly simulated cache. Pure library code (no Prefect).
 
 Objective (maximized) = sum over stages of a *negated* standard test function of that
 stage's parameters (BoTorch's ``botorch.test_functions``). Each stage also has a smooth,
 positive, seeded cost of its own parameters, reported in simulated units (never slept),
 with the first stage the most expensive, so memoizing early stages pays off.
-:func:`synthetic_pipeline` builds the same problem from ``stages``' public API.
+:func:`simulate` runs an :class:`~eeipu.Optimizer` on it in process: a stage is a cache hit
+when it and all its upstream stages ran before with the same values, and a hit costs
+``load_cost`` instead of the stage's simulated cost. This drives the same ask/tell loop as
+the real pipelines (no copy of it) and is what the tests and benchmarks use where Prefect
+would only add time. ``stages.testing.synthetic_pipeline`` builds the same problem as a
+pipeline of stages.
 
 Example:
-    >>> from stages.pipelines import SyntheticProblem, synthetic_pipeline
+    >>> from eeipu import Optimizer, SearchSpace
+    >>> from eeipu.testing import SyntheticProblem, simulate
     >>> problem = SyntheticProblem()                     # 3 stages, 2/3/2 parameters
     >>> space = problem.space_dict()                     # for eeipu.SearchSpace.from_dict
     >>> value, cost = problem.run_stage("prep", 0.0, {"x0": 1.0, "x1": 2.0})
-    >>> synthetic_pipeline(problem).stage_names
-    ['prep', 'train', 'finetune']
+    >>> opt = Optimizer(SearchSpace.from_dict(space), budget=30.0, seed=0)
+    >>> trials = simulate(opt, problem)
 """
 
 from __future__ import annotations
@@ -20,17 +27,24 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from botorch.test_functions import Ackley, Branin, Hartmann, Levy, StyblinskiTang
 from botorch.test_functions.synthetic import SyntheticTestFunction
 
-from stages import Pipeline, Reported, Stage
+from eeipu import HistoryCacheView, Optimizer, Trial, cached_prefix
 
-__all__ = ["VARIANTS", "SyntheticProblem", "synthetic_pipeline", "synthetic_variant"]
+__all__ = [
+    "VARIANTS",
+    "SimulatedCache",
+    "SimulatedProblem",
+    "SyntheticProblem",
+    "simulate",
+    "synthetic_variant",
+]
 
 _DEFAULT_NAMES = ("prep", "train", "finetune")
 
@@ -55,6 +69,52 @@ def _test_function(k: int, dim: int) -> SyntheticTestFunction:
     return Ackley(dim=dim)
 
 
+def _cost_coefficients(seed: int, dims: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per stage, the seeded amplitudes and phases of its cost's dependence on its parameters."""
+    coefs = []
+    for k, d in enumerate(dims):
+        gen = torch.Generator().manual_seed(seed * 1009 + k)
+        amp = torch.randn(d, generator=gen, dtype=torch.double) / math.sqrt(d)
+        phase = torch.rand(d, generator=gen, dtype=torch.double)
+        coefs.append((amp, phase))
+    return coefs
+
+
+def _trap_scales(
+    functions: Sequence[SyntheticTestFunction], trap: Sequence[float]
+) -> tuple[float, ...]:
+    """Per stage, a quarter of the median gap ``f - f*`` over its domain (1.0 without a trap)."""
+    scales = []
+    for fn, t in zip(functions, trap, strict=True):
+        if t == 0.0:
+            scales.append(1.0)
+            continue
+        u = torch.quasirandom.SobolEngine(fn.dim, scramble=True, seed=0).draw(
+            1024, dtype=torch.double
+        )
+        lo, hi = fn.bounds[0].double(), fn.bounds[1].double()
+        gap = fn.evaluate_true(lo + u * (hi - lo)) - float(fn.optimal_value)
+        scales.append(float(gap.median()) / 4)
+    return tuple(scales)
+
+
+def _fail_rules(
+    seed: int, dims: Sequence[int], share: Sequence[float]
+) -> tuple[tuple[torch.Tensor, float] | None, ...]:
+    """Per stage, its failing half-space ``w · u > q`` of the unit cube (None: never fails)."""
+    rules: list[tuple[torch.Tensor, float] | None] = []
+    for k, (d, f) in enumerate(zip(dims, share, strict=True)):
+        if f == 0.0:
+            rules.append(None)
+            continue
+        gen = torch.Generator().manual_seed(seed * 1009 + k + 7919)
+        w = torch.randn(d, generator=gen, dtype=torch.double)
+        w = w / w.norm()
+        u = torch.quasirandom.SobolEngine(d, scramble=True, seed=0).draw(4096, dtype=torch.double)
+        rules.append((w, float(torch.quantile(u @ w, 1.0 - f))))
+    return tuple(rules)
+
+
 @dataclass(frozen=True)
 class SyntheticProblem:
     """A seeded synthetic pipeline.
@@ -71,7 +131,7 @@ class SyntheticProblem:
             (:meth:`evaluate`, and the last of :meth:`stage_outputs`); :meth:`true_objective`
             stays noise-free. The noise of a configuration is drawn from ``seed`` and the
             configuration itself (an optimizer never repeats one, so this is i.i.d. noise
-            that reproduces exactly). The Prefect pipeline (:func:`synthetic_pipeline`) is
+            that reproduces exactly). The Prefect pipeline (``stages.testing.synthetic_pipeline``) is
             noise-free.
         cost_trap: Per stage, the log factor by which its cost grows at its test
             function's optimum: cost x ``exp(trap * closeness)``, closeness in (0, 1],
@@ -89,7 +149,7 @@ class SyntheticProblem:
             (a preempted or out-of-memory run): each stage fails with probability
             ``1 - (1 - fail_random) ** (1 / n_stages)``, drawn from ``seed`` and the
             configuration up to it (:meth:`stage_fails`), so it reproduces exactly, in
-            :func:`stages.pipelines.simulate` and in :func:`synthetic_pipeline` alike.
+            :func:`simulate` and in ``stages.testing.synthetic_pipeline`` alike.
     """
 
     dims: Sequence[int] = (2, 3, 2)
@@ -134,31 +194,14 @@ class SyntheticProblem:
             raise ValueError(f"base_costs must be {len(dims)} positive numbers, but got {base}")
         object.__setattr__(self, "base_costs", tuple(float(b) for b in base))
         object.__setattr__(self, "_functions", [_test_function(k, d) for k, d in enumerate(dims)])
-        coefs = []
-        for k, d in enumerate(dims):
-            gen = torch.Generator().manual_seed(self.seed * 1009 + k)
-            amp = torch.randn(d, generator=gen, dtype=torch.double) / math.sqrt(d)
-            phase = torch.rand(d, generator=gen, dtype=torch.double)
-            coefs.append((amp, phase))
-        object.__setattr__(self, "_cost_coef", coefs)
+        object.__setattr__(self, "_cost_coef", _cost_coefficients(self.seed, dims))
         if not (self.noise_sd >= 0 and math.isfinite(self.noise_sd)):
             raise ValueError(f"noise_sd must be a finite number >= 0, but got {self.noise_sd}")
         trap = (0.0,) * len(dims) if self.cost_trap is None else tuple(map(float, self.cost_trap))
         if len(trap) != len(dims) or any(not math.isfinite(t) for t in trap):
             raise ValueError(f"cost_trap must be {len(dims)} finite numbers, but got {trap}")
         object.__setattr__(self, "cost_trap", trap)
-        scales = []
-        for fn, t in zip(self._functions, trap, strict=True):
-            if t == 0.0:
-                scales.append(1.0)
-                continue
-            u = torch.quasirandom.SobolEngine(fn.dim, scramble=True, seed=0).draw(
-                1024, dtype=torch.double
-            )
-            lo, hi = fn.bounds[0].double(), fn.bounds[1].double()
-            gap = fn.evaluate_true(lo + u * (hi - lo)) - float(fn.optimal_value)
-            scales.append(float(gap.median()) / 4)
-        object.__setattr__(self, "_trap_scale", tuple(scales))
+        object.__setattr__(self, "_trap_scale", _trap_scales(self._functions, trap))
         share = (
             (0.0,) * len(dims) if self.fail_share is None else tuple(map(float, self.fail_share))
         )
@@ -169,19 +212,7 @@ class SyntheticProblem:
         if not 0 < self.fail_cost <= 1:
             raise ValueError(f"fail_cost must be in (0, 1], but got {self.fail_cost}")
         object.__setattr__(self, "fail_share", share)
-        rules: list[tuple[torch.Tensor, float] | None] = []
-        for k, (d, f) in enumerate(zip(dims, share, strict=True)):
-            if f == 0.0:
-                rules.append(None)
-                continue
-            gen = torch.Generator().manual_seed(self.seed * 1009 + k + 7919)
-            w = torch.randn(d, generator=gen, dtype=torch.double)
-            w = w / w.norm()
-            u = torch.quasirandom.SobolEngine(d, scramble=True, seed=0).draw(
-                4096, dtype=torch.double
-            )
-            rules.append((w, float(torch.quantile(u @ w, 1.0 - f))))
-        object.__setattr__(self, "_fail_rule", tuple(rules))
+        object.__setattr__(self, "_fail_rule", _fail_rules(self.seed, dims, share))
 
     # ------------------------------------------------------------------ search space
     def space_dict(self) -> dict[str, dict[str, dict[str, Any]]]:
@@ -348,75 +379,84 @@ def synthetic_variant(name: str, seed: int = 0) -> SyntheticProblem:
     return SyntheticProblem(seed=seed, **VARIANTS[name])
 
 
-def synthetic_pipeline(
-    problem: SyntheticProblem | None = None,
-    *,
-    dims: Sequence[int] | None = None,
-    seed: int = 0,
-    version: str | None = None,
-    fail_stage: str | None = None,
-    fail_above: float | None = None,
-    load_cost: float = 0.01,
-) -> Pipeline:
-    """The synthetic problem as a chain of stages.
+class SimulatedProblem(Protocol):
+    """What :func:`simulate` needs of a problem (:class:`SyntheticProblem`
+    and the benchmark family's generated problems provide it)."""
 
-    Each stage reads the previous stage's running objective sum (the first reads nothing),
-    adds its own negated test function and reports the problem's simulated cost through
-    :class:`stages.Reported`. The sink's output is the objective.
+    names: Sequence[str]
+    fail_cost: float
+
+    def evaluate(self, params: Mapping[str, Mapping[str, Any]]) -> tuple[float, dict[str, float]]:
+        """(observed objective, {stage: simulated cost}) of a full run."""
+        ...
+
+    def stage_outputs(self, params: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+        """Each stage's scalar output (the last one's is the observed objective)."""
+        ...
+
+    def failed_stage(self, params: Mapping[str, Mapping[str, Any]]) -> str | None:
+        """The first stage that fails for this configuration, None when none does."""
+        ...
+
+
+class SimulatedCache(HistoryCacheView):
+    """The cache of a simulated study: every stage that ran, keyed by its upstream values."""
+
+    def lookup(self, params: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """The leading stages of ``params`` that are cached."""
+        return list(cached_prefix(self, self._stages, params))
+
+
+def simulate(
+    optimizer: Optimizer,
+    problem: SimulatedProblem,
+    *,
+    load_cost: float | Mapping[str, float] = 0.01,
+    max_trials: int | None = None,
+    on_trial: Callable[[Trial, Optimizer], None] | None = None,
+) -> list[Trial]:
+    """Ask/tell until the optimizer's budget is spent (or ``max_trials`` were told).
 
     Args:
-        problem: The problem (default ``SyntheticProblem()``: prep -> train -> finetune).
-        dims: Parameters per stage, when no ``problem`` is given (default 2/3/2).
-        seed: Seed of the problem's cost functions, when no ``problem`` is given.
-        version: An explicit version for every stage, standing for their code in the cache
-            keys (``None``: the keys follow the code; see :class:`stages.Stage`).
-        fail_stage: Fault injection (tests, demos): this stage raises ``RuntimeError``
-            whenever its first parameter ``x0`` exceeds ``fail_above``.
-        fail_above: The threshold for ``fail_stage``.
-        load_cost: Simulated cost of a cache hit (as in :func:`stages.pipelines.simulate`).
+        optimizer: A fresh optimizer over ``problem.space_dict()``.
+        problem: The synthetic problem providing objective and stage costs.
+        load_cost: Cost charged for a cache hit: one for every stage, or per stage name.
+        max_trials: Optional cap on the number of trials.
+        on_trial: Called after each tell (progress output, say).
 
-    Example:
-        >>> pipe = synthetic_pipeline()
-        >>> pipe.stage_names
-        ['prep', 'train', 'finetune']
+    Returns:
+        The told trials.
     """
-    if problem is None:
-        problem = SyntheticProblem(dims=tuple(dims or (2, 3, 2)), seed=seed)
-    if fail_stage is not None and fail_stage not in problem.names:
+    cache = SimulatedCache(problem.names)
+    loads = (
+        dict(load_cost)
+        if isinstance(load_cost, Mapping)
+        else dict.fromkeys(problem.names, float(load_cost))
+    )
+    if set(loads) != set(problem.names):
         raise ValueError(
-            f"`fail_stage` must be one of {list(problem.names)}, but got {fail_stage!r}"
+            f"`load_cost` must name every stage {list(problem.names)}, but got {sorted(loads)}"
         )
-    stages = []
-    previous: str | None = None
-    for name, section in problem.space_dict().items():
-        stages.append(
-            Stage(
-                func=_stage_function(
-                    problem, name, previous, fail_above if name == fail_stage else None
-                ),
-                name=name,
-                inputs=(previous,) if previous else (),
-                version=version,
-                space=section,
-            )
+    while not optimizer.done and (max_trials is None or len(optimizer.trials) < max_trials):
+        trial = optimizer.ask(cache=cache)
+        hits = cache.lookup(trial.params)
+        objective, costs = problem.evaluate(trial.params)
+        costs = {s: (loads[s] if s in hits else c) for s, c in costs.items()}
+        outputs: dict[str, float] | None = problem.stage_outputs(trial.params)
+        failed = problem.failed_stage(trial.params)
+        if failed is not None:  # it crashed part-way; the stages after it did not run
+            ran = problem.names[: problem.names.index(failed) + 1]
+            costs = {s: costs[s] for s in ran}
+            costs[failed] *= problem.fail_cost
+            objective, outputs = None, {s: outputs[s] for s in ran[:-1]} or None
+        told = optimizer.tell(
+            trial,
+            objective=objective,
+            costs=costs,
+            cached=hits,
+            stage_outputs=outputs,
         )
-        previous = name
-    return Pipeline(stages, load_cost=load_cost)
-
-
-def _stage_function(
-    problem: SyntheticProblem, name: str, previous: str | None, fail_above: float | None
-) -> Any:
-    # Inputs arrive by name, so each stage gets a function whose keyword is the upstream
-    # stage's output name; hyperparameters arrive as **params.
-    def run(**kwargs: Any) -> Reported[float]:
-        upstream = float(kwargs.pop(previous)) if previous else 0.0
-        if fail_above is not None and kwargs["x0"] > fail_above:
-            raise RuntimeError(f"injected failure: x0={kwargs['x0']} > {fail_above}")
-        if problem.stage_fails(name, kwargs, upstream):
-            raise RuntimeError(f"simulated failure of stage {name!r} (fail_share, fail_random)")
-        value, cost = problem.run_stage(name, upstream, kwargs)
-        return Reported(value, cost=cost)
-
-    run.__name__ = run.__qualname__ = f"synthetic_{name}"
-    return run
+        cache.add(trial.params, [s for s in problem.names if s in costs and s != failed])
+        if on_trial is not None:
+            on_trial(told, optimizer)
+    return optimizer.trials

@@ -9,10 +9,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from pretrain_probe import SPACE, pretrain_probe_pipeline
 
 from flows import ConfigError, StudyConfig
-from stages.pipelines.pretrain_probe import SPACE, pretrain_probe_pipeline
-from tests.helpers import FAST, check_prefix_reuse, check_smoke_study, composed
+from tests.examples.example_configs import example_composed
+from tests.helpers import FAST, check_prefix_reuse, check_smoke_study
 
 # Cheap corners of the space (a smoke trial well under a second).
 A = {
@@ -33,8 +34,11 @@ SMALL = [
 
 
 def _config(tmp_path, *overrides: str) -> dict:
-    return composed(
-        "pipeline=pretrain_probe", "size=smoke", f"storage.url={tmp_path / 'cache'}", *overrides
+    return example_composed(
+        "pretrain_probe",
+        "size=smoke",
+        f"storage.url={tmp_path / 'cache'}",
+        *overrides,
     )
 
 
@@ -93,7 +97,7 @@ def test_bad_hyperparameters_name_the_rule(smoke, stage, change, message):
 
 
 def test_yaml_space_matches_the_stages():
-    cfg = StudyConfig.from_mapping(composed("pipeline=pretrain_probe"))
+    cfg = StudyConfig.from_mapping(example_composed("pretrain_probe"))
     assert cfg.pipeline.space == SPACE
     assert cfg.pipeline.metric == "val_accuracy"
     assert cfg.pipeline.direction == "maximize"
@@ -103,7 +107,7 @@ def test_yaml_space_matches_the_stages():
 # ---------------------------------------------------------------------- the split
 @pytest.mark.parametrize(("size", "n", "n_val"), [("smoke", 401, 120), ("full", 1797, 539)])
 def test_split_holds_out_validation_and_few_labels(size, n, n_val):
-    from stages.pipelines.pretrain_probe import _SETTINGS, _digits
+    from pretrain_probe import _SETTINGS, _digits
 
     d = _digits(_SETTINGS[size], 0)
     val, labeled, pool = (set(d[k].tolist()) for k in ("val", "labeled", "pool"))
@@ -186,7 +190,7 @@ def test_blend_weight_and_temperature(smoke):
 
 
 def test_label_spreading_matches_its_closed_form():
-    from stages.pipelines.pretrain_probe import SPREAD_STEPS, _spread
+    from pretrain_probe import SPREAD_STEPS, _spread
 
     # k = n - 1 on points in the positive quadrant: the graph is every pair, weighted by
     # cosine similarity, so its normalized matrix S can be written down by hand.
@@ -207,7 +211,7 @@ def test_label_spreading_matches_its_closed_form():
 
 
 def test_label_spreading_follows_the_graph():
-    from stages.pipelines.pretrain_probe import _spread
+    from pretrain_probe import _spread
 
     # Two tight clusters on the unit circle, one labeled point in each.
     angles = torch.tensor([0.0, 0.05, 0.1, 0.15, 1.6, 1.65, 1.7, 1.75])
@@ -221,7 +225,7 @@ def test_label_spreading_follows_the_graph():
 
 
 def test_pretraining_never_sees_the_validation_images(monkeypatch):
-    import stages.pipelines.pretrain_probe as module
+    import pretrain_probe as module
 
     real = module._digits
 

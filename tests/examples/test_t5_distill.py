@@ -9,10 +9,11 @@ import math
 
 import pytest
 import torch
+from t5_distill import T5_DISTILL_SPACE, baselines, t5_distill_pipeline
 
 from flows import ConfigError, StudyConfig
-from stages.pipelines.t5_distill import T5_DISTILL_SPACE, baselines, t5_distill_pipeline
-from tests.helpers import FAST, composed
+from tests.examples.example_configs import example_composed
+from tests.helpers import FAST
 
 STAGES = ["data", "teacher", "student1", "student2", "student3"]
 STUDENT = {"lr": 3e-3, "temperature": 2.0, "weight_decay": 1e-3, "alpha": 0.5}
@@ -59,7 +60,7 @@ def test_unavailable_cuda_is_refused(monkeypatch):
 
 
 def test_gpu_size_is_built_only_for_cuda(monkeypatch):
-    from stages.pipelines.t5_distill import _all_modules
+    from t5_distill import _all_modules
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert t5_distill_pipeline(size="gpu", device="cuda").stage_names == STAGES
@@ -71,7 +72,7 @@ def test_gpu_size_is_built_only_for_cuda(monkeypatch):
 def test_bad_size_stops_the_study_before_anything_runs(tmp_path):
     from flows.tune import run
 
-    cfg = composed("pipeline=t5_distill", "size=huge", f"storage.url={tmp_path / 'cache'}")
+    cfg = example_composed("t5_distill", "size=huge", f"storage.url={tmp_path / 'cache'}")
     cfg["output_dir"] = str(tmp_path / "out")
     with pytest.raises(
         ConfigError, match=r"`size` must be 'smoke', 'full' or 'gpu', but got 'huge'"
@@ -81,7 +82,7 @@ def test_bad_size_stops_the_study_before_anything_runs(tmp_path):
 
 
 def test_yaml_space_matches_the_stages():
-    cfg = StudyConfig.from_mapping(composed("pipeline=t5_distill"))
+    cfg = StudyConfig.from_mapping(example_composed("t5_distill"))
     assert cfg.pipeline.space == T5_DISTILL_SPACE
     assert t5_distill_pipeline(size="smoke").space_dict() == T5_DISTILL_SPACE
     assert cfg.pipeline.metric == "rougeLsum" and cfg.pipeline.direction == "maximize"
@@ -106,7 +107,7 @@ def test_baselines_score_the_trivial_predictions():
 
 
 def test_student_starts_as_the_teacher_with_every_other_block():
-    from stages.pipelines.t5_distill import _SIZES, _load_model, _student_from_teacher
+    from t5_distill import _SIZES, _load_model, _student_from_teacher
 
     pipe = t5_distill_pipeline(size="smoke")
     data = pipe["data"](**PARAMS_A["data"])
@@ -153,7 +154,7 @@ def test_trial_subflow_caches_the_shared_prefix(prefect_harness, tmp_path):
     from flows.trial import trial_flow
 
     config = StudyConfig.from_mapping(
-        composed("pipeline=t5_distill", "size=smoke", f"storage.url={tmp_path / 'cache'}")
+        example_composed("t5_distill", "size=smoke", f"storage.url={tmp_path / 'cache'}")
     ).model_dump(mode="json")
     a = trial_flow(config, 0, PARAMS_A)
     assert a["cached"] == []
@@ -176,9 +177,9 @@ def test_smoke_study_end_to_end(prefect_harness, tmp_path):
 
     # Three trials whatever this machine's speed: a budget in seconds measured
     # beforehand let a slow CI machine stop after two (stage times vary run to run).
-    cfg = composed(
+    cfg = example_composed(
+        "t5_distill",
         *FAST,
-        "pipeline=t5_distill",
         "size=smoke",
         "n_init=2",
         "budget=100000",
@@ -201,7 +202,7 @@ def test_smoke_study_end_to_end(prefect_harness, tmp_path):
 
 # ---------------------------------------------------------------------- the distillation sweep
 def test_distill_sweep_compares_with_targets_alone(capsys):
-    from stages.pipelines.t5_distill import _distill_sweep
+    from t5_distill import _distill_sweep
 
     _distill_sweep("smoke", "cpu", 0, {"teacher": {"lr": 3e-3}}, [1e-3], [(0.5, 2.0)])
     out = capsys.readouterr().out
@@ -213,7 +214,7 @@ def test_distill_sweep_compares_with_targets_alone(capsys):
 
 
 def test_students_can_see_a_fraction_of_the_targets():
-    from stages.pipelines.t5_distill import _SIZES, _load_model, _Runner
+    from t5_distill import _SIZES, _load_model, _Runner
 
     with pytest.raises(ValueError, match=r"`student_labels` must be in \(0, 1\], but got 0"):
         t5_distill_pipeline(size="smoke", student_labels=0)

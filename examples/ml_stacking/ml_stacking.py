@@ -79,7 +79,7 @@ _SIZES = {
 }
 _VAL_FRACTION = 0.3
 
-#: The search space, stage -> parameter -> spec (the same as flows/conf/pipeline/ml_stacking.yaml).
+#: The search space, stage -> parameter -> spec (the same as conf/pipeline/ml_stacking.yaml).
 SPACE: dict[str, dict[str, dict[str, Any]]] = {
     "preprocess": {
         "scaler": {"type": "categorical", "choices": ["none", "standard", "minmax", "robust"]},

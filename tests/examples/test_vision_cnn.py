@@ -9,10 +9,11 @@ import math
 
 import pytest
 import torch
+from vision_cnn import SPACE, vision_cnn_pipeline
 
 from flows import ConfigError, StudyConfig
-from stages.pipelines.vision_cnn import SPACE, vision_cnn_pipeline
-from tests.helpers import FAST, check_prefix_reuse, check_smoke_study, composed
+from tests.examples.example_configs import example_composed
+from tests.helpers import FAST, check_prefix_reuse, check_smoke_study
 
 # Cheap corners of the space (a smoke trial well under a second).
 A = {
@@ -34,8 +35,11 @@ SMALL = [
 
 
 def _config(tmp_path, *overrides: str) -> dict:
-    return composed(
-        "pipeline=vision_cnn", "size=smoke", f"storage.url={tmp_path / 'cache'}", *overrides
+    return example_composed(
+        "vision_cnn",
+        "size=smoke",
+        f"storage.url={tmp_path / 'cache'}",
+        *overrides,
     )
 
 
@@ -78,7 +82,7 @@ def test_bad_input_is_refused_before_anything_runs(tmp_path, kwargs, message):
 
 
 def test_yaml_space_matches_the_stages():
-    cfg = StudyConfig.from_mapping(composed("pipeline=vision_cnn"))
+    cfg = StudyConfig.from_mapping(example_composed("vision_cnn"))
     assert cfg.pipeline.space == SPACE
     assert cfg.pipeline.metric == "val_accuracy"
     assert vision_cnn_pipeline(size="smoke").space_dict() == SPACE
@@ -111,14 +115,14 @@ def test_stages_are_deterministic_and_the_checkpoint_loads():
 # ---------------------------------------------------------------------- size=hard
 def _hard_data(seed: int, **changes) -> dict[str, torch.Tensor]:
     # The preprocess stage alone, at size=hard or with some of its constants changed.
-    from stages.pipelines.vision_cnn import _SETTINGS, preprocess
+    from vision_cnn import _SETTINGS, preprocess
 
     setting = dataclasses.replace(_SETTINGS["hard"], **changes)
     return preprocess(**A["preprocess"], setting=setting, seed=seed)
 
 
 def test_hard_flips_only_training_labels():
-    from stages.pipelines.vision_cnn import _SETTINGS
+    from vision_cnn import _SETTINGS
 
     rate, copies = _SETTINGS["hard"].label_noise, _SETTINGS["hard"].copies
     hard = vision_cnn_pipeline(size="hard", seed=0)["preprocess"](**A["preprocess"])
@@ -140,7 +144,7 @@ def test_hard_flips_only_training_labels():
 
 
 def test_flipped_labels_never_keep_their_class():
-    from stages.pipelines.vision_cnn import _flip_labels
+    from vision_cnn import _flip_labels
 
     y = torch.arange(1000) % 10
     flipped = _flip_labels(y, 1.0, torch.Generator().manual_seed(0))
