@@ -307,9 +307,9 @@ def options_type(
     place for their types and defaults.
 
     Example:
-        >>> EIOptions = options_type(CostAwareEI, "num_restarts", "maxiter", name="EIOptions")
-        >>> EIOptions(num_restarts=2)
-        EIOptions(num_restarts=2, maxiter=200)
+        >>> Options = options_type(CascadeBO, "num_restarts", "maxiter", name="Options")
+        >>> Options(num_restarts=2)
+        Options(num_restarts=2, maxiter=200)
     """
     params = inspect.signature(factory).parameters
     names = names or tuple(p for p in params if params[p].kind is not params[p].VAR_KEYWORD)
