@@ -77,11 +77,12 @@ from eeipu._methods import (
     Prefix,
     Proposal,
     WarmStartState,
-    check_positive_ints,
+    impute_failed,
     register_method,
 )
 from eeipu._models import fit_gp, gp_hyperparameters
 from eeipu._options import LaMBOOptions
+from eeipu._parts import AcquisitionSearch
 from eeipu._space import SearchSpace
 
 __all__ = ["LaMBO", "RegionTree", "smb_loss_estimate", "smb_update", "stage_depths"]
@@ -348,7 +349,12 @@ class LaMBO(WarmStartState, Method):
         maxiter: int = 200,
         warm_start: bool = True,
     ) -> None:
-        check_positive_ints(num_restarts=num_restarts, raw_samples=raw_samples, maxiter=maxiter)
+        self.search = AcquisitionSearch(
+            num_restarts=num_restarts,
+            raw_samples=raw_samples,
+            maxiter=maxiter,
+            warm_start=warm_start,
+        )
         if lr is not None and not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
             raise OptimizerError(f"`lr` must be None or a positive number, but got {lr!r}")
         if depth is not None and (
@@ -368,10 +374,6 @@ class LaMBO(WarmStartState, Method):
         self.max_depth = max_depth
         self.lazy = lazy
         self.keep_upstream = keep_upstream
-        self.num_restarts = num_restarts
-        self.raw_samples = raw_samples
-        self.maxiter = maxiter
-        self.warm_start = warm_start
         self._init: dict[str, Any] = {}
         #: What the last proposal chose (arm, its box, the previous arm, kept stages), for
         #: inspection and tests; rebuilt every ask, never read back.
@@ -404,34 +406,24 @@ class LaMBO(WarmStartState, Method):
         state = replay(leaves, losses, tree.H, lr, obs.optimizer_seed, lazy=self.lazy)
         return tree, state, lr
 
+    @property
+    def warm_start(self) -> bool:
+        return self.search.warm_start
+
     def propose(self, obs: Observations) -> Proposal:
-        space = obs.space
-        d = space.dim
+        obs = impute_failed(obs)
         model = fit_gp(obs.X, obs.Y, self._init.get("objective") if self.warm_start else None)
         self._init["objective"] = gp_hyperparameters(model)
         tree, state, lr = self.bandit(obs, model)
         arm = choose_arm(state, tree.H, obs.rng)
         lower, upper = tree.box(arm)
-
         # Stages whose region did not change keep the previous trial's values (cached).
-        prefix = None
-        fixed: dict[int, float] = {}
         kept = 0
         # The upstream stages: those before the last stage with parameters (the free one).
-        n_upstream = _tuned(space)[-1]
+        n_upstream = _tuned(obs.space)[-1]
         if self.keep_upstream and state.last_arm is not None and n_upstream > 0:
             kept = tree.unchanged_stages(arm, state.last_arm, n_upstream)
-        if kept:
-            x_prev = obs.X[-1]
-            n_fixed = space.prefix_dim(kept)
-            decoded = space.decode(x_prev)
-            prefix = Prefix(
-                kept,
-                x_prev[:n_fixed].clone(),
-                {s: decoded[s] for s in space.stages[:kept]},
-                float(obs.Y[-1]),
-            )
-            fixed = {j: float(x_prev[j]) for j in range(n_fixed)}
+        prefix = _last_prefix(obs, kept) if kept else None
         self.last_choice = {
             "arm": arm,
             "previous_arm": state.last_arm,
@@ -442,8 +434,22 @@ class LaMBO(WarmStartState, Method):
             "n_arms": tree.n_leaves,
             "lr": lr,
         }
-
         acq = LogExpectedImprovement(model, best_f=obs.Y.max())
+        return self._maximize(acq, obs, lower, upper, prefix)
+
+    def _maximize(
+        self,
+        acq: LogExpectedImprovement,
+        obs: Observations,
+        lower: Tensor,
+        upper: Tensor,
+        prefix: Prefix | None,
+    ) -> Proposal:
+        """The best point of ``acq`` in the box ``lower``..``upper`` (``d`` each), the
+        columns of ``prefix`` held at its values; the other starts' optima as runners-up."""
+        d = obs.space.dim
+        n_fixed = 0 if prefix is None else prefix.x.numel()
+        fixed = {j: float(obs.X[-1][j]) for j in range(n_fixed)}
         bounds = torch.stack([lower, upper]).to(obs.X)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizationWarning)
@@ -453,9 +459,9 @@ class LaMBO(WarmStartState, Method):
                 acq,
                 bounds=bounds,
                 q=1,
-                num_restarts=self.num_restarts,
-                raw_samples=self.raw_samples,
-                options={"maxiter": self.maxiter, "seed": obs.seed},
+                num_restarts=self.search.num_restarts,
+                raw_samples=self.search.raw_samples,
+                options={"maxiter": self.search.maxiter, "seed": obs.seed},
                 fixed_features=fixed or None,
                 return_best_only=False,
                 retry_on_optimization_warning=False,
@@ -469,6 +475,19 @@ class LaMBO(WarmStartState, Method):
         order = vals.argsort(descending=True).tolist()
         ranked = [Proposal(X[j], prefix, float(vals[j])) for j in order]
         return Proposal(ranked[0].x, prefix, ranked[0].acq_value, tuple(ranked[1:]))
+
+
+def _last_prefix(obs: Observations, kept: int) -> Prefix:
+    """The first ``kept`` stages of the last told trial, as a prefix to reuse."""
+    space = obs.space
+    x_prev = obs.X[-1]
+    decoded = space.decode(x_prev)
+    return Prefix(
+        kept,
+        x_prev[: space.prefix_dim(kept)].clone(),
+        {s: decoded[s] for s in space.stages[:kept]},
+        float(obs.Y[-1]),
+    )
 
 
 register_method("lambo", LaMBOOptions)(LaMBO)

@@ -19,11 +19,19 @@ lambo      log EI inside a region drawn by a slowly moving bandit over a        
 random     uniform sampling                                                     none
 =========  ==================================================================  =========
 
-The cost-aware EI family shares :class:`CostAwareEI`; ``eeipu`` uses noisy EI
-(``incumbent="noisy"``, BoTorch's qLogNEI) by default, the others LogEI on the best
-observed value (``incumbent="observed"``), as in the literature. ``eeipu`` also models
-failed trials (``failures="model"``: EI times the probability of success); the others
-impute them with the worst observed value, as the literature's code does.
+The cost-aware EI family is one class, :class:`CostAwareEI`, composed of parts
+(``eeipu/_parts.py``): a quality term (:class:`Quality`), a cost term (:class:`CostTerm`),
+a trade-off (:class:`Ratio`, :class:`Gittins`), a failure model (:class:`ImputeFailures`,
+:class:`ModelFailures`) and the shared search settings (:class:`AcquisitionSearch`, and
+:class:`PrefixSearch` for memoization). Each method is a short composition of them from its
+typed options (the ``_ei`` ... ``_eeipu`` functions at the end of this module): ``eeipu``
+uses noisy EI (``incumbent="noisy"``, BoTorch's qLogNEI) by default, the others LogEI on
+the best observed value (``incumbent="observed"``), as in the literature. ``eeipu`` also
+models failed trials (``failures="model"``: EI times the probability of success); the
+others impute them with the worst observed value, as the literature's code does.
+
+A method is handed the told trials as they are (:class:`Observations`: failed ones with a
+NaN objective) and builds its own prefix pool (:meth:`Method.prefix_pool`).
 
 ``ms_bo`` lives in ``eeipu/_ms_bo.py`` and ``lambo`` in ``eeipu/_lambo.py``; both register
 themselves here when ``eeipu`` loads its methods (the first use of a name that needs torch).
@@ -42,20 +50,18 @@ from typing import Any
 
 import torch
 from botorch.acquisition import AcquisitionFunction
-from botorch.acquisition.analytic import LogExpectedImprovement
-from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from botorch.exceptions.warnings import OptimizationWarning
 from botorch.generation import gen as botorch_gen
 from botorch.generation.gen import gen_candidates_scipy
 from botorch.models import SingleTaskGP
-from botorch.sampling import SobolQMCNormalSampler
 from linear_operator.utils.warnings import NumericalWarning
 from torch import Tensor
 from torch.quasirandom import SobolEngine
 
-from eeipu._acquisition import GittinsIndex, LogEIPerCost, LogSuccessWeighted, log_success
+from eeipu._acquisition import GittinsIndex, LogEIPerCost, log_success
+from eeipu._cache import CacheView
 from eeipu._errors import OptimizerError
-from eeipu._models import CostModel, conditioned_gp, fit_gp, gp_hyperparameters
+from eeipu._models import CostModel, conditioned_gp, fit_gp
 from eeipu._options import (
     METHOD_OPTIONS,
     CArBOOptions,
@@ -68,7 +74,21 @@ from eeipu._options import (
     options_used_by,
     unknown_option_hint,
 )
+from eeipu._parts import (
+    AcquisitionSearch,
+    CostTerm,
+    Gittins,
+    GPFits,
+    ImputeFailures,
+    PrefixSearch,
+    Quality,
+    Ratio,
+    failure_model,
+    tradeoff,
+)
+from eeipu._prefixes import Prefix, build_prefix_pool
 from eeipu._space import SearchSpace
+from eeipu._trial import Trial
 
 __all__ = [
     "METHODS",
@@ -90,23 +110,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Prefix:
-    """A cached prefix: the first ``n_stages`` stages of an earlier trial.
-
-    Attributes:
-        n_stages: δ, the number of leading stages fixed (and cached).
-        x: ``prefix_dim`` encoded values of those stages.
-        params: Their canonical values, copied verbatim into the proposal.
-        score: Ranking score (best objective among trials that share the prefix).
-    """
-
-    n_stages: int
-    x: Tensor
-    params: dict[str, dict[str, Any]]
-    score: float
-
-
 @dataclass
 class Observations:
     """Everything a method may use to propose, in the optimizer's internal scale.
@@ -114,12 +117,13 @@ class Observations:
     Attributes:
         space: The search space.
         X: ``n x d`` encoded inputs of told trials (then of pending ones, see ``n_pending``).
-        Y: ``n x 1`` objective, to be *maximized*; failed trials are imputed with the worst
-            observed value so the model learns to avoid their region.
+        Y: ``n x 1`` objective, to be *maximized*; NaN for failed trials (as told: what
+            they teach is the method's failure model, see :func:`impute_failed`).
         costs: ``n x S`` measured stage costs (NaN where a stage did not run).
         cached: ``n x S`` bool, stages that were loaded from the cache.
         eta: Cost-cooling exponent η for this ask.
-        prefixes: Ranked pool of cached prefixes (for memoization-aware methods).
+        prefixes: Ranked pool of cached prefixes, the one the method built
+            (:meth:`Method.prefix_pool`; empty for methods without memoization).
         seed: Seed for this ask (derived from the optimizer's seed and the trial number).
         rng: Generator for random draws, seeded like ``seed``.
         stage_outputs: ``n x S`` scalar stage outputs told with the trials (NaN where none
@@ -133,7 +137,10 @@ class Observations:
             cost each trial paid on top of its stages), 0 when none was told; cost models
             charge it to every candidate.
         failed: ``n_told`` bool, the told rows (before the pending ones) whose trial failed
-            (their ``Y`` is the imputed worst value); None when none failed.
+            (their ``Y`` is NaN); None when none failed.
+        trials: The told trials (other studies' priors first), as they are: rows
+            ``0..n_told-1`` of ``X``, except when no trial is complete (then ``X`` is empty).
+        direction: The study's direction (``Y`` is signed to be maximized).
     """
 
     space: SearchSpace
@@ -150,6 +157,30 @@ class Observations:
     n_pending: int = 0
     overhead: float = 0.0
     failed: Tensor | None = None
+    trials: tuple[Trial, ...] = ()
+    direction: str = "maximize"
+
+    @property
+    def n_told(self) -> int:
+        """The told rows of ``X`` (the pending ones follow)."""
+        return self.X.shape[0] - self.n_pending
+
+
+def impute_failed(obs: Observations) -> Observations:
+    """``obs`` with failed trials' ``Y`` set to the worst observed value, so that an
+    objective GP steers away from them (the failure model of the literature's code)."""
+    if obs.failed is None:
+        return obs
+    return replace(obs, Y=_impute_worst(obs.Y, obs.n_told))
+
+
+def _impute_worst(Y: Tensor, n_told: int | None = None) -> Tensor:
+    """``Y`` with its NaN rows set to the least of the first ``n_told`` rows' values."""
+    told = Y if n_told is None else Y[:n_told]
+    ok = ~torch.isnan(told)
+    if ok.all() or not ok.any():
+        return Y
+    return torch.where(torch.isnan(Y), told[ok].min(), Y)
 
 
 @dataclass(frozen=True)
@@ -176,7 +207,7 @@ class Method(ABC):
     """A search strategy: observations in, one proposal out."""
 
     name: str = ""
-    #: Whether the method wants the optimizer to build the (costly) prefix pool.
+    #: Whether the default :meth:`prefix_pool` builds the (costly) prefix pool.
     uses_prefixes: bool = False
 
     @abstractmethod
@@ -189,11 +220,23 @@ class Method(ABC):
         (``n x d``) and ``Y`` (``n x 1``). The optimizer appends them to the observations, so
         that the acquisition does not propose those points, or their neighbours, again.
 
-        This default fits that GP; methods that carry fitted hyperparameters from one ask to
-        the next condition a GP with them instead (:class:`WarmStartState`).
+        ``Y`` is NaN for failed trials; this default imputes them (:func:`impute_failed`)
+        and fits that GP; methods that carry fitted hyperparameters from one ask to the next
+        condition a GP with them instead (:class:`WarmStartState`).
         """
-        model = fit_gp(X, Y)
+        model = fit_gp(X, _impute_worst(Y))
         return _posterior_mean(model, X_pending).to(Y)
+
+    def prefix_pool(self, obs: Observations, cache: CacheView, max_prefixes: int) -> list[Prefix]:
+        """The cached prefixes this method's proposals may reuse (``obs.prefixes``): built
+        once per ask, before :meth:`propose`, from ``obs.trials`` and what ``cache`` holds.
+
+        This default builds the pool of :func:`build_prefix_pool` (its draws from
+        ``obs.rng``) when :attr:`uses_prefixes` is set, else none.
+        """
+        if not self.uses_prefixes:
+            return []
+        return build_prefix_pool(obs.space, obs.trials, cache, max_prefixes, obs.direction, obs.rng)
 
     def cost_hyperparameters(self) -> list[dict[str, Any] | None] | None:
         """The hyperparameters of the per-stage log-cost GPs this method fitted in its last
@@ -210,13 +253,6 @@ class Method(ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Restore what :meth:`state_dict` returned (stateless methods ignore it)."""
-
-
-def check_positive_ints(**options: Any) -> None:
-    """Raise :class:`OptimizerError` naming the first option that is not an integer >= 1."""
-    for name, v in options.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise OptimizerError(f"`{name}` must be a positive integer, but got {v!r}")
 
 
 class WarmStartState:
@@ -244,7 +280,7 @@ class WarmStartState:
         model-based ask) or when ``warm_start`` is off (asks then depend on the history only).
         """
         init = self._init.get("objective") if self.warm_start else None
-        model = None if init is None else conditioned_gp(X, Y, init)
+        model = None if init is None else conditioned_gp(X, _impute_worst(Y), init)
         if model is None:
             return super().fantasize(X, Y, X_pending)  # Method's (the mixin comes first)
         return _posterior_mean(model, X_pending).to(Y)
@@ -271,9 +307,9 @@ def options_type(
     place for their types and defaults.
 
     Example:
-        >>> EIOptions = options_type(CostAwareEI, "num_restarts", "maxiter", name="EIOptions")
-        >>> EIOptions(num_restarts=2)
-        EIOptions(num_restarts=2, maxiter=200)
+        >>> Options = options_type(CascadeBO, "num_restarts", "maxiter", name="Options")
+        >>> Options(num_restarts=2)
+        Options(num_restarts=2, maxiter=200)
     """
     params = inspect.signature(factory).parameters
     names = names or tuple(p for p in params if params[p].kind is not params[p].VAR_KEYWORD)
@@ -344,300 +380,97 @@ class RandomSearch(Method):
 
 
 CostAcquisition = LogEIPerCost | GittinsIndex
-INCUMBENTS = ("observed", "mean", "noisy")
-TRADEOFFS = ("ratio", "gittins")
-FAILURES = ("impute", "model")
 
 
 class CostAwareEI(WarmStartState, Method):
-    """LogEI, optionally per unit expected cost, optionally cooled and memoization-aware.
+    """A cost-aware EI method composed of parts (``eeipu/_parts.py``): a quality term, an
+    optional cost term, a trade-off and a failure model, searched with shared settings.
 
-    With ``memoize=True`` the candidates are generated over the prefix pool: the empty
-    prefix plus each cached prefix, whose dimensions are fixed to the cached values while
-    the rest is optimized, charging the cached stages their load cost (δ = prefix length).
-    The raw starts of all prefixes are screened in one batched call, then optimized together
-    in one multi-start L-BFGS-B run: BoTorch's parallel mode where it is available (each start
-    carries its prefix in a held input column), else its serial mode (one scipy problem over
-    the whole batch, each start's prefix applied by position), e.g. for scipy >= 1.18. The
-    best point over the pool wins.
+    With ``prefixes`` (a :class:`PrefixSearch`, memoization) the candidates are generated
+    over the prefix pool: the empty prefix plus each cached prefix, whose dimensions are
+    fixed to the cached values while the rest is optimized, charging the cached stages
+    their load cost (δ = prefix length). The raw starts of all prefixes are screened in one
+    batched call, then optimized together in one multi-start L-BFGS-B run: BoTorch's
+    parallel mode where it is available (each start carries its prefix in a held input
+    column), else its serial mode (one scipy problem over the whole batch, each start's
+    prefix applied by position), e.g. for scipy >= 1.18. The best point over the pool wins.
 
     Args:
-        cost: ``None`` (plain EI), ``"total"`` (one GP on total log cost) or ``"stage"``
-            (one GP per stage on its log cost).
-        cooling: Raise the inverse cost to η (CArBO's cost cooling); else η = 1.
-        memoize: Optimize over the prefix pool, charging cached stages their load cost.
-        cost_inputs: For stage cost GPs, ``"prefix"`` (stage k sees stages 1..k, since a
-            later stage's cost can depend on earlier choices) or ``"stage"`` (only x_k, as in
-            the reference code).
-        num_restarts: L-BFGS starts for the empty prefix.
-        raw_samples: Raw Sobol samples screened for those starts.
-        prefix_restarts: At most this many L-BFGS starts per cached prefix.
-        prefix_raw_samples: Raw samples screened per cached prefix.
-        prefix_starts: L-BFGS starts shared by the cached prefixes (the best raw points
-            over the whole pool, at most ``prefix_restarts`` per prefix).
-        mc_samples: M, quasi-MC samples of the cost posterior. 128 keeps log E[1/C] within
-            0.004 nats of a 16384-sample estimate on the synthetic problems (3 and 10
-            stages, 8 or 60 observations), where candidates differ by ~1 nat; the
-            acquisition's cost grows linearly in M.
-        load_eps: ε before any load cost is measured (default: 1% of the stage's cost).
-        maxiter: L-BFGS iterations.
-        warm_start: Start each GP fit from the previous ask's hyperparameters.
-        incumbent: What EI improves on: ``"observed"``, the best observed objective (the
-            textbook choice for noise-free objectives), or ``"mean"``, the best posterior
-            mean of the objective GP at the told trials (plug-in EI for noisy objectives:
-            a lucky draw neither inflates the incumbent nor starves exploration), or
-            ``"noisy"``, BoTorch's ``qLogNoisyExpectedImprovement``: EI integrated over the
-            joint posterior of the told trials (no incumbent value at all), with trials
-            still running integrated over as ``X_pending`` instead of conditioned on their
-            posterior mean (the kriging believer); ``mc_samples`` quasi-MC samples.
-        cost_weight: c ≥ 0 in ``log EI + c · η · log E[1/C]``: how many nats of log EI one
-            nat of expected inverse cost is worth (1: EI per unit cost, the paper's trade-off;
-            0: cost-blind).
-        tradeoff: How quality and cost combine: ``"ratio"``, EI per unit expected cost
-            (``log EI + c · η · log E[1/C]``, the paper's), or ``"gittins"``, the Pandora's
-            box Gittins index (:class:`~eeipu.GittinsIndex`): the threshold whose expected
-            improvement equals λ times the expected cost, with λ half the best EI per unit
-            cost among the raw fresh candidates of the ask. The index's cost enters roughly
-            as sqrt(log C), so a dear region with high uncertainty is not priced out.
-            ``cooling`` and ``cost_weight`` apply to ``"ratio"`` only; with ``incumbent``
-            ``"noisy"`` the index improves on the best posterior mean (as ``"mean"``).
-        give_up: With ``tradeoff="ratio"`` and a cost model, the most log EI (nats) a proposal
-            may give up against the best cost-blind candidate of the same ask (a separate
-            multi-start search of the quality term alone, over fresh configurations): the
-            acquisition's winner among the proposals within the cap. It bounds what
-            cheapness (a reused prefix, a cheap region) may cost in quality per trial, so a
-            cost-aware study cannot drift far from what plain EI would do. None: no cap.
-        min_saving: With ``tradeoff="ratio"`` and a cost model, a proposal other than the
-            best cost-blind candidate must be expected to cost at most 1/``min_saving`` of
-            it (in expected inverse cost), so that cheapness that saves little (a cached
-            prefix of a cheap stage, a slightly cheaper region) cannot cost quality. None:
-            no such rule. With both rules a proposal must pass both.
-        failures: What failed trials teach: ``"impute"``, the worst observed value as their
-            objective (the objective GP steers away from them), or ``"model"``: the
-            objective GP sees complete trials only, a second GP regresses the outcome
-            labels (+1 complete, -1 failed), and the quality term is multiplied by the
-            probability of success, P = Φ(μ/σ) of that GP (constrained EI's probability
-            of feasibility; :class:`~eeipu.LogSuccessWeighted`); with ``tradeoff="gittins"``
-            a box that may fail pays p·EI, so the index solves p·EI_g = λ·C. Both are the
-            same until a trial fails.
+        quality: The quality term (log EI on an incumbent, or noisy EI).
+        cost: The cost term, or None (plain EI).
+        tradeoff: How quality and cost combine (:class:`Ratio`, :class:`Gittins`).
+        failures: What failed trials teach (:class:`ImputeFailures`, :class:`ModelFailures`).
+        search: The acquisition search settings.
+        prefixes: The prefix-pool search (needs a per-stage cost term), or None.
+
+    Example:
+        >>> carbo = CostAwareEI(cost=CostTerm(per_stage=False), search=AcquisitionSearch())
     """
 
     def __init__(
         self,
-        cost: str | None = None,
-        cooling: bool = True,
-        memoize: bool = False,
-        cost_inputs: str = "prefix",
-        num_restarts: int = 8,
-        raw_samples: int = 256,
-        prefix_restarts: int = 2,
-        prefix_raw_samples: int = 64,
-        prefix_starts: int = 16,
-        mc_samples: int = 128,
-        load_eps: float | None = None,
-        maxiter: int = 200,
-        warm_start: bool = True,
-        incumbent: str = "observed",
-        cost_weight: float = 1.0,
-        tradeoff: str = "ratio",
-        failures: str = "impute",
-        give_up: float | None = None,
-        min_saving: float | None = None,
+        *,
+        quality: Quality | None = None,
+        cost: CostTerm | None = None,
+        tradeoff: Ratio | Gittins | None = None,
+        failures: ImputeFailures | None = None,
+        search: AcquisitionSearch | None = None,
+        prefixes: PrefixSearch | None = None,
     ) -> None:
-        if cost not in (None, "total", "stage"):
-            raise OptimizerError(f"`cost` must be None, 'total' or 'stage', but got {cost!r}")
-        if cost_inputs not in ("prefix", "stage"):
+        tradeoff = Ratio() if tradeoff is None else tradeoff
+        if isinstance(tradeoff, Gittins) and cost is None:
+            raise OptimizerError("`tradeoff='gittins'` needs a cost model (a CostTerm)")
+        if prefixes is not None and (cost is None or not cost.per_stage):
             raise OptimizerError(
-                f"`cost_inputs` must be 'prefix' or 'stage', but got {cost_inputs!r}"
+                "`prefixes` (memoization) needs a per-stage cost term (CostTerm(per_stage=True))"
             )
-        if incumbent not in INCUMBENTS:
-            raise OptimizerError(
-                f"`incumbent` must be one of {', '.join(map(repr, INCUMBENTS))}, "
-                f"but got {incumbent!r}"
-            )
-        if not (isinstance(cost_weight, int | float) and 0 <= cost_weight < math.inf):
-            raise OptimizerError(f"`cost_weight` must be a number >= 0, but got {cost_weight!r}")
-        if tradeoff not in TRADEOFFS:
-            raise OptimizerError(
-                f"`tradeoff` must be one of {', '.join(map(repr, TRADEOFFS))}, but got {tradeoff!r}"
-            )
-        if failures not in FAILURES:
-            raise OptimizerError(
-                f"`failures` must be one of {', '.join(map(repr, FAILURES))}, but got {failures!r}"
-            )
-        if tradeoff == "gittins" and cost is None:
-            raise OptimizerError(
-                "`tradeoff='gittins'` needs a cost model (cost='total' or 'stage')"
-            )
-        if memoize and cost != "stage":
-            raise OptimizerError("`memoize=True` needs per-stage costs (cost='stage')")
-        if give_up is not None and not (
-            isinstance(give_up, int | float) and 0 <= give_up < math.inf
-        ):
-            raise OptimizerError(f"`give_up` must be None or a number >= 0, but got {give_up!r}")
-        if min_saving is not None and not (
-            isinstance(min_saving, int | float) and 1 <= min_saving < math.inf
-        ):
-            raise OptimizerError(
-                f"`min_saving` must be None or a number >= 1, but got {min_saving!r}"
-            )
-        if load_eps is not None and not (load_eps > 0 and math.isfinite(load_eps)):
-            raise OptimizerError(f"`load_eps` must be a positive number, but got {load_eps!r}")
-        check_positive_ints(
-            num_restarts=num_restarts,
-            raw_samples=raw_samples,
-            prefix_restarts=prefix_restarts,
-            prefix_raw_samples=prefix_raw_samples,
-            prefix_starts=prefix_starts,
-            mc_samples=mc_samples,
-            maxiter=maxiter,
-        )
+        self.quality = Quality() if quality is None else quality
         self.cost = cost
-        self.cooling = cooling
-        self.memoize = memoize
-        self.uses_prefixes = memoize
-        self.cost_inputs = cost_inputs
-        self.num_restarts = num_restarts
-        self.raw_samples = raw_samples
-        self.prefix_restarts = prefix_restarts
-        self.prefix_raw_samples = prefix_raw_samples
-        self.prefix_starts = prefix_starts
-        self.mc_samples = mc_samples
-        self.load_eps = load_eps
-        self.maxiter = maxiter
-        self.warm_start = warm_start
-        self.incumbent = incumbent
-        self.cost_weight = float(cost_weight)
         self.tradeoff = tradeoff
-        self.failures = failures
-        self.give_up = None if give_up is None else float(give_up)
-        self.min_saving = None if min_saving is None else float(min_saving)
-        self._init: dict[str, Any] = {}
+        self.failures = ImputeFailures() if failures is None else failures
+        self.search = AcquisitionSearch() if search is None else search
+        self.prefixes = prefixes
+        self.uses_prefixes = prefixes is not None
+        self.fits = GPFits(self.search.warm_start)
+
+    # WarmStartState's view of the fits (saved and restored by state_dict).
+    @property
+    def warm_start(self) -> bool:
+        return self.search.warm_start
+
+    @warm_start.setter
+    def warm_start(self, on: bool) -> None:
+        self.search = replace(self.search, warm_start=on)
+        self.fits.warm_start = on
+
+    @property
+    def _init(self) -> dict[str, Any]:
+        return self.fits.init
+
+    @_init.setter
+    def _init(self, init: dict[str, Any]) -> None:
+        self.fits.init = init
 
     # ------------------------------------------------------------------ models
-    def _fit_objective(self, obs: Observations, condition: bool = True):
-        """The objective GP, its hyperparameters fitted on the told rows only; pending rows
-        (their fantasies) are conditioned on afterwards (unless ``condition`` is False), a
-        rank-p update of the fitted GP: fantasies would drag a fit away from the warm start
-        (several times the L-BFGS steps) and teach the hyperparameters nothing."""
-        n = obs.X.shape[0] - obs.n_pending
-        rows = self._fitted_rows(obs)
-        init = self._init.get("objective") if self.warm_start else None
-        model = fit_gp(obs.X[rows], obs.Y[rows], init)
-        self._init["objective"] = gp_hyperparameters(model)
-        if obs.n_pending and condition:
-            with torch.no_grad():
-                model.posterior(obs.X[n:])  # fills the caches that conditioning updates
-            model = model.condition_on_observations(obs.X[n:], obs.Y[n:])
-        return model
-
-    def _fitted_rows(self, obs: Observations) -> Tensor:
-        """The told rows the objective GP learns from: all of them (failed ones imputed), or
-        with ``failures="model"`` the complete trials only."""
-        n = obs.X.shape[0] - obs.n_pending
-        if self.failures == "model" and obs.failed is not None:
-            return (~obs.failed).nonzero().squeeze(-1)
-        return torch.arange(n)
-
-    def _fit_success(self, obs: Observations) -> SingleTaskGP | None:
-        """With ``failures="model"`` and a failed trial told: the GP on the told trials'
-        outcome labels, +1 complete and -1 failed (else None)."""
-        if self.failures != "model" or obs.failed is None:
-            return None
-        n = obs.failed.numel()
-        labels = torch.where(obs.failed, -1.0, 1.0).to(obs.Y).unsqueeze(-1)
-        init = self._init.get("success") if self.warm_start else None
-        model = fit_gp(obs.X[:n], labels, init)
-        self._init["success"] = gp_hyperparameters(model)
-        return model
-
     def cost_model(self, obs: Observations) -> CostModel | None:
         """Fit the cost model this method uses (None for plain EI)."""
         if self.cost is None:
             return None
-        space = obs.space
-        if self.cost == "total":
-            costs = obs.costs.nan_to_num(0.0).sum(-1, keepdim=True)
-            cached = torch.zeros_like(costs, dtype=torch.bool)
-            cols = [slice(0, space.dim)]
-        else:
-            costs, cached = obs.costs, obs.cached
-            if self.cost_inputs == "prefix":
-                cols = [slice(0, space.prefix_dim(k + 1)) for k in range(len(space.stages))]
-            else:
-                # A stage without parameters has no own columns, but its cost still depends
-                # on its inputs (an evaluation's on the model trained upstream): its GP sees
-                # the upstream columns; with none, the cost is a constant (CostModel.fit).
-                cols = [c if c.stop > c.start else slice(0, c.start) for c in space.stage_slices]
-        init = self._init.get("cost") if self.warm_start else None
-        model = CostModel.fit(
-            obs.X,
-            costs,
-            cached,
-            cols,
-            load_eps=self.load_eps,
-            n_samples=self.mc_samples,
-            seed=obs.seed,
-            init=init,
-            overhead=obs.overhead,
-        )
-        self._init["cost"] = [
-            None if s.model is None else gp_hyperparameters(s.model) for s in model.stages
-        ]
-        return model
+        return self.cost.model(obs, self.fits, self.search.mc_samples)
 
     def cost_hyperparameters(self) -> list[dict[str, Any] | None] | None:
-        if self.cost != "stage" or self.cost_inputs != "prefix":
+        if self.cost is None or not self.cost.per_stage or self.cost.inputs != "prefix":
             return None  # another model than Optimizer.expected_cost's
         return self._init.get("cost")
 
     def acquisition(self, obs: Observations, n_cached: int | Tensor = 0) -> CostAcquisition:
         """The fitted acquisition for candidates whose first ``n_cached`` stages are cached."""
-        n = obs.X.shape[0] - obs.n_pending
-        rows = self._fitted_rows(obs)
-        success = self._fit_success(obs)
-        if self.tradeoff == "gittins":
-            model = self._fit_objective(obs)
-            if self.incumbent == "observed":
-                best_f = obs.Y.max()
-            else:
-                with torch.no_grad():
-                    best_f = model.posterior(obs.X[rows]).mean.max()
-            raw = SobolEngine(obs.space.dim, scramble=True, seed=obs.seed).draw(
-                self.raw_samples, dtype=torch.double
-            )
-            scale = obs.Y[rows].std() if rows.numel() > 1 else 1.0
-            acq = GittinsIndex.calibrated(
-                model, best_f, scale, self.cost_model(obs), raw, success=success
-            )
-            acq.n_cached = n_cached
-            return acq
-        eta = (obs.eta if self.cooling else 1.0) * self.cost_weight
-        if self.incumbent == "noisy":
-            model = self._fit_objective(obs, condition=False)
-            sampler = SobolQMCNormalSampler(torch.Size([self.mc_samples]), seed=obs.seed)
-            # Pruning the baseline draws its own samples from torch's global generator:
-            # seeded here, the acquisition is a function of the observations alone.
-            with torch.random.fork_rng():
-                torch.manual_seed(obs.seed)
-                quality = qLogNoisyExpectedImprovement(
-                    model=model,
-                    X_baseline=obs.X[rows],
-                    sampler=sampler,
-                    X_pending=obs.X[n:] if obs.n_pending else None,
-                    prune_baseline=True,
-                )
-        else:
-            model = self._fit_objective(obs)
-            if self.incumbent == "mean":
-                with torch.no_grad():
-                    best_f = model.posterior(obs.X[rows]).mean.max()
-            else:
-                best_f = obs.Y.max()
-            quality = LogExpectedImprovement(model=model, best_f=best_f)
-        if success is not None:
-            quality = LogSuccessWeighted(quality, success)
-        return LogEIPerCost(model, None, self.cost_model(obs), eta, n_cached, log_ei=quality)
+        obs = impute_failed(obs)
+        rows = self.failures.rows(obs)
+        success = self.failures.success(obs, self.fits)
+        acq = self.tradeoff.acquisition(self, obs, rows, success)
+        acq.n_cached = n_cached
+        return acq
 
     # ------------------------------------------------------------------ proposal
     def propose(self, obs: Observations) -> Proposal:
@@ -645,33 +478,34 @@ class CostAwareEI(WarmStartState, Method):
             # qLogNEI's joint posterior over configurations run twice (a memoizing study
             # re-runs some) is not p.d.: jitter is added, as it should be; no warning per ask.
             warnings.simplefilter("ignore", NumericalWarning)
-            return self._propose(obs)
+            return self._propose(impute_failed(obs))
+
+    def _pool(self, obs: Observations) -> list[Prefix | None]:
+        """The prefixes to search: the empty one (None), then the cached ones of the pool."""
+        pool: list[Prefix | None] = [None]
+        if self.prefixes is None:
+            return pool
+        pool += [p for p in obs.prefixes if obs.space.prefix_dim(p.n_stages) < obs.space.dim]
+        # Leading stages without parameters, once cached, are loaded by every candidate:
+        # their prefix (no fixed column) takes the empty prefix's place and starts.
+        free = [p for p in pool[1:] if p.x.numel() == 0]
+        if free:
+            top = max(free, key=lambda p: p.n_stages)
+            pool = [top] + [p for p in pool[1:] if p.x.numel()]
+        return pool
 
     def _propose(self, obs: Observations) -> Proposal:
-        d = obs.space.dim
-        pool: list[Prefix | None] = [None]
-        if self.memoize:
-            pool += [p for p in obs.prefixes if obs.space.prefix_dim(p.n_stages) < d]
-            # Leading stages without parameters, once cached, are loaded by every candidate:
-            # their prefix (no fixed column) takes the empty prefix's place and starts.
-            free = [p for p in pool[1:] if p.x.numel() == 0]
-            if free:
-                top = max(free, key=lambda p: p.n_stages)
-                pool = [top] + [p for p in pool[1:] if p.x.numel()]
+        pool = self._pool(obs)
         acq = self.acquisition(obs)
         starts = self._starts(obs, acq, pool)
         keep = [i for i, st in enumerate(starts) if len(st)]
         pool, starts = [pool[i] for i in keep], [starts[i] for i in keep]
         ranked = self._rounded(acq, self._optimize_pool(acq, pool, starts, obs.space), obs.space)
         ranked.sort(key=lambda p: p.acq_value, reverse=True)
-        capped = (
-            (self.give_up is not None or self.min_saving is not None)
-            and isinstance(acq, LogEIPerCost)
-            and acq.uses_cost
-        )
+        capped = self.tradeoff.capped and isinstance(acq, LogEIPerCost) and acq.uses_cost
         if capped:
             ranked, best = self._within_cap(acq, obs, ranked)
-        if self.memoize:
+        if self.prefixes is not None:
             ranked = acquisition_terms(acq, ranked)
             if capped:  # what the cap measured against, beside each proposal's terms
                 ranked = [
@@ -690,11 +524,11 @@ class CostAwareEI(WarmStartState, Method):
         blind = LogEIPerCost(acq.model, None, None, eta=0.0, log_ei=acq.log_ei)
         d = obs.space.dim
         raw = SobolEngine(d, scramble=True, seed=obs.seed + 1).draw(
-            self.raw_samples, dtype=torch.double
+            self.search.raw_samples, dtype=torch.double
         )
         with torch.no_grad():
             values = blind(raw.unsqueeze(-2))
-        top = values.topk(min(self.num_restarts, raw.shape[0])).indices
+        top = values.topk(min(self.search.num_restarts, raw.shape[0])).indices
         found = self._optimize_pool(blind, [None], [raw[top].unsqueeze(-2)], obs.space)
         ranked = ranked + self._rounded(acq, found, obs.space)
         X = torch.stack([p.x for p in ranked]).unsqueeze(-2)
@@ -702,15 +536,17 @@ class CostAwareEI(WarmStartState, Method):
             quality = blind(X).reshape(-1)
         top = int(quality.argmax())
         best = float(quality[top])
-        eligible = quality >= best - (math.inf if self.give_up is None else self.give_up)
-        if self.min_saving is not None:
+        eligible = quality >= best - (
+            math.inf if self.tradeoff.give_up is None else self.tradeoff.give_up
+        )
+        if self.tradeoff.min_saving is not None:
             with torch.no_grad():
                 acq.n_cached = torch.tensor(
                     [0 if p.prefix is None else p.prefix.n_stages for p in ranked]
                 )
                 lic = acq.log_inverse_cost(X).reshape(-1)
             saving = lic - lic[top]
-            eligible &= saving >= math.log(self.min_saving)
+            eligible &= saving >= math.log(self.tradeoff.min_saving)
         eligible[top] = True
         order = sorted(
             range(len(ranked)), key=lambda j: (not bool(eligible[j]), -float(ranked[j].acq_value))
@@ -749,7 +585,8 @@ class CostAwareEI(WarmStartState, Method):
         a large pool is screened widely but costs L-BFGS only where the acquisition is
         high)."""
         d = obs.space.dim
-        raw_n = [self.raw_samples] + [self.prefix_raw_samples] * (len(pool) - 1)
+        ps = self.prefixes or PrefixSearch()  # only the empty prefix without a pool
+        raw_n = [self.search.raw_samples] + [ps.prefix_raw_samples] * (len(pool) - 1)
         values, n_fixed, n_cached = _pool_tensors(pool, obs.space)
         sobol = SobolEngine(d, scramble=True, seed=obs.seed).draw(max(raw_n), dtype=torch.double)
         owner = torch.cat([torch.full((n,), i) for i, n in enumerate(raw_n)])  # R
@@ -761,13 +598,15 @@ class CostAwareEI(WarmStartState, Method):
             raw_values = acq(raw.unsqueeze(-2))  # R
         picked: list[list[int]] = [[] for _ in pool]
         idx = (owner == 0).nonzero().squeeze(-1)
-        picked[0] = idx[raw_values[idx].topk(min(self.num_restarts, idx.numel())).indices].tolist()
-        left = self.prefix_starts
+        picked[0] = idx[
+            raw_values[idx].topk(min(self.search.num_restarts, idx.numel())).indices
+        ].tolist()
+        left = ps.prefix_starts
         for j in raw_values.argsort(descending=True).tolist():
             if left == 0:
                 break
             i = int(owner[j])
-            if i > 0 and len(picked[i]) < self.prefix_restarts:
+            if i > 0 and len(picked[i]) < ps.prefix_restarts:
                 picked[i].append(j)
                 left -= 1
         return [raw[torch.tensor(p, dtype=torch.long)].unsqueeze(-2) for p in picked]
@@ -794,7 +633,7 @@ class CostAwareEI(WarmStartState, Method):
         owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(starts)])  # B
         ics = torch.cat(starts)  # B x 1 x d
         lower, upper = torch.zeros(d, dtype=ics.dtype), torch.ones(d, dtype=ics.dtype)
-        if batched_lbfgs_available(self.maxiter):
+        if batched_lbfgs_available(self.search.maxiter):
             ics = torch.cat([ics, owner.view(-1, 1, 1).to(ics)], dim=-1)  # B x 1 x (d + 1)
             lower = torch.cat([lower, torch.zeros(1).to(ics)])
             upper = torch.cat([upper, torch.full((1,), len(pool)).to(ics)])
@@ -811,7 +650,7 @@ class CostAwareEI(WarmStartState, Method):
                 acquisition_function=wrapped,
                 lower_bounds=lower,
                 upper_bounds=upper,
-                options={"maxiter": self.maxiter},
+                options={"maxiter": self.search.maxiter},
                 **mode,
             )
         X = wrapped.resolve(X.detach()).reshape(-1, d)
@@ -854,25 +693,7 @@ def acquisition_terms(acq: CostAcquisition, ranked: list[Proposal]) -> list[Prop
         acq.n_cached = torch.tensor(delta, dtype=torch.long)
         log_inv_cost = acq.log_inverse_cost(X).reshape(-1).tolist()  # B
         log_p = None if success is None else log_success(success, X).reshape(-1).tolist()
-    if isinstance(acq, GittinsIndex):
-        compared = ("index", "log_inv_cost")
-        terms = [
-            {"index": float(p.acq_value), "log_inv_cost": float(lic), "lam": acq.lam}
-            for p, lic in zip(ranked, log_inv_cost, strict=True)
-        ]
-    else:
-        compared = ("log_ei", "cost_term", "log_inv_cost")
-        terms = []
-        for p, lic in zip(ranked, log_inv_cost, strict=True):
-            cost_term = acq.eta * lic if acq.uses_cost else 0.0
-            terms.append(
-                {
-                    "log_ei": float(p.acq_value) - cost_term,
-                    "cost_term": cost_term,
-                    "log_inv_cost": float(lic),
-                    "eta": acq.eta,
-                }
-            )
+    compared, terms = _split_terms(acq, ranked, log_inv_cost)
     if log_p is not None:
         compared += ("log_success",)
         for t, lp in zip(terms, log_p, strict=True):
@@ -893,6 +714,31 @@ def acquisition_terms(acq: CostAcquisition, ranked: list[Proposal]) -> list[Prop
         for t in terms:
             t.update(fresh)
     return [replace(p, acq_terms=t) for p, t in zip(ranked, terms, strict=True)]
+
+
+def _split_terms(
+    acq: CostAcquisition, ranked: list[Proposal], log_inv_cost: list[float]
+) -> tuple[tuple[str, ...], list[dict[str, float]]]:
+    """Each proposal's acquisition split into its terms (see :func:`acquisition_terms`),
+    and the keys compared with the best fresh candidate."""
+    if isinstance(acq, GittinsIndex):
+        terms = [
+            {"index": float(p.acq_value), "log_inv_cost": float(lic), "lam": acq.lam}
+            for p, lic in zip(ranked, log_inv_cost, strict=True)
+        ]
+        return ("index", "log_inv_cost"), terms
+    terms = []
+    for p, lic in zip(ranked, log_inv_cost, strict=True):
+        cost_term = acq.eta * lic if acq.uses_cost else 0.0
+        terms.append(
+            {
+                "log_ei": float(p.acq_value) - cost_term,
+                "cost_term": cost_term,
+                "log_inv_cost": float(lic),
+                "eta": acq.eta,
+            }
+        )
+    return ("log_ei", "cost_term", "log_inv_cost"), terms
 
 
 def _tensors_to_json(obj: Any) -> Any:
@@ -997,14 +843,72 @@ def batched_lbfgs_available(maxiter: int = 200) -> bool:
     )
 
 
+# ---------------------------------------------------------------------- the built-ins
+# Each method is a composition of parts, from its typed options (eeipu._options, declared
+# there without torch, for config validation).
+def _typed(compose: Callable[[Any], Method], kind: type) -> Callable[..., Method]:
+    """A factory (keyword options -> method) that composes ``kind(**options)``."""
+
+    def factory(**options: Any) -> Method:
+        return compose(kind(**options))
+
+    factory.__name__ = factory.__qualname__ = compose.__name__.lstrip("_")
+    return factory
+
+
+def _ei(o: EIOptions) -> Method:
+    """Log EI (the quality term alone)."""
+    return CostAwareEI(
+        quality=Quality(o.incumbent),
+        failures=failure_model(o.failures),
+        search=AcquisitionSearch.of(o),
+    )
+
+
+def _eips(o: EIPSOptions) -> Method:
+    """Log EI per unit expected total cost, uncooled."""
+    cost = CostTerm(per_stage=False, cooling=False, weight=o.cost_weight)
+    return _with_cost(o, cost)
+
+
+def _carbo(o: CArBOOptions) -> Method:
+    """Log EI per unit expected total cost, cooled (CArBO)."""
+    return _with_cost(o, CostTerm(per_stage=False, cooling=True, weight=o.cost_weight))
+
+
+def _ms_carbo(o: MSCArBOOptions) -> Method:
+    """Log EI per unit expected cost of the stages, cooled, without memoization."""
+    return _with_cost(o, _stage_cost(o))
+
+
+def _eeipu(o: EEIPUOptions) -> Method:
+    """Noisy log EI times P(success) per unit expected memoized cost, cooled, over the
+    prefix pool."""
+    return _with_cost(o, _stage_cost(o), prefixes=PrefixSearch.of(o))
+
+
+def _stage_cost(o: MSCArBOOptions) -> CostTerm:
+    return CostTerm(weight=o.cost_weight, inputs=o.cost_inputs, load_eps=o.load_eps)
+
+
+def _with_cost(o: Any, cost: CostTerm, prefixes: PrefixSearch | None = None) -> Method:
+    """The cost-aware EI of options ``o`` with ``cost``."""
+    return CostAwareEI(
+        quality=Quality(o.incumbent),
+        cost=cost,
+        tradeoff=tradeoff(o.tradeoff, getattr(o, "give_up", None), getattr(o, "min_saving", None)),
+        failures=failure_model(o.failures),
+        search=AcquisitionSearch.of(o),
+        prefixes=prefixes,
+    )
+
+
 register_method("random", RandomSearchOptions)(RandomSearch)
-# Options: eeipu._options (declared there without torch, for config validation).
-register_method("ei", EIOptions)(lambda **kw: CostAwareEI(cost=None, **kw))
-register_method("eips", EIPSOptions)(lambda **kw: CostAwareEI(cost="total", cooling=False, **kw))
-register_method("carbo", CArBOOptions)(lambda **kw: CostAwareEI(cost="total", cooling=True, **kw))
-register_method("ms_carbo", MSCArBOOptions)(
-    lambda **kw: CostAwareEI(cost="stage", cooling=True, **kw)
-)
-register_method("eeipu", EEIPUOptions)(
-    lambda **kw: CostAwareEI(cost="stage", cooling=True, memoize=True, **kw)
-)
+for _compose, _kind in (
+    (_ei, EIOptions),
+    (_eips, EIPSOptions),
+    (_carbo, CArBOOptions),
+    (_ms_carbo, MSCArBOOptions),
+    (_eeipu, EEIPUOptions),
+):
+    register_method(_compose.__name__.lstrip("_"), _kind)(_typed(_compose, _kind))

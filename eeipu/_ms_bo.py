@@ -56,11 +56,12 @@ from eeipu._methods import (
     Observations,
     Proposal,
     WarmStartState,
-    check_positive_ints,
+    impute_failed,
     register_method,
 )
 from eeipu._models import ConstantPredictor, _Predictor, fit_gp, gp_hyperparameters
 from eeipu._options import CascadeBOOptions
+from eeipu._parts import AcquisitionSearch
 
 __all__ = ["CascadeBO", "CascadeLogEI", "CascadeStage"]
 
@@ -156,24 +157,24 @@ class CascadeBO(WarmStartState, Method):
         maxiter: int = 200,
         warm_start: bool = True,
     ) -> None:
-        check_positive_ints(
+        self.search = AcquisitionSearch(
             num_restarts=num_restarts,
             raw_samples=raw_samples,
             mc_samples=mc_samples,
             maxiter=maxiter,
+            warm_start=warm_start,
         )
-        self.num_restarts = num_restarts
-        self.raw_samples = raw_samples
-        self.mc_samples = mc_samples
-        self.maxiter = maxiter
-        self.warm_start = warm_start
         self._init: dict[str, Any] = {}
         #: Whether the last proposal used the cascade (False: the single-GP fallback).
         self.cascade_used: bool | None = None
 
     # ------------------------------------------------------------------ models
+    @property
+    def warm_start(self) -> bool:
+        return self.search.warm_start
+
     def _fit(self, key: str, X: Tensor, Y: Tensor):
-        model = fit_gp(X, Y, self._init.get(key) if self.warm_start else None)
+        model = fit_gp(X, Y, self._init.get(key) if self.search.warm_start else None)
         self._init[key] = gp_hyperparameters(model)
         return model
 
@@ -228,10 +229,11 @@ class CascadeBO(WarmStartState, Method):
             model = self._fit("objective", obs.X, obs.Y)
             return LogExpectedImprovement(model, best_f=obs.Y.max())
         engine = NormalQMCEngine(d=len(stages), seed=obs.seed)
-        z = engine.draw(self.mc_samples, dtype=obs.X.dtype)  # M x S
+        z = engine.draw(self.search.mc_samples, dtype=obs.X.dtype)  # M x S
         return CascadeLogEI(stages, float(obs.Y.max()), float(obs.Y.std().clamp_min(1e-9)), z)
 
     def propose(self, obs: Observations) -> Proposal:
+        obs = impute_failed(obs)
         acq = self.acquisition(obs)
         d = obs.space.dim
         bounds = torch.stack([torch.zeros(d), torch.ones(d)]).to(obs.X)
@@ -243,9 +245,9 @@ class CascadeBO(WarmStartState, Method):
                 acq,
                 bounds=bounds,
                 q=1,
-                num_restarts=self.num_restarts,
-                raw_samples=self.raw_samples,
-                options={"maxiter": self.maxiter, "seed": obs.seed},
+                num_restarts=self.search.num_restarts,
+                raw_samples=self.search.raw_samples,
+                options={"maxiter": self.search.maxiter, "seed": obs.seed},
                 return_best_only=False,
                 retry_on_optimization_warning=False,
             )

@@ -15,8 +15,9 @@ from torch.quasirandom import SobolEngine
 from eeipu._acquisition import cooling_eta
 from eeipu._cache import CacheView, HistoryCacheView, cached_prefix, canonical_json
 from eeipu._errors import OptimizerError, TellError
-from eeipu._methods import Method, Observations, Prefix, Proposal, make_method
+from eeipu._methods import Method, Observations, Proposal, make_method
 from eeipu._models import CostModel, fit_gp, gp_hyperparameters
+from eeipu._prefixes import Prefix
 from eeipu._space import SearchSpace
 from eeipu._trial import Trial, TrialState
 
@@ -69,26 +70,7 @@ class Optimizer:
         method_options: Mapping[str, Any] | None = None,
         num_threads: int | None = 1,
     ) -> None:
-        if not isinstance(space, SearchSpace):
-            raise OptimizerError(
-                f"`space` must be a SearchSpace (use SearchSpace.from_dict), but got {type(space).__name__}"
-            )
-        if (
-            isinstance(budget, bool)
-            or not isinstance(budget, numbers.Real)
-            or not (math.isfinite(budget) and budget > 0)
-        ):
-            raise OptimizerError(f"`budget > 0` must hold, but got budget={budget!r}")
-        if isinstance(n_init, bool) or not isinstance(n_init, numbers.Integral) or n_init < 1:
-            raise OptimizerError(f"`n_init >= 1` must hold (an integer), but got n_init={n_init!r}")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise OptimizerError(f"`seed` must be a non-negative integer, but got seed={seed!r}")
-        if direction not in _DIRECTIONS:
-            raise OptimizerError(
-                f"`direction` must be one of {list(_DIRECTIONS)}, but got {direction!r}"
-            )
-        if isinstance(max_prefixes, bool) or not isinstance(max_prefixes, int) or max_prefixes < 0:
-            raise OptimizerError(f"`max_prefixes >= 0` must hold, but got {max_prefixes!r}")
+        _check_args(space, budget, n_init, seed, direction, max_prefixes, num_threads)
         self.space = space
         self.method = (
             method
@@ -100,10 +82,6 @@ class Optimizer:
         self.seed = int(seed)
         self.direction = direction
         self.max_prefixes = max_prefixes
-        if num_threads is not None and (
-            isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
-        ):
-            raise OptimizerError(f"`num_threads` must be None or >= 1, but got {num_threads!r}")
         self.num_threads = num_threads
         self._warmup = SobolEngine(space.dim, scramble=True, seed=self.seed).draw(
             self.n_init, dtype=torch.double
@@ -409,144 +387,77 @@ class Optimizer:
         return cached_prefix(view, self.space.stages, params)
 
     def _observations(self, view: CacheView, number: int) -> Observations:
+        """What the method is handed for ask ``number``: the told trials as they are (failed
+        ones with a NaN objective), the trials in flight with believed objectives, and the
+        prefix pool the method builds (:meth:`Method.prefix_pool`)."""
         told = self._prior + self._told
-        S = len(self.space.stages)
         seed = (self.seed * 1_000_003 + number) % (2**31 - 1)
         rng = torch.Generator().manual_seed(seed)
-        encoded = [self.space.encode(t.params) for t in told]
-        X = torch.stack(encoded) if encoded else torch.zeros(0, self.space.dim, dtype=torch.double)
         sign = 1.0 if self.direction == "maximize" else -1.0
+        X = torch.stack([self.space.encode(t.params) for t in told]) if told else None
         y = [sign * t.objective if t.state is TrialState.COMPLETE else math.nan for t in told]
         Y = torch.tensor(y, dtype=torch.double).unsqueeze(-1)
-        ok = ~torch.isnan(Y)
-        failed = ~ok.squeeze(-1) if ok.any() and not ok.all() else None
-        if ok.any():
-            # Failed trials count as the worst observed value: the GP then steers away
-            # (a method may model them instead: ``failed`` marks them).
-            Y = torch.where(ok, Y, Y[ok].min())
-        else:
-            X, Y = X[:0], Y[:0]
+        ok = ~torch.isnan(Y).squeeze(-1)
         costs, cached = self._cost_rows(told)
-        outputs = torch.full((len(told), S), math.nan, dtype=torch.double)
+        outputs = self._output_rows(told, sign)
+        if not ok.any():  # nothing to model yet (the ask then draws at random)
+            X = torch.zeros(0, self.space.dim, dtype=torch.double)
+            Y, costs, cached, outputs = Y[:0], costs[:0], cached[:0], outputs[:0]
+        pending = [t for n, t in self._pending.items() if n != number]
+        if pending and ok.any():
+            X, Y, costs, cached, outputs = self._with_pending(
+                pending, seed, X, Y, costs, cached, outputs
+            )
+        obs = Observations(
+            space=self.space,
+            X=X,
+            Y=Y,
+            costs=costs,
+            cached=cached,
+            eta=self.eta,
+            prefixes=[],
+            seed=seed,
+            rng=rng,
+            stage_outputs=outputs if any(t.stage_outputs for t in told) else None,
+            optimizer_seed=self.seed,
+            n_pending=len(pending) if ok.any() else 0,
+            overhead=self._mean_overhead(),
+            failed=~ok if ok.any() and not ok.all() else None,
+            trials=tuple(t.copy() for t in told),
+            direction=self.direction,
+        )
+        obs.prefixes = self.method.prefix_pool(obs, view, self.max_prefixes)
+        return obs
+
+    def _output_rows(self, told: list[Trial], sign: float) -> Tensor:
+        """``n x S`` stage outputs told with ``told`` (NaN where none), signed like ``Y``."""
+        outputs = torch.full((len(told), len(self.space.stages)), math.nan, dtype=torch.double)
         for i, t in enumerate(told):
             for k, stage in enumerate(self.space.stages):
                 if t.stage_outputs is not None and stage in t.stage_outputs:
                     outputs[i, k] = sign * t.stage_outputs[stage]
-        pending = [t for n, t in self._pending.items() if n != number]
-        fantasies: list[float] = []
-        if pending and ok.any():
-            # Asked but not told (parallel trials): believe the objective model's mean at
-            # them (kriging believer), so EI does not propose them, or their neighbours,
-            # again; their costs stay unknown (NaN rows train no cost model).
-            X_p = torch.stack([self.space.encode(t.params) for t in pending])
-            with torch.random.fork_rng():
-                torch.manual_seed(seed)  # a fit, if the method makes one, is seeded too
-                Y_p = self.method.fantasize(X, Y, X_p)
-            fantasies = Y_p.squeeze(-1).tolist()
-            X, Y = torch.cat([X, X_p]), torch.cat([Y, Y_p])
-            costs = torch.cat([costs, torch.full((len(pending), S), math.nan).to(costs)])
-            cached = torch.cat([cached, torch.zeros(len(pending), S, dtype=torch.bool)])
-            outputs = torch.cat([outputs, torch.full((len(pending), S), math.nan).to(outputs)])
-        prefixes = self._prefix_pool(view, told, encoded, rng) if self.method.uses_prefixes else []
-        return Observations(
-            space=self.space,
-            X=X,
-            Y=Y,
-            costs=costs if ok.any() else costs[:0],
-            cached=cached if ok.any() else cached[:0],
-            eta=self.eta,
-            prefixes=prefixes,
-            seed=seed,
-            rng=rng,
-            stage_outputs=(outputs if ok.any() else outputs[:0])
-            if any(t.stage_outputs for t in told)
-            else None,
-            optimizer_seed=self.seed,
-            n_pending=len(fantasies),
-            overhead=self._mean_overhead(),
-            failed=failed,
+        return outputs
+
+    def _with_pending(
+        self, pending: list[Trial], seed: int, X: Tensor, *rows: Tensor
+    ) -> tuple[Tensor, ...]:
+        """``X``, ``Y``, costs, cached, outputs with the trials in flight appended: their
+        objective believed (the method's :meth:`Method.fantasize`, so that the acquisition
+        does not propose them, or their neighbours, again), their costs and outputs unknown
+        (NaN rows train no cost model)."""
+        Y, costs, cached, outputs = rows
+        X_p = torch.stack([self.space.encode(t.params) for t in pending])
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)  # a fit, if the method makes one, is seeded too
+            Y_p = self.method.fantasize(X, Y, X_p)
+        p, S = len(pending), len(self.space.stages)
+        return (
+            torch.cat([X, X_p]),
+            torch.cat([Y, Y_p]),
+            torch.cat([costs, torch.full((p, S), math.nan).to(costs)]),
+            torch.cat([cached, torch.zeros(p, S, dtype=torch.bool)]),
+            torch.cat([outputs, torch.full((p, S), math.nan).to(outputs)]),
         )
-
-    def _prefix_pool(
-        self,
-        view: CacheView,
-        told: list[Trial],
-        encoded: list[Tensor],
-        rng: torch.Generator | None = None,
-    ) -> list[Prefix]:
-        """Distinct proper prefixes of told trials that the cache view confirms.
-
-        Capped by *configurations*, not prefixes: trials are ranked by objective and each
-        of the best gives all its cached proper prefixes, until ``max_prefixes`` are taken;
-        a quarter of the slots (at least one) goes to the prefixes of other configurations
-        drawn at random (``rng``), for exploration. A prefix shared by several trials comes
-        once, scored by the best of them. (Ranking prefixes one by one let the single best
-        trial's S-1 prefixes fill the pool: at 10 stages EEIPU mined one configuration's
-        tail.) The acquisition, not this order, decides which prefixes get optimizer starts.
-
-        ``encoded`` holds the ``told`` trials' unit-cube points, in telling order. Trials
-        still running (pending) give no prefix: a proposal that continued one would wait
-        for it (the study holds a trial whose stage a trial in flight is computing), and at
-        ``parallel=4`` those waits left a third of the slots idle (``benchmarks/
-        parallel_wall.py --budget 120``: 9-11 trials held per study, 2.50x; without them
-        none, 3.0x). Once told, its prefixes are in the pool like any other.
-        """
-        if self.max_prefixes == 0:
-            return []
-        sign = 1.0 if self.direction == "maximize" else -1.0
-        stages = self.space.stages
-        entries = [
-            (t, x, sign * t.objective if t.state is TrialState.COMPLETE else -math.inf)
-            for t, x in zip(told, encoded, strict=True)
-        ]
-        # Each configuration's confirmed proper prefixes, longest last.
-        groups: list[tuple[float, list[tuple[str, Prefix]]]] = []
-        for t, x_full, score in entries:
-            group = []
-            for j in range(1, len(stages)):
-                sub = {s: t.params[s] for s in stages[:j]}
-                if not view.is_cached(stages[j - 1], sub):
-                    break  # a longer prefix cannot be cached if this one is not
-                x = x_full[: self.space.prefix_dim(j)]
-                if group and self.space.prefix_dim(j) == self.space.prefix_dim(j - 1):
-                    # Stage j has no parameters and is cached: the prefix through it fixes
-                    # the same columns and loads one stage more, so it replaces the shorter.
-                    group.pop()
-                group.append(
-                    (
-                        canonical_json([j, sub]),
-                        Prefix(j, x, {s: dict(v) for s, v in sub.items()}, score),
-                    )
-                )
-            if group:
-                groups.append((score, group))
-        # Best first; the sort is stable, so ties keep telling order.
-        groups.sort(key=lambda g: -g[0])
-        found: dict[str, Prefix] = {}
-
-        def take(group: list[tuple[str, Prefix]], cap: int) -> None:
-            for key, prefix in reversed(group):  # longest (cheapest) first
-                # Groups come best first: a shared prefix keeps its first (best) score.
-                if key not in found and len(found) < cap:
-                    found[key] = prefix
-
-        explore = max(1, self.max_prefixes // 4) if len(groups) > 1 else 0
-        best_cap = self.max_prefixes - explore
-        used = 0
-        for _, group in groups:
-            if len(found) >= best_cap:
-                break
-            take(group, best_cap)
-            used += 1
-        rest = groups[used:]
-        if rest and explore:
-            order = torch.randperm(len(rest), generator=rng).tolist()
-            for i in order:
-                if len(found) >= self.max_prefixes:
-                    break
-                take(rest[i][1], self.max_prefixes)
-        # Best objective first; among equals prefer longer prefixes (cheaper candidates).
-        return sorted(found.values(), key=lambda p: (-p.score, -p.n_stages))
 
     @property
     def priors(self) -> list[Trial]:
@@ -579,17 +490,7 @@ class Optimizer:
             memoized=tuple(cached),
             origin=origin,
         )
-        # Reuse tell()'s checks and bookkeeping (the history cache view), then undo what
-        # would make it this study's own trial: its place among the told and its cost.
-        self._pending[trial.number] = trial
-        n_told, spent, warmup = len(self._told), self._spent, self._warmup_spent
-        try:
-            told = self.tell(trial, objective=objective, costs=costs, cached=cached)
-        except Exception:
-            self._pending.pop(trial.number, None)
-            raise
-        del self._told[n_told:]
-        self._spent, self._warmup_spent = spent, warmup
+        told = self._record(trial, objective, costs, cached, None, 0.0)
         self._prior.append(told)
         self._asked_keys.add(canonical_json(told.params))
         return told.copy()
@@ -673,36 +574,34 @@ class Optimizer:
             if any(t.number == number for t in self._told):
                 raise TellError(f"trial {number} was already told; a trial is told once")
             raise TellError(f"trial {number} was never asked by this optimizer")
-        asked = self._pending[number]
-        if objective is not None:
-            if isinstance(objective, bool) or not isinstance(objective, numbers.Real):
-                raise TellError(
-                    f"`objective` must be a number or None (failed), but got {objective!r} "
-                    f"(trial {number})"
-                )
-            if not math.isfinite(objective):
-                raise TellError(
-                    f"`objective` must be finite, but got {objective!r} (trial {number}); "
-                    "tell objective=None to record a failed trial"
-                )
-        if not isinstance(costs, Mapping):
-            raise TellError(f"`costs` must map stage -> cost, but got {costs!r} (trial {number})")
+        done = self._record(
+            self._pending[number], objective, costs, cached, stage_outputs, overhead
+        )
+        del self._pending[number]
+        self._told.append(done)
+        self._spent += done.cost
+        if (
+            self._warmup_spent is None
+            and sum(t.number < self.n_init for t in self._told) >= self.n_init
+        ):
+            self._warmup_spent = self._spent
+        return done.copy()
+
+    def _record(
+        self,
+        asked: Trial,
+        objective: float | None,
+        costs: Mapping[str, float],
+        cached: Iterable[str] | None,
+        stage_outputs: Mapping[str, float] | None,
+        overhead: float,
+    ) -> Trial:
+        """``asked`` with its results (validated, see :meth:`tell`), its complete
+        configuration added to the history cache view."""
+        number = asked.number
+        _check_objective(objective, number)
         stages = self.space.stages
-        unknown = sorted(set(costs) - set(stages))
-        if unknown:
-            raise TellError(f"costs for unknown stage(s) {unknown}; stages are {list(stages)}")
-        for stage, c in costs.items():
-            if not _is_cost(c):
-                raise TellError(
-                    f"cost must be a finite number >= 0, but got {c!r} (trial {number}, stage {stage!r})"
-                )
-        if objective is not None:
-            missing = [s for s in stages if s not in costs]
-            if missing:
-                raise TellError(
-                    f"a complete trial reports the cost of every stage, but {missing} are missing "
-                    f"(trial {number})"
-                )
+        _check_costs(costs, objective is not None, stages, number)
         if not _is_cost(overhead):
             raise TellError(
                 f"`overhead` must be a finite number >= 0, but got {overhead!r} (trial {number})"
@@ -719,17 +618,85 @@ class Optimizer:
         done.cached = tuple(s for s in stages if s in cached_t)
         done.stage_outputs = outputs
         done.overhead = float(overhead)
-        del self._pending[number]
-        self._told.append(done)
-        self._spent += done.cost
         if done.state is TrialState.COMPLETE:
             self._history_view.add(done.params)
-        if (
-            self._warmup_spent is None
-            and sum(t.number < self.n_init for t in self._told) >= self.n_init
-        ):
-            self._warmup_spent = self._spent
-        return done.copy()
+        return done
+
+
+def _check_objective(objective: float | None, number: int) -> None:
+    """Raise :class:`TellError` unless ``objective`` is None (failed) or a finite number."""
+    if objective is None:
+        return
+    if isinstance(objective, bool) or not isinstance(objective, numbers.Real):
+        raise TellError(
+            f"`objective` must be a number or None (failed), but got {objective!r} (trial {number})"
+        )
+    if not math.isfinite(objective):
+        raise TellError(
+            f"`objective` must be finite, but got {objective!r} (trial {number}); "
+            "tell objective=None to record a failed trial"
+        )
+
+
+def _check_costs(
+    costs: Mapping[str, float], complete: bool, stages: tuple[str, ...], number: int
+) -> None:
+    """Raise :class:`TellError` unless ``costs`` maps known stages to costs, every stage's
+    when the trial is ``complete``."""
+    if not isinstance(costs, Mapping):
+        raise TellError(f"`costs` must map stage -> cost, but got {costs!r} (trial {number})")
+    unknown = sorted(set(costs) - set(stages))
+    if unknown:
+        raise TellError(f"costs for unknown stage(s) {unknown}; stages are {list(stages)}")
+    for stage, c in costs.items():
+        if not _is_cost(c):
+            raise TellError(
+                f"cost must be a finite number >= 0, but got {c!r} (trial {number}, stage {stage!r})"
+            )
+    if complete:
+        missing = [s for s in stages if s not in costs]
+        if missing:
+            raise TellError(
+                f"a complete trial reports the cost of every stage, but {missing} are missing "
+                f"(trial {number})"
+            )
+
+
+def _check_args(
+    space: Any,
+    budget: Any,
+    n_init: Any,
+    seed: Any,
+    direction: Any,
+    max_prefixes: Any,
+    num_threads: Any,
+) -> None:
+    """Raise :class:`OptimizerError` naming the first :class:`Optimizer` argument that
+    breaks its rule."""
+    if not isinstance(space, SearchSpace):
+        raise OptimizerError(
+            f"`space` must be a SearchSpace (use SearchSpace.from_dict), but got {type(space).__name__}"
+        )
+    if (
+        isinstance(budget, bool)
+        or not isinstance(budget, numbers.Real)
+        or not (math.isfinite(budget) and budget > 0)
+    ):
+        raise OptimizerError(f"`budget > 0` must hold, but got budget={budget!r}")
+    if isinstance(n_init, bool) or not isinstance(n_init, numbers.Integral) or n_init < 1:
+        raise OptimizerError(f"`n_init >= 1` must hold (an integer), but got n_init={n_init!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise OptimizerError(f"`seed` must be a non-negative integer, but got seed={seed!r}")
+    if direction not in _DIRECTIONS:
+        raise OptimizerError(
+            f"`direction` must be one of {list(_DIRECTIONS)}, but got {direction!r}"
+        )
+    if isinstance(max_prefixes, bool) or not isinstance(max_prefixes, int) or max_prefixes < 0:
+        raise OptimizerError(f"`max_prefixes >= 0` must hold, but got {max_prefixes!r}")
+    if num_threads is not None and (
+        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+    ):
+        raise OptimizerError(f"`num_threads` must be None or >= 1, but got {num_threads!r}")
 
 
 def _is_cost(value: Any) -> bool:

@@ -4,8 +4,9 @@ checked (``flows`` validates a study's ``optimizer`` section before anything imp
 :data:`METHOD_OPTIONS` maps each method name to the frozen dataclass of the options its
 factory reads (None: any keyword). The built-in methods are declared here; their factories
 (``eeipu._methods``, ``_lambo``, ``_ms_bo``) register under the same names with these
-classes, and ``tests/eeipu/test_method_options.py`` checks that each class still matches its
-factory's signature. :func:`eeipu.register_method` adds a method to both registries.
+classes: the cost-aware EI family composes its parts from them, and
+``tests/eeipu/test_method_options.py`` checks that ``lambo``'s and ``ms_bo``'s still match
+their classes' signatures. :func:`eeipu.register_method` adds a method to both registries.
 
 Example:
     >>> options = method_options("ms_bo", maxiter=50)
@@ -38,9 +39,9 @@ class _SearchOptions:
     warm_start: bool = True
 
 
-# Each cost-aware EI method's options are the CostAwareEI parameters it reads: prefix-pool
-# settings only where there is a prefix pool (eeipu), cost settings only where there is a
-# cost model.
+# Each cost-aware EI method's options are those its composition reads (eeipu._methods,
+# ``_ei`` ... ``_eeipu``): prefix-pool settings only where there is a prefix pool (eeipu),
+# cost settings only where there is a cost model.
 @dataclass(frozen=True, kw_only=True)
 class EIOptions(_SearchOptions):
     mc_samples: int = 128

@@ -121,9 +121,9 @@ def test_nothing_changes_until_a_trial_fails():
 
 
 def test_eeipu_models_failures_by_default_and_the_baselines_impute_them():
-    assert make_method("eeipu").failures == "model"
+    assert make_method("eeipu").failures.name == "model"
     for name in ("ms_carbo", "carbo", "eips", "ei"):
-        assert make_method(name).failures == "impute"
+        assert make_method(name).failures.name == "impute"
 
 
 def test_bad_failures_options_are_rejected_with_the_key_named():

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from eeipu import METHODS, Optimizer, SearchSpace
+from eeipu import METHODS, HistoryCacheView, Optimizer, SearchSpace, build_prefix_pool
 from eeipu._lambo import LaMBO, stage_depths
 from eeipu._models import CostModel
 from eeipu._ms_bo import CascadeBO
@@ -160,14 +160,15 @@ def test_a_fixed_stage_cost_is_a_constant_or_follows_its_upstream_columns():
 
 @pytest.mark.parametrize("cost_inputs", ["stage", "prefix"])
 def test_cost_inputs_of_a_fixed_stage(cost_inputs):
-    from eeipu._methods import CostAwareEI
+    from eeipu import AcquisitionSearch, CostAwareEI, CostTerm
 
     space = SearchSpace.from_dict({"load": {}, "prep": {"a": FLOAT}, "evaluate": {}})
     gen = torch.Generator().manual_seed(0)
     X = torch.rand(8, 1, dtype=torch.double, generator=gen)
     costs = torch.stack([1 + 0.1 * X[:, 0], 1 + X[:, 0], 0.1 + X[:, 0]], -1)
     obs = observations(space, X, -X, costs=costs)
-    model = CostAwareEI(cost="stage", cost_inputs=cost_inputs, **FAST).cost_model(obs)
+    method = CostAwareEI(cost=CostTerm(inputs=cost_inputs), search=AcquisitionSearch(**FAST))
+    model = method.cost_model(obs)
     assert model.stages[0].model is None  # no columns: a constant
     assert model.stages[2].model is not None  # evaluate sees prep's column either way
     assert model.stages[2].cols == slice(0, 1)
@@ -183,7 +184,7 @@ def test_prefix_ending_in_a_fixed_stage_counts_as_cached():
     opt.tell(first, 0.5, {"prep": 5.0, "export": 5.0, "train": 0.1})
     again = opt.enqueue({"prep": first.params["prep"], "export": {}, "train": {"b": 0.9}})
     assert again.memoized == ("prep", "export")
-    pool = opt._prefix_pool(opt._history_view, opt._told, [space.encode(first.params)])
+    pool = build_prefix_pool(space, opt.trials, HistoryCacheView(space.stages, [first.params]), 24)
     # One prefix, through the fixed stage: "prep" alone adds nothing and costs more.
     assert [(p.n_stages, p.params) for p in pool] == [
         (2, {"prep": first.params["prep"], "export": {}})

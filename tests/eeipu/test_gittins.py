@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from eeipu import CostAwareEI, GittinsIndex, OptimizerError, make_method
+from eeipu import CostAwareEI, Gittins, GittinsIndex, OptimizerError, make_method
 from eeipu._acquisition import log_h, log_h_inverse
 
 
@@ -40,7 +40,7 @@ def test_bad_tradeoff_options_are_rejected_with_the_key_named():
     with pytest.raises(OptimizerError, match="`tradeoff` must be one of 'ratio', 'gittins'"):
         make_method("eeipu", tradeoff="gittin")
     with pytest.raises(OptimizerError, match="`tradeoff='gittins'` needs a cost model"):
-        CostAwareEI(cost=None, tradeoff="gittins")
+        CostAwareEI(cost=None, tradeoff=Gittins())
     with pytest.raises(OptimizerError, match="method 'ei' does not use option 'tradeoff'"):
         make_method("ei", tradeoff="gittins")
     with pytest.raises(ValueError, match="positive, finite `lam`"):

@@ -487,6 +487,7 @@ def test_every_model_fit_runs_on_num_threads(space, monkeypatch):
     import torch
 
     import eeipu._models
+    import eeipu._parts
 
     seen = []
     fit_gp = eeipu._models.fit_gp
@@ -495,7 +496,7 @@ def test_every_model_fit_runs_on_num_threads(space, monkeypatch):
         seen.append(torch.get_num_threads())
         return fit_gp(*args, **kwargs)
 
-    for module in (eeipu._models, eeipu._methods, eeipu._optimizer):
+    for module in (eeipu._models, eeipu._methods, eeipu._parts, eeipu._optimizer):
         monkeypatch.setattr(module, "fit_gp", recording, raising=False)
     before = torch.get_num_threads()
     torch.set_num_threads(2)

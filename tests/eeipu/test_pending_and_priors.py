@@ -8,6 +8,7 @@ import torch
 import eeipu._methods
 import eeipu._models
 import eeipu._optimizer
+import eeipu._parts
 from eeipu import Optimizer, SearchSpace, TellError
 from eeipu.testing import SyntheticProblem, simulate
 
@@ -124,7 +125,7 @@ def test_pending_trials_are_fantasized_without_an_extra_gp_fit(monkeypatch):
         return fit_gp(*args, **kwargs)
 
     # Every module that fitted a GP during an ask, the optimizer's old believer included.
-    for module in (eeipu._models, eeipu._methods, eeipu._optimizer):
+    for module in (eeipu._models, eeipu._methods, eeipu._parts, eeipu._optimizer):
         monkeypatch.setattr(module, "fit_gp", counted, raising=False)
 
     def fits_of_an_ask(opt: Optimizer):
@@ -157,13 +158,13 @@ def test_noisy_incumbent_integrates_pending_trials_instead_of_believing_them(mon
     )
     simulate(opt, problem, max_trials=6)
     built = []
-    real = eeipu._methods.qLogNoisyExpectedImprovement
+    real = eeipu._parts.qLogNoisyExpectedImprovement
 
     def recorded(*, model, X_baseline, X_pending, **kwargs):
         built.append((model.train_inputs[0].shape[0], X_baseline.shape[0], X_pending))
         return real(model=model, X_baseline=X_baseline, X_pending=X_pending, **kwargs)
 
-    monkeypatch.setattr(eeipu._methods, "qLogNoisyExpectedImprovement", recorded)
+    monkeypatch.setattr(eeipu._parts, "qLogNoisyExpectedImprovement", recorded)
     n = len(opt.trials)
     a = opt.ask()
     b = opt.ask()  # `a` is pending
