@@ -1,6 +1,6 @@
 """Fingerprint every registered method: its seeded proposals on a synthetic problem.
 
-Runs each method in process (``stages.pipelines.simulate``) for seeds x trials and writes
+Runs each method in process (``eeipu.testing.simulate``) for seeds x trials and writes
 every told trial (params, memoized/cached stages, origin, acquisition value and terms) to
 JSON, so a refactor of ``eeipu`` can be checked to leave every method's results unchanged
 (compare two files with ``--compare``).
@@ -19,8 +19,7 @@ import time
 from typing import Any
 
 from eeipu import METHODS, Optimizer, SearchSpace
-from stages.pipelines.simulate import simulate
-from stages.pipelines.synthetic import synthetic_variant
+from eeipu.testing import simulate, synthetic_variant
 
 
 def run(method: str, variant: str, seed: int, trials: int) -> list[dict[str, Any]]:
