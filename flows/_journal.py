@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from flows.records import TrialRecord, read_records
+from flows.records import RunningMarker, RunningTrial, TrialRecord, read_records, read_running
 
 if TYPE_CHECKING:  # reading a journal (`eeipu studies`, `show`) loads neither torch nor Prefect
     from eeipu import Optimizer, SearchSpace
@@ -141,46 +141,29 @@ class StudyJournal:
         return records
 
     def mark_running(
-        self, trials: list[Mapping[str, Any]], optimizer_state: Mapping[str, Any] | None
+        self, trials: list[RunningTrial], optimizer_state: dict[str, Any] | None
     ) -> None:
-        """Note the trials in flight (written whenever one starts): each is
-        ``{"trial_id", "trial": Trial.to_dict(), "asked_at", "ask_seconds", "ref"}`` (``ref``:
-        the executor's handle, e.g. a flow run id), and
-        ``optimizer_state`` is the optimizer's state after the last ask. If the process
+        """Note the trials in flight (written whenever one starts; see
+        :class:`flows.records.RunningTrial`) and ``optimizer_state``, the optimizer's state
+        after the last ask. If the process
         dies, the resumed study re-asks these trials (``Optimizer.enqueue``), re-runs them
         and adopts the stages they stored (see ``stages.run_pipeline(adopt_after=...)``).
         Entries whose ``trial_id`` is already in the journal were told: :meth:`running`
         leaves them out."""
-        record = {"trials": list(trials), "optimizer_state": optimizer_state}
-        self.store.write_file(f"{self.folder}/running.json", _dumps(record))
+        marker = RunningMarker(trials=trials, optimizer_state=optimizer_state)
+        self.store.write_file(f"{self.folder}/running.json", _dumps(marker.to_json()))
 
-    def running(self, records: list[TrialRecord]) -> dict[str, Any]:
-        """What was in flight when the study last stopped and is not in ``records``:
-        ``{"trials": [...], "optimizer_state": ...}`` (no trials if none)."""
+    def running(self, records: list[TrialRecord]) -> RunningMarker:
+        """What was in flight when the study last stopped and is not in ``records`` (no
+        trials if none)."""
         try:
-            marker = json.loads(self.store.read_file(f"{self.folder}/running.json"))
+            raw = json.loads(self.store.read_file(f"{self.folder}/running.json"))
         except FileNotFoundError:
-            return {"trials": [], "optimizer_state": None}
-        if "trials" not in marker:
-            # Written by an earlier version: the one trial in flight, numbered like its record.
-            if marker["number"] < len(records):
-                return {"trials": [], "optimizer_state": None}
-            marker = {
-                "trials": [
-                    {
-                        "trial_id": None,
-                        "trial": {"params": marker["params"], "origin": "resumed"},
-                        "asked_at": marker["started_at"],
-                        "ask_seconds": 0.0,
-                    }
-                ],
-                "optimizer_state": None,
-            }
+            return RunningMarker()
+        marker = read_running(raw, len(records))
         told = {r.trial_id for r in records}
-        trials = [t for t in marker["trials"] if t["trial_id"] is None or t["trial_id"] not in told]
-        for t in trials:  # written before schema 1 of the records: "started_at"
-            t.setdefault("asked_at", t.get("started_at"))
-        return {"trials": trials, "optimizer_state": marker.get("optimizer_state")}
+        trials = [t for t in marker.trials if t.trial_id is None or t.trial_id not in told]
+        return marker.model_copy(update={"trials": trials})
 
 
 def _dumps(obj: Any) -> bytes:

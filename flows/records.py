@@ -37,13 +37,17 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "OUTCOME_SCHEMA",
     "RECORD_SCHEMA",
+    "AskedTrial",
     "PublishedOutcome",
     "Recommended",
+    "RunningMarker",
+    "RunningTrial",
     "TrialOutcome",
     "TrialRecord",
     "read_published",
     "read_record",
     "read_records",
+    "read_running",
     "record_cost",
     "warmup_cost",
 ]
@@ -214,6 +218,56 @@ class Recommended(BaseModel):
     @property
     def number(self) -> int:
         return self.trial
+
+
+class AskedTrial(_Model):
+    """What the optimizer said of a trial in flight (``eeipu.Trial.to_dict()``'s fields that
+    ``Optimizer.enqueue`` takes back)."""
+
+    params: dict[str, dict[str, Any]]
+    origin: str = "resumed"
+    acq_value: float | None = None
+    acq_terms: dict[str, Any] | None = None
+    memoized: list[str] | None = None
+
+
+class RunningTrial(_Model):
+    """A trial in flight, as the crash marker (``running.json``) lists it: ``trial_id``,
+    what was asked, when its ask began, and ``ref``, the executor's handle on its run (a
+    flow run id) when it has one."""
+
+    trial_id: str | None = None
+    trial: AskedTrial
+    asked_at: float
+    ask_seconds: float = 0.0
+    ref: str | None = None
+
+
+class RunningMarker(_Model):
+    """The crash marker: the trials in flight and the optimizer's state after the last ask."""
+
+    trials: list[RunningTrial] = Field(default_factory=list)
+    optimizer_state: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=False)
+
+
+def read_running(raw: Mapping[str, Any], n_told: int) -> RunningMarker:
+    """A crash marker as written by any version (``n_told``: the records journaled)."""
+    if "trials" not in raw:
+        # Written by an early version: the one trial in flight, numbered like its record.
+        if raw["number"] < n_told:
+            return RunningMarker()
+        asked = AskedTrial(params=raw["params"])
+        return RunningMarker(trials=[RunningTrial(trial=asked, asked_at=raw["started_at"])])
+    trials = []
+    for t in raw["trials"]:
+        t = dict(t)
+        if "asked_at" not in t:  # before record schema 1: "started_at"
+            t["asked_at"] = t.pop("started_at")
+        trials.append(RunningTrial.model_validate(t))
+    return RunningMarker(trials=trials, optimizer_state=raw.get("optimizer_state"))
 
 
 def record_cost(record: TrialRecord) -> float:

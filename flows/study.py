@@ -63,7 +63,7 @@ from flows._outputs import (
 from flows._progress import FILE_ONLY, ProgressBar
 from flows._warm import open_study, resolve_budget
 from flows.executors import TrialExecutor, TrialJob, executor_for
-from flows.records import Recommended, TrialOutcome, TrialRecord
+from flows.records import AskedTrial, Recommended, RunningTrial, TrialOutcome, TrialRecord
 from flows.runtime import pipeline_for, run_logger, say, store_for
 from stages import Pipeline, Store, StoreCacheView, StoreUnavailable
 
@@ -361,31 +361,31 @@ class StudyLoop:
     def _resume_interrupted(self) -> None:
         """Re-ask and re-run the trials a crash left in flight (see the crash marker)."""
         marker = self.journal.running(self.records)
-        for entry in marker["trials"]:
-            asked = entry["trial"]
+        for entry in marker.trials:
+            asked = entry.trial
             trial = self.opt.enqueue(
-                asked["params"],
-                origin=asked.get("origin", "resumed"),
-                acq_value=asked.get("acq_value"),
-                acq_terms=asked.get("acq_terms"),
-                memoized=asked.get("memoized"),
+                asked.params,
+                origin=asked.origin,
+                acq_value=asked.acq_value,
+                acq_terms=asked.acq_terms,
+                memoized=asked.memoized,
                 cache=StoreCacheView(self.pipeline, self.store),
             )
             announce(self.cfg, f"trial {trial.number} was interrupted; re-running it", self.log)
             job = TrialJob(
                 trial,
-                entry["trial_id"] or uuid.uuid4().hex,
+                entry.trial_id or uuid.uuid4().hex,
                 asked_at=time.time(),
-                ask_seconds=float(entry.get("ask_seconds", 0.0)),
-                adopt_after=float(entry["asked_at"]),
-                ref=entry.get("ref"),
+                ask_seconds=entry.ask_seconds,
+                adopt_after=entry.asked_at,
+                ref=entry.ref,
             )
-            self.state[job.trial_id] = marker["optimizer_state"]
+            self.state[job.trial_id] = marker.optimizer_state
             self._submit(job)
-        if marker["trials"] and marker["optimizer_state"]:
+        if marker.trials and marker.optimizer_state:
             # The method's state after the last ask before the crash: the next proposal is
             # the one an uninterrupted run would have made.
-            self.opt.load_state_dict(marker["optimizer_state"])
+            self.opt.load_state_dict(marker.optimizer_state)
 
     def _ask_and_submit(self) -> None:
         t0 = time.time()
@@ -446,13 +446,13 @@ class StudyLoop:
         self.executor.submit(job)
         self.journal.mark_running(
             [
-                {
-                    "trial_id": j.trial_id,
-                    "trial": j.trial.to_dict(),
-                    "asked_at": j.adopt_after or j.asked_at,
-                    "ask_seconds": j.ask_seconds,
-                    "ref": j.ref,
-                }
+                RunningTrial(
+                    trial_id=j.trial_id,
+                    trial=AskedTrial.model_validate(j.trial.to_dict()),
+                    asked_at=j.adopt_after or j.asked_at,
+                    ask_seconds=j.ask_seconds,
+                    ref=j.ref,
+                )
                 for j in self.in_flight.values()
             ],
             self.opt.state_dict(),
