@@ -288,35 +288,35 @@ def _plot(path: Path, study: str, rows: list[dict[str, Any]], warmup_cost: float
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    xs = [r["cumulative_cost"] for r in rows if r["best"] is not None]
-    ys = [r["best"] for r in rows if r["best"] is not None]
+    xs = [row["cumulative_cost"] for row in rows if row["best"] is not None]
+    ys = [row["best"] for row in rows if row["best"] is not None]
     if xs:
         ax.step(xs, ys, where="post", color="tab:blue", lw=2, label="best so far")
-    ok = [r for r in rows if r["objective"] is not None]
+    ok = [row for row in rows if row["objective"] is not None]
     if ok:
-        hits = [r for r in ok if r["cached"]]
-        miss = [r for r in ok if not r["cached"]]
+        hits = [row for row in ok if row["cached"]]
+        miss = [row for row in ok if not row["cached"]]
         ax.scatter(
-            [r["cumulative_cost"] for r in miss],
-            [r["objective"] for r in miss],
+            [row["cumulative_cost"] for row in miss],
+            [row["objective"] for row in miss],
             s=14,
             color="tab:gray",
             alpha=0.6,
             label="trial (nothing cached)",
         )
         ax.scatter(
-            [r["cumulative_cost"] for r in hits],
-            [r["objective"] for r in hits],
+            [row["cumulative_cost"] for row in hits],
+            [row["objective"] for row in hits],
             s=14,
             color="tab:orange",
             alpha=0.8,
             label="trial (cached prefix)",
         )
-        lo = min(r["objective"] for r in ok)
-        hi = max(r["objective"] for r in ok)
+        lo = min(row["objective"] for row in ok)
+        hi = max(row["objective"] for row in ok)
         pad = 0.05 * (hi - lo or 1.0)
         # Zoom on the interesting range: outliers far below the best would flatten the curve.
-        floor = sorted(r["objective"] for r in ok)[len(ok) // 4] if len(ok) > 8 else lo
+        floor = sorted(row["objective"] for row in ok)[len(ok) // 4] if len(ok) > 8 else lo
         ax.set_ylim(min(floor, ys[0] if ys else floor) - pad, hi + pad)
     if warmup_cost is not None:
         ax.axvline(warmup_cost, color="k", ls=":", lw=1, label="end of warm-up")

@@ -478,16 +478,17 @@ def _recommended(study: _Study, outputs: str | None) -> tuple[Recommended | None
         return None, f"no recommended configuration: no {path} (the study's run writes it)"
     except (OSError, yaml.YAMLError) as exc:
         return None, f"no recommended configuration: cannot read {path} ({_one_line(exc)})"
-    rec = written.get("recommended") if isinstance(written, dict) else None
-    if not isinstance(rec, dict) or written.get("study") != study.name:
+    section = written.get("recommended") if isinstance(written, dict) else None
+    if not isinstance(section, dict) or written.get("study") != study.name:
         return None, f"no recommended configuration of study {study.name!r} in {path}"
-    match = record_of(study.records, rec.get("params") or {}, rec.get("objective"))
-    if match is None or match.number != rec.get("trial"):
-        return None, f"the recommended configuration in {path} is not a trial of this journal"
     try:
-        return Recommended.model_validate(rec), str(path)
-    except ValidationError as exc:
-        return None, f"no recommended configuration: {path} has {_one_line(exc)}"
+        rec = Recommended.model_validate(section)
+    except ValidationError:
+        return None, f"the recommended configuration in {path} is not a trial of this journal"
+    match = record_of(study.records, rec.params, rec.objective)
+    if match is None or match.number != rec.trial:
+        return None, f"the recommended configuration in {path} is not a trial of this journal"
+    return rec, str(path)
 
 
 def _recommended_title(record: Recommended, source: str) -> str:

@@ -29,6 +29,7 @@ first and derives the warm-up from ``asked_as`` and the study's ``n_init``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -48,7 +49,6 @@ __all__ = [
     "read_record",
     "read_records",
     "read_running",
-    "record_cost",
     "warmup_cost",
 ]
 
@@ -270,11 +270,6 @@ def read_running(raw: Mapping[str, Any], n_told: int) -> RunningMarker:
     return RunningMarker(trials=trials, optimizer_state=raw.get("optimizer_state"))
 
 
-def record_cost(record: TrialRecord) -> float:
-    """What a journal record cost the budget (:attr:`TrialRecord.cost`)."""
-    return record.cost
-
-
 def read_record(raw: Mapping[str, Any]) -> TrialRecord:
     """One journal record as written by any version (schema 0 names renamed)."""
     data = dict(raw)
@@ -312,13 +307,13 @@ def read_records(raws: Iterable[Mapping[str, Any]], n_init: int | None = None) -
 def read_published(data: bytes | str) -> PublishedOutcome:
     """A published outcome as written by any version (``ran_from`` / ``ran_to``: the worker's
     ``started_at`` / ``finished_at`` before schema 1)."""
-    raw = dict(PublishedOutcome.model_validate_json(data).model_extra or {})
-    outcome = PublishedOutcome.model_validate_json(data)
-    if "ran_from" in raw or "ran_to" in raw:
-        outcome = outcome.model_copy(
-            update={"started_at": raw.get("ran_from"), "finished_at": raw.get("ran_to")}
-        )
-    return outcome
+    raw = json.loads(data)
+    if "schema" not in raw:
+        for old, new in _RENAMED_V0[2:]:
+            if old in raw:
+                raw[new] = raw.pop(old)
+        raw["schema"] = 0
+    return PublishedOutcome.model_validate(raw)
 
 
 def warmup_cost(records: Sequence[TrialRecord]) -> float | None:

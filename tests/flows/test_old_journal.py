@@ -11,7 +11,15 @@ import yaml
 
 from flows import StudyJournal
 from flows.inspection import best_trial, show_main
-from flows.records import RECORD_SCHEMA, read_record, warmup_cost
+from flows.records import (
+    OUTCOME_SCHEMA,
+    RECORD_SCHEMA,
+    PublishedOutcome,
+    TrialOutcome,
+    read_published,
+    read_record,
+    warmup_cost,
+)
 from stages import Store
 from tests.helpers import OPTIMIZER_FAST, composed
 
@@ -83,3 +91,19 @@ def test_an_old_journal_resumes(prefect_harness, old_store, tmp_path):
     assert all(r.sink == "finetune" and set(r.stage_keys) == set(r.versions) for r in new)
     assert all(r.warmup is False for r in new)
     assert all(r.warmup_spent == pytest.approx(records[2].warmup_spent) for r in new)
+
+
+def test_an_outcome_published_before_schema_1_reads_with_its_renamed_times():
+    old = b'{"number": 3, "flow_run_id": "r", "ran_from": 1.0, "ran_to": 2.5, "error": null, '
+    old += b'"objective": 0.5, "costs": {"prep": 1.0}, "keys": {"prep": "k"}, "cached": []}'
+    outcome = read_published(old)
+    assert (outcome.started_at, outcome.finished_at) == (1.0, 2.5)
+    assert outcome.stage_keys == {"prep": "k"} and outcome.objective == 0.5
+    assert outcome.schema_ == 0 and read_published(outcome.to_json()) == outcome
+    assert PublishedOutcome().schema_ == OUTCOME_SCHEMA
+
+
+def test_a_non_finite_objective_is_a_failure_of_the_sink():
+    outcome = TrialOutcome(objective=float("nan"), sink="train", costs={"train": 1.0}).checked()
+    assert outcome.objective is None and outcome.stage == "train"
+    assert outcome.error == outcome.reason == "objective is nan"
