@@ -369,7 +369,7 @@ def _trial_rows(records: Sequence[TrialRecord]) -> list[dict[str, Any]]:
     return [
         {
             "number": r.number,
-            "origin": r.origin,
+            "origin": r.origin or "",
             "objective": r.objective if r.complete else None,
             "cost": r.cost,
             "n_cached": len(r.cached),

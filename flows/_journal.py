@@ -130,7 +130,7 @@ class StudyJournal:
                 rec.objective if rec.complete else None,
                 rec.costs,
                 cached=rec.cached,
-                origin=rec.origin,
+                origin=rec.origin or "replay",
                 stage_outputs=rec.stage_outputs,
                 overhead=rec.overhead,
             )

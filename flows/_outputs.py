@@ -76,7 +76,7 @@ def trial_rows(records: Sequence[TrialRecord], direction: str) -> list[dict[str,
         row: dict[str, Any] = {
             "trial": r.number,
             "state": r.state,
-            "origin": r.origin,
+            "origin": r.origin or "",
             "objective": r.objective,
             "best": best,
             "cost": round(r.cost, 6),

@@ -5,9 +5,12 @@
     PublishedOutcome   a TrialOutcome as a remote worker writes it to the study's storage
                        (``studies/<study>/outcomes/<run id>.json``) for the controller
     TrialRecord        one told trial in the journal (``studies/<study>/trials/<n>.json``)
+    RunningMarker      the trials in flight (``studies/<study>/running.json``), re-run after
+                       a crash
 
-Each is a pydantic model with a ``schema`` version; :func:`read_records` and
-:func:`read_published` read what older versions wrote (see :data:`RECORD_SCHEMA`).
+Each is a pydantic model; records and published outcomes carry a ``schema`` version, and
+:func:`read_records`, :func:`read_published` and :func:`read_running` read what older
+versions wrote (see :data:`RECORD_SCHEMA`).
 
 Numbers and times of a trial, as a record holds them:
 
@@ -16,7 +19,8 @@ Numbers and times of a trial, as a record holds them:
   messages and ``eeipu show`` / ``eeipu best`` all show this one.
 * ``asked_as``: the optimizer's ask number (``eeipu.Trial.number``) in the run that asked
   it. Trials in flight together finish out of ask order, so it may differ from ``number``;
-  Prefect names a trial's run ``trial-<asked_as>`` (the run starts before the trial is told).
+  Prefect names a trial's run ``trial-<asked_as>``, and messages about a trial not yet told
+  (held back, re-run after a crash) use it too: they come before its ``number`` exists.
 * ``asked_at``: when its ask began; ``submitted_at``: when the loop handed it to the
   executor; ``started_at`` / ``finished_at``: when a remote worker began and ended running
   it (None for trials run in the controller); ``told_at``: when the loop told the optimizer.
@@ -154,7 +158,7 @@ class TrialRecord(_Model):
     asked_as: int | None = None
     trial_id: str | None = None
     state: Literal["complete", "failed"]
-    origin: str = "replay"
+    origin: str | None = None
     params: dict[str, dict[str, Any]]
     objective: float | None = None
     costs: dict[str, float] = Field(default_factory=dict)
