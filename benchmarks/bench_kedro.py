@@ -38,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from flows.records import read_records  # noqa: E402
 from tests.kedro.spaceflights import write_data, write_project  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -119,14 +120,14 @@ def main() -> None:
         {**env, "NODE_RUNS_LOG": str(log)},
     )
     folder_ = project / ".eeipu" / "cache" / "studies" / "spaceflights-eeipu-seed0" / "trials"
-    records = [json.loads(p.read_text()) for p in sorted(folder_.glob("*.json"))]
+    records = read_records(json.loads(p.read_text()) for p in sorted(folder_.glob("*.json")))
     eeipu_runs, eeipu_hook_seconds = _runs(log)
-    stage_seconds = sum(sum(r["costs"].values()) for r in records)
+    stage_seconds = sum(sum(r.costs.values()) for r in records)
 
     log = folder / "kedro_run.log"
     run_wall = 0.0
     for r in records:
-        values = {k: v for section in r["params"].values() for k, v in section.items()}
+        values = {k: v for section in r.params.values() for k, v in section.items()}
         params = ",".join(f"{k}={v!r}" for k, v in values.items())
         run_wall += _run(
             [str(BIN / "kedro"), "run", "--params", params],

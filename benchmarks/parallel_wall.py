@@ -46,6 +46,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from flows.records import read_records
+
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
@@ -208,33 +210,30 @@ def _study(
         print(proc.stderr[-3000:])
         raise SystemExit(f"{kind} parallel={n} failed")
     folder = cache / "studies" / f"wall-p{n}" / "trials"
-    recs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-    spent = sum(sum(r["costs"].values()) for r in recs)
-    best = max(r["objective"] for r in recs if r["state"] == "complete")
-    workers = len({r.get("worker") for r in recs if r.get("worker")})
+    recs = read_records(json.loads(p.read_text()) for p in sorted(folder.glob("*.json")))
+    spent = sum(sum(r.costs.values()) for r in recs)
+    best = max(r.objective for r in recs if r.complete)
+    workers = len({r.worker for r in recs if r.worker})
     # Trials held back because a trial in flight was computing a stage they need.
-    held = sum(bool(r.get("waited_for")) for r in recs)
+    held = sum(bool(r.waited_for) for r in recs)
     # Per trial: from being handed to the executor to being told (a trial asked ahead waits
     # for a slot after its ask: that wait is not overhead), and that less its stages.
-    in_flight = [
-        r["finished_at"] - (r.get("submitted_at") or r["started_at"] + r["ask_seconds"])
-        for r in recs
-    ]
-    overhead = [f - sum(r["seconds"].values()) for f, r in zip(in_flight, recs, strict=True)]
+    in_flight = [r.told_at - (r.submitted_at or r.asked_at + r.ask_seconds) for r in recs]
+    overhead = [f - sum(r.seconds.values()) for f, r in zip(in_flight, recs, strict=True)]
     # The study's own wall time: first trial asked to last trial told (no CLI start).
-    study = max(r["finished_at"] for r in recs) - min(r["started_at"] for r in recs)
+    study = max(r.told_at for r in recs) - min(r.asked_at for r in recs)
     running = sum(in_flight)
     # Where the overhead goes (medians), from when the worker began and ended each trial:
     # submitted -> began (dispatch), began -> ended less its stages (the worker's Prefect
     # work), ended -> told (the controller noticing and telling it, or busy asking).
-    ran = [r for r in recs if r.get("ran_from") is not None]
+    ran = [r for r in recs if r.started_at is not None]
     phases = (
         [
             statistics.median(x)
             for x in (
-                [r["ran_from"] - r["submitted_at"] for r in ran],
-                [r["ran_to"] - r["ran_from"] - sum(r["seconds"].values()) for r in ran],
-                [r["finished_at"] - r["ran_to"] for r in ran],
+                [r.started_at - r.submitted_at for r in ran],
+                [r.finished_at - r.started_at - sum(r.seconds.values()) for r in ran],
+                [r.told_at - r.finished_at for r in ran],
             )
         ]
         if ran

@@ -57,6 +57,7 @@ from benchmarks._provenance import (
     reuse_note,
 )
 from flows.conf import CONFIG_DIR
+from flows.records import TrialRecord, read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "benchmarks" / "conf"
@@ -368,17 +369,17 @@ def _study_config(
     return out
 
 
-def _trial_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def _trial_rows(records: Sequence[TrialRecord]) -> list[dict[str, Any]]:
     return [
         {
-            "number": r["number"],
-            "origin": r.get("origin", ""),
-            "objective": r["objective"] if r["state"] == "complete" else None,
-            "cost": sum(r["costs"].values()) + r.get("overhead", 0.0),
-            "n_cached": len(r["cached"]),
-            "seconds": r.get("ask_seconds"),
-            "params": r["params"],
-            **({"acq_terms": r["acq_terms"]} if r.get("acq_terms") is not None else {}),
+            "number": r.number,
+            "origin": r.origin or "",
+            "objective": r.objective if r.complete else None,
+            "cost": r.cost,
+            "n_cached": len(r.cached),
+            "seconds": r.ask_seconds,
+            "params": r.params,
+            **({"acq_terms": r.acq_terms} if r.acq_terms is not None else {}),
         }
         for r in records
     ]
@@ -411,7 +412,7 @@ def _pipeline_runs(
             run(wcfg)
             records = StudyJournal(Store(str(warm_store)), study).records()
             if saved is None:
-                saved = {"fingerprint": warm_fp, "records": records}
+                saved = {"fingerprint": warm_fp, "records": [r.to_json() for r in records]}
                 save_json(warm_json, saved)
         for method in methods:
             store_dir = work / f"seed{seed}" / method
@@ -420,7 +421,7 @@ def _pipeline_runs(
             study = f"{name}-{method}-seed{seed}"
             mcfg = _study_config(cfg, method, seed, store_dir, study, cfg["problem"]["max_trials"])
             _, _, _, journal = prepare(StudyConfig.from_mapping(mcfg))
-            for rec in saved["records"]:
+            for rec in read_records(saved["records"]):
                 journal.append(rec)
             start = time.perf_counter()
             run(mcfg)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from flows._journal import StudyJournal
-from flows._outputs import output_paths, record_cost, results_csv, study_summary, trial_rows
+from flows._outputs import best_record, output_paths, results_csv, study_summary, trial_rows
 from flows._progress import FILE_ONLY
 from flows.runtime import say
 
@@ -86,9 +86,9 @@ def answer_finished(cfg: StudyConfig, store: Store) -> StudyResult | None:
     if header is None or header.get("warm_start") or header.get("budget") != cfg.budget:
         return None
     records = journal.records()
-    if any(rec["number"] != i for i, rec in enumerate(records)):
+    if not journal.numbered(records):
         return None  # the replay says what is wrong
-    spent = sum(record_cost(r) for r in records)
+    spent = sum(r.cost for r in records)
     if spent >= cfg.budget:  # as Optimizer.done and flows.study.why_done say it
         reason = f"budget {cfg.budget:g} spent"
     elif cfg.max_trials is not None and len(records) >= cfg.max_trials:
@@ -102,14 +102,14 @@ def answer_finished(cfg: StudyConfig, store: Store) -> StudyResult | None:
     if not _up_to_date(paths, summary, trial_rows(records, cfg.pipeline.direction)):
         return None
     workers = cfg.parallel if cfg.parallel > 1 else None
-    best = summary["best"]
+    best = best_record(records, cfg.pipeline.direction)
     for line in (
         nothing_left_line(cfg, reason, f"; its outputs in {cfg.output_dir} are up to date"),
         done_line(
             cfg,
             len(records),
             spent,
-            None if best is None else (best["objective"], best["trial"]),
+            None if best is None else (best.objective, best.number),
             workers=workers,
             stopped=reason,
         ),
@@ -121,11 +121,11 @@ def answer_finished(cfg: StudyConfig, store: Store) -> StudyResult | None:
         study=cfg.study,
         n_trials=len(records),
         spent=spent,
-        best_objective=None if best is None else best["objective"],
-        best_params=None if best is None else best["params"],
+        best_objective=None if best is None else best.objective,
+        best_params=None if best is None else best.params,
         outputs={k: str(v) for k, v in paths.items()},
         journal_url=journal.url,
-        best_trial=None if best is None else best["trial"],
+        best_trial=None if best is None else best.number,
     )
 
 

@@ -3,7 +3,8 @@
 Layout under the store root::
 
     studies/<study>/study.json              what the study is (space, method, seed, ...)
-    studies/<study>/trials/<number>.json    one record per told trial, written atomically
+    studies/<study>/trials/<number>.json    one record per told trial (flows.records.TrialRecord),
+                                            written atomically
     studies/<study>/running.json            the trials in flight (crash marker, see mark_running)
 
 A record is written once and never changed (append-only by construction), each write is
@@ -16,6 +17,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+from flows.records import RunningMarker, RunningTrial, TrialRecord, read_records, read_running
 
 if TYPE_CHECKING:  # reading a journal (`eeipu studies`, `show`) loads neither torch nor Prefect
     from eeipu import Optimizer, SearchSpace
@@ -93,82 +96,74 @@ class StudyJournal:
         """The identity keys in which a journal's ``existing`` header and ``header`` differ."""
         return [k for k in _IDENTITY if existing.get(k) != json.loads(json.dumps(header[k]))]
 
-    def records(self) -> list[dict[str, Any]]:
-        """Every record, in trial order (one listing, then one read per record)."""
+    def records(self) -> list[TrialRecord]:
+        """Every record, in trial order (one listing, then one read per record), as
+        written by any version (:func:`flows.records.read_records`)."""
         names = [n for n in self.store.list_files(f"{self.folder}/trials") if n.endswith(".json")]
-        out = [json.loads(self.store.read_file(f"{self.folder}/trials/{n}")) for n in names]
-        return sorted(out, key=lambda r: r["number"])
+        raws = [json.loads(self.store.read_file(f"{self.folder}/trials/{n}")) for n in names]
+        header = self.header() if raws else None
+        n_init = None if header is None else header.get("n_init")
+        return read_records(raws, None if n_init is None else int(n_init))
 
-    def append(self, record: Mapping[str, Any]) -> None:
+    def numbered(self, records: list[TrialRecord]) -> bool:
+        """Whether ``records`` hold every trial number from 0 on (no gap, no stray file)."""
+        return all(rec.number == i for i, rec in enumerate(records))
+
+    def append(self, record: TrialRecord) -> None:
         """Write one trial's record (atomic; a record is never rewritten)."""
-        number = int(record["number"])
-        self.store.write_file(f"{self.folder}/trials/{number:06d}.json", _dumps(record))
+        path = f"{self.folder}/trials/{record.number:06d}.json"
+        self.store.write_file(path, _dumps(record.to_json()))
 
-    def replay(self, optimizer: Optimizer) -> list[dict[str, Any]]:
+    def replay(self, optimizer: Optimizer) -> list[TrialRecord]:
         """Tell ``optimizer`` every journaled trial, in order; returns the records."""
         from flows._config import ConfigError
 
         records = self.records()
         for i, rec in enumerate(records):
-            if rec["number"] != i:
+            if rec.number != i:
                 raise ConfigError(
                     f"the journal of study {self.study!r} at {self.url} misses trial {i}; "
                     "it was not written by this version or was edited"
                 )
             optimizer.add_trial(
-                rec["params"],
-                rec["objective"] if rec["state"] == "complete" else None,
-                rec["costs"],
-                cached=rec["cached"],
-                origin=rec.get("origin", "replay"),
-                stage_outputs=rec.get("stage_outputs"),
-                overhead=rec.get("overhead", 0.0),
+                rec.params,
+                rec.objective if rec.complete else None,
+                rec.costs,
+                cached=rec.cached,
+                origin=rec.origin or "replay",
+                stage_outputs=rec.stage_outputs,
+                overhead=rec.overhead,
             )
-        if records and records[-1].get("optimizer_state"):
+        if records and records[-1].optimizer_state:
             # What the method carried out of the last ask (warm-start hyperparameters):
             # the next proposal is then the one an uninterrupted run would have made.
-            optimizer.load_state_dict(records[-1]["optimizer_state"])
+            optimizer.load_state_dict(records[-1].optimizer_state)
         return records
 
     def mark_running(
-        self, trials: list[Mapping[str, Any]], optimizer_state: Mapping[str, Any] | None
+        self, trials: list[RunningTrial], optimizer_state: dict[str, Any] | None
     ) -> None:
-        """Note the trials in flight (written whenever one starts): each is
-        ``{"trial_id", "trial": Trial.to_dict(), "started_at", "ask_seconds", "ref"}`` (``ref``:
-        the executor's handle, e.g. a flow run id), and
-        ``optimizer_state`` is the optimizer's state after the last ask. If the process
+        """Note the trials in flight (written whenever one starts; see
+        :class:`flows.records.RunningTrial`) and ``optimizer_state``, the optimizer's state
+        after the last ask. If the process
         dies, the resumed study re-asks these trials (``Optimizer.enqueue``), re-runs them
         and adopts the stages they stored (see ``stages.run_pipeline(adopt_after=...)``).
         Entries whose ``trial_id`` is already in the journal were told: :meth:`running`
         leaves them out."""
-        record = {"trials": list(trials), "optimizer_state": optimizer_state}
-        self.store.write_file(f"{self.folder}/running.json", _dumps(record))
+        marker = RunningMarker(trials=trials, optimizer_state=optimizer_state)
+        self.store.write_file(f"{self.folder}/running.json", _dumps(marker.to_json()))
 
-    def running(self, records: list[Mapping[str, Any]]) -> dict[str, Any]:
-        """What was in flight when the study last stopped and is not in ``records``:
-        ``{"trials": [...], "optimizer_state": ...}`` (no trials if none)."""
+    def running(self, records: list[TrialRecord]) -> RunningMarker:
+        """What was in flight when the study last stopped and is not in ``records`` (no
+        trials if none)."""
         try:
-            marker = json.loads(self.store.read_file(f"{self.folder}/running.json"))
+            raw = json.loads(self.store.read_file(f"{self.folder}/running.json"))
         except FileNotFoundError:
-            return {"trials": [], "optimizer_state": None}
-        if "trials" not in marker:
-            # Written by an earlier version: the one trial in flight, numbered like its record.
-            if marker["number"] < len(records):
-                return {"trials": [], "optimizer_state": None}
-            marker = {
-                "trials": [
-                    {
-                        "trial_id": None,
-                        "trial": {"params": marker["params"], "origin": "resumed"},
-                        "started_at": marker["started_at"],
-                        "ask_seconds": 0.0,
-                    }
-                ],
-                "optimizer_state": None,
-            }
-        told = {r.get("trial_id") for r in records}
-        trials = [t for t in marker["trials"] if t["trial_id"] is None or t["trial_id"] not in told]
-        return {"trials": trials, "optimizer_state": marker.get("optimizer_state")}
+            return RunningMarker()
+        marker = read_running(raw, len(records))
+        told = {r.trial_id for r in records}
+        trials = [t for t in marker.trials if t.trial_id is None or t.trial_id not in told]
+        return marker.model_copy(update={"trials": trials})
 
 
 def _dumps(obj: Any) -> bytes:

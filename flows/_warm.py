@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from flows._config import ConfigError, StudyConfig
 from flows._journal import StudyJournal
-from flows._outputs import record_cost
+from flows.records import TrialRecord
 
 if TYPE_CHECKING:  # resolving a budget imports neither torch nor the pipeline layer
     from eeipu import Optimizer, SearchSpace
@@ -46,7 +46,7 @@ def resolve_budget(cfg: StudyConfig, store: Store) -> StudyConfig:
     if header is None:
         budget = cfg.budget
     else:
-        spent = sum(record_cost(r) for r in journal.records())
+        spent = sum(r.cost for r in journal.records())
         budget = max(float(header["budget"]), spent) + cfg.extra_budget
     return cfg.model_copy(update={"budget": budget, "extra_budget": None})
 
@@ -96,16 +96,16 @@ def open_study(
             )
         for rec in records[:n]:
             optimizer.add_prior(
-                rec["params"],
-                rec["objective"] if rec["state"] == "complete" else None,
-                rec["costs"],
-                cached=rec["cached"],
+                rec.params,
+                rec.objective if rec.complete else None,
+                rec.costs,
+                cached=rec.cached,
                 origin=f"prior:{name}",
             )
     return sources
 
 
-def _source(store: Store, name: str, expected: dict[str, Any]) -> list[dict[str, Any]]:
+def _source(store: Store, name: str, expected: dict[str, Any]) -> list[TrialRecord]:
     """The told trials of warm-start source ``name``, checked to fit this study."""
     source = StudyJournal(store, name)
     header = source.header()

@@ -42,8 +42,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import contextvars
-import json
-import math
 import os
 import socket
 import sys
@@ -58,6 +56,7 @@ from prefect import flow, tags, task
 from eeipu import Trial
 from flows._config import ConfigError, StudyConfig
 from flows._interrupt import interrupted, is_temporary_server
+from flows.records import PublishedOutcome, TrialOutcome, read_published
 from flows.runtime import run_logger, say, store_for
 from flows.trial import trial_flow
 from stages import StageError, Store, result_storage_block
@@ -86,82 +85,18 @@ class TrialJob:
     ``ref`` is the executor's handle on the running trial (the work pool's flow run id),
     set by ``submit`` and kept in the crash marker: given one, an executor whose trials
     outlive the controller may wait for that run instead of starting the trial again.
-    ``started_at`` is when its ask began, ``submitted_at`` when the loop handed it to the
+    ``asked_at`` is when its ask began, ``submitted_at`` when the loop handed it to the
     executor (later when it waited for a slot).
     """
 
     trial: Trial
     trial_id: str
-    started_at: float
+    asked_at: float
     ask_seconds: float
     adopt_after: float | None = None
     waited_for: list[int] = field(default_factory=list)
     ref: str | None = None
     submitted_at: float | None = None
-
-
-@dataclass
-class TrialOutcome:
-    """What a trial produced; ``error`` is set when it failed (costs: what it spent).
-
-    A failed trial says why in ``reason`` (one line: ``"ValueError: ..."``, ``"objective is
-    nan"``), where in ``stage`` (None: not a stage's doing, e.g. a lost worker) and how in
-    ``traceback`` (the stage function's, when it raised). ``cached`` lists the stages loaded
-    from the cache, failed trials included; ``metrics`` every scalar the sink returned.
-    ``facts`` are the executor's own record fields (the worker, the flow run id).
-    """
-
-    objective: float | None
-    costs: dict[str, float]
-    cached: list[str] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
-    keys: dict[str, str] = field(default_factory=dict)
-    error: str | None = None
-    facts: dict[str, Any] = field(default_factory=dict)
-    reason: str | None = None
-    stage: str | None = None
-    traceback: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, out: dict[str, Any], **facts: Any) -> TrialOutcome:
-        """From :func:`flows.trial.trial_flow`'s return value (or a published outcome)."""
-        error = out.get("error")
-        objective = None if error else out.get("objective")
-        reason, stage = out.get("reason") or error, out.get("stage")
-        if objective is not None and not math.isfinite(objective):
-            objective, error = None, f"objective is {objective!r}"
-            reason, stage = error, out.get("sink")
-        return cls(
-            objective=objective,
-            costs=dict(out.get("costs") or {}),
-            cached=list(out.get("cached") or []),
-            seconds=dict(out.get("seconds") or {}),
-            keys=dict(out.get("keys") or {}),
-            error=error,
-            facts=facts,
-            reason=reason,
-            stage=stage,
-            traceback=out.get("traceback"),
-            metrics=dict(out.get("metrics") or {}),
-        )
-
-    @classmethod
-    def failed(cls, exc: StageError, **facts: Any) -> TrialOutcome:
-        return cls.of(failure_of(exc), **facts)
-
-
-def failure_of(exc: StageError) -> dict[str, Any]:
-    """A stage failure as :meth:`TrialOutcome.of` reads it (and a worker publishes it)."""
-    return {
-        "error": str(exc),
-        "reason": exc.cause,
-        "stage": exc.stage,
-        "traceback": exc.traceback,
-        "costs": dict(exc.costs),
-        "seconds": dict(exc.seconds),
-        "cached": list(exc.cached),
-    }
 
 
 class TrialExecutor(Protocol):
@@ -198,12 +133,11 @@ def _run_here(cfg: StudyConfig, job: TrialJob) -> TrialOutcome:
     """One trial as a subflow of the current flow run (the controller)."""
     try:
         with tags(f"study:{cfg.study}"):
-            out = trial_flow.with_options(flow_run_name=f"trial-{job.trial.number}")(
+            return trial_flow.with_options(flow_run_name=f"trial-{job.trial.number}")(
                 cfg, job.trial.number, job.trial.params, job.adopt_after
             )
     except StageError as exc:
-        return TrialOutcome.failed(exc)
-    return TrialOutcome.of(out)
+        return TrialOutcome.failure(exc)
 
 
 class InlineExecutor:
@@ -293,38 +227,37 @@ def remote_trial_flow(
     number: int,
     params: dict[str, Any],
     adopt_after: float | None = None,
-) -> dict:
+) -> PublishedOutcome:
     """One trial on a worker: :func:`flows.trial.trial_flow`'s body, then its outcome
     written to the shared storage for the controller."""
     from prefect.runtime import flow_run
 
     run_id = str(flow_run.id)
-    outcome: dict[str, Any] = {
-        "number": number,
-        "flow_run_id": run_id,
+    outcome = PublishedOutcome(
+        number=number,
+        flow_run_id=run_id,
         # The worker process (a process worker starts each run as its child).
-        "worker": f"{socket.gethostname()}:{os.getppid()}",
-    }
+        worker=f"{socket.gethostname()}:{os.getppid()}",
+    )
     return _run_and_publish(
         config, run_id, outcome, lambda: trial_flow.fn(config, number, params, adopt_after)
     )
 
 
 def _run_and_publish(
-    config: StudyConfig, run_id: str, outcome: dict[str, Any], run: Any
-) -> dict[str, Any]:
-    """``run()`` the trial and publish ``outcome`` with what it returned (or its failure),
-    and when the worker began and ended it (``ran_from``, ``ran_to``: Unix seconds)."""
-    outcome["ran_from"] = time.time()
+    config: StudyConfig, run_id: str, facts: PublishedOutcome, run: Any
+) -> PublishedOutcome:
+    """``run()`` the trial and publish its outcome (or its failure) with the run's ``facts``
+    and when the worker began and ended it (``started_at``, ``finished_at``: Unix seconds)."""
+    started_at = time.time()
     try:
-        out = run()
+        out: TrialOutcome = run()
     except StageError as exc:
-        outcome.update(failure_of(exc), ran_to=time.time())
-        _publish(store_for(config), config.study, run_id, outcome)
+        _publish(
+            store_for(config), config.study, run_id, facts, TrialOutcome.failure(exc), started_at
+        )
         raise
-    outcome.update(out, error=None, ran_to=time.time())
-    _publish(store_for(config), config.study, run_id, outcome)
-    return outcome
+    return _publish(store_for(config), config.study, run_id, facts, out, started_at)
 
 
 def _outcome_folder(study: str) -> str:
@@ -335,9 +268,26 @@ def _outcome_path(study: str, run_id: str) -> str:
     return f"{_outcome_folder(study)}/{run_id}.json"
 
 
-def _publish(store: Store, study: str, run_id: str, outcome: dict[str, Any]) -> None:
-    data = json.dumps(outcome, sort_keys=True, default=float).encode("utf-8")
-    store.write_file(_outcome_path(study, run_id), data)
+def _publish(
+    store: Store,
+    study: str,
+    run_id: str,
+    facts: PublishedOutcome,
+    out: TrialOutcome,
+    started_at: float,
+) -> PublishedOutcome:
+    """Write the trial's outcome ``out`` with the run's ``facts`` where the controller
+    reads it (:func:`flows.records.read_published`)."""
+    published = PublishedOutcome.model_validate(
+        {
+            **facts.model_dump(by_alias=True, exclude_unset=True),
+            **out.model_dump(exclude_unset=True),
+            "started_at": started_at,
+            "finished_at": time.time(),
+        }
+    )
+    store.write_file(_outcome_path(study, run_id), published.to_json())
+    return published
 
 
 def register_trial_deployment(pool: str) -> str:
@@ -490,7 +440,7 @@ class _RemoteExecutor:
         self._since.pop(run_id, None)
         path = _outcome_path(self.cfg.study, run_id)
         try:
-            out = json.loads(self.store.read_file(path))
+            out = read_published(self.store.read_file(path))
         except FileNotFoundError:
             if state is None:  # listed but gone: wait for the run's final state instead
                 self._running[run_id] = (job, attempt)
@@ -506,17 +456,13 @@ class _RemoteExecutor:
                 )
                 self.submit(job, attempt + 1)
                 return
-            out = {
-                "error": f"{self.run_kind} {run_id} ended {state.name} without an outcome: "
+            out = PublishedOutcome(
+                error=f"{self.run_kind} {run_id} ended {state.name} without an outcome: "
                 f"{state.message}"
-            }
-        facts = {
-            "worker": out.get("worker"),
-            f"{self.run_kind.replace(' ', '_')}_id": run_id,
-            "ran_from": out.get("ran_from"),
-            "ran_to": out.get("ran_to"),
-        }
-        self._done.append((job, TrialOutcome.of(out, **facts)))
+            )
+        run = {f"{self.run_kind.replace(' ', '_')}_id": run_id}
+        told = out.model_dump(exclude={"schema_", "number"})
+        self._done.append((job, TrialOutcome.model_validate({**told, **run}).checked()))
 
     def close(self) -> None:
         # Runs in flight go on, after an interrupt too: their work is kept (a resumed
@@ -589,7 +535,7 @@ def warm_trial_task(
     number: int,
     params: dict[str, Any],
     adopt_after: float | None = None,
-) -> dict[str, Any]:
+) -> PublishedOutcome:
     """One trial in a warm task worker (``eeipu worker``): :func:`flows.trial.trial_flow`
     as a subflow, its outcome written to the study's storage for the controller.
 
@@ -601,15 +547,15 @@ def warm_trial_task(
 
     cfg = StudyConfig.from_mapping(config)
     run_id = str(task_run.id)
-    outcome: dict[str, Any] = {
-        "number": number,
-        "task_run_id": run_id,
+    outcome = PublishedOutcome(
+        number=number,
+        task_run_id=run_id,
         # The task worker runs every trial in its own long-lived process.
-        "worker": f"{socket.gethostname()}:{os.getpid()}",
-    }
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+    )
     trial = trial_flow.with_options(flow_run_name=f"trial-{number}")
 
-    def run() -> dict[str, Any]:
+    def run() -> TrialOutcome:
         # As for the controller's in-process trials (flows.tune.run): a flow run's heartbeat
         # thread holds it up to 1 s at exit, and the task run that carries this subflow is
         # what the controller watches.

@@ -42,9 +42,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import yaml
+from pydantic import ValidationError
 
 from flows._journal import StudyJournal
-from flows._outputs import record_cost, record_of, trial_rows, write_outputs
+from flows._outputs import best_record, record_of, trial_rows, write_outputs
+from flows.records import Recommended, TrialRecord, warmup_cost
 from stages import Store, StoreError
 
 if TYPE_CHECKING:
@@ -82,7 +84,7 @@ class _BadInput(Exception):
 class _Study:
     name: str
     header: dict[str, Any]
-    records: list[dict[str, Any]]
+    records: list[TrialRecord]
 
     @property
     def direction(self) -> str:
@@ -334,9 +336,9 @@ def _studies(args: argparse.Namespace) -> int:
     return 0
 
 
-def _last_update(records: Sequence[dict[str, Any]]) -> float | None:
-    """When the newest record was told (its ``finished_at``)."""
-    times = [r.get("finished_at") or r.get("started_at") for r in records]
+def _last_update(records: Sequence[TrialRecord]) -> float | None:
+    """When the newest record was told (its ``told_at``)."""
+    times = [r.told_at or r.asked_at for r in records]
     return max((t for t in times if t is not None), default=None)
 
 
@@ -345,7 +347,7 @@ def _summary(study: _Study) -> list[str]:
     rows = trial_rows(study.records, study.direction)
     spent = rows[-1]["cumulative_cost"] if rows else 0.0
     best = rows[-1]["best"] if rows else None
-    failed = sum(r["state"] != "complete" for r in study.records)
+    failed = sum(not r.complete for r in study.records)
     budget = study.header.get("budget")
     budget_text = "?" if budget is None else f"{budget:g}"
     return [
@@ -380,13 +382,12 @@ def _show(args: argparse.Namespace) -> int:
     if args.write:
         if recommended is None:
             print(f"note: {source}; best.yaml is written without it", file=sys.stderr)
-        n_init = int(study.header.get("n_init") or 0)
         paths = write_outputs(
             args.write,
             study.name,
             study.records,
             study.direction,
-            _warmup_cost(study.records, n_init),
+            warmup_cost(study.records),
             recommended,
         )
         print("\nwrote:")
@@ -414,7 +415,7 @@ def _best(args: argparse.Namespace) -> int:
     return 0
 
 
-def best_trial(storage: str, study: str) -> tuple[dict[str, Any], str]:
+def best_trial(storage: str, study: str) -> tuple[TrialRecord, str]:
     """A study's best complete trial, as ``eeipu best`` prints it: its journal record
     (``number``, ``params`` ``{stage: {param: value}}``, ``objective``, ...) and the
     study's direction.
@@ -432,9 +433,9 @@ def best_trial(storage: str, study: str) -> tuple[dict[str, Any], str]:
 
 def recommended_trial(
     storage: str, study: str, outputs: str | None = None
-) -> tuple[dict[str, Any], str]:
+) -> tuple[Recommended, str]:
     """A study's recommended configuration (best posterior mean), as ``eeipu best
-    --recommended`` prints it: the record its run wrote to ``best.yaml`` under ``outputs``
+    --recommended`` prints it: what its run wrote to ``best.yaml`` under ``outputs``
     (default ``outputs/STUDY``; ``number``, ``params``, ``objective``, ``posterior_mean``),
     kept only while the journal still holds that trial, and the file it came from.
 
@@ -457,15 +458,11 @@ def _found(storage: str, study: str) -> _Study:
         raise LookupError(str(exc)) from None
 
 
-def _best_record(study: _Study) -> dict[str, Any] | None:
-    """The complete record with the best objective (the first of a tie), as best.yaml's
-    ``best`` names it."""
-    complete = [r for r in study.records if r["state"] == "complete"]
-    sign = 1.0 if study.direction == "maximize" else -1.0
-    return max(complete, key=lambda r: sign * r["objective"]) if complete else None
+def _best_record(study: _Study) -> TrialRecord | None:
+    return best_record(study.records, study.direction)
 
 
-def _recommended(study: _Study, outputs: str | None) -> tuple[dict[str, Any] | None, str]:
+def _recommended(study: _Study, outputs: str | None) -> tuple[Recommended | None, str]:
     """The recommended configuration that the study's run wrote to ``best.yaml``, and where
     it came from (or, with None, why there is none).
 
@@ -481,30 +478,33 @@ def _recommended(study: _Study, outputs: str | None) -> tuple[dict[str, Any] | N
         return None, f"no recommended configuration: no {path} (the study's run writes it)"
     except (OSError, yaml.YAMLError) as exc:
         return None, f"no recommended configuration: cannot read {path} ({_one_line(exc)})"
-    rec = written.get("recommended") if isinstance(written, dict) else None
-    if not isinstance(rec, dict) or written.get("study") != study.name:
+    section = written.get("recommended") if isinstance(written, dict) else None
+    if not isinstance(section, dict) or written.get("study") != study.name:
         return None, f"no recommended configuration of study {study.name!r} in {path}"
-    match = record_of(study.records, rec.get("params") or {}, rec.get("objective"))
-    if match is None or match["number"] != rec.get("trial"):
+    try:
+        rec = Recommended.model_validate(section)
+    except ValidationError:
         return None, f"the recommended configuration in {path} is not a trial of this journal"
-    return {**rec, "number": rec["trial"]}, str(path)
+    match = record_of(study.records, rec.params, rec.objective)
+    if match is None or match.number != rec.trial:
+        return None, f"the recommended configuration in {path} is not a trial of this journal"
+    return rec, str(path)
 
 
-def _recommended_title(record: dict[str, Any], source: str) -> str:
+def _recommended_title(record: Recommended, source: str) -> str:
     return (
-        f"recommended configuration (posterior mean {_num(record['posterior_mean'])}, "
-        f"from {source})"
+        f"recommended configuration (posterior mean {_num(record.posterior_mean)}, from {source})"
     )
 
 
-def _feedback_yaml(study: _Study, record: dict[str, Any], title: str) -> str:
+def _feedback_yaml(study: _Study, record: TrialRecord | Recommended, title: str) -> str:
     """``record``'s parameters as a YAML ``{stage: {param: value}}`` document, with comments
     naming the trial and the two ways to pin them: ``pipeline.fixed`` in a config file,
     or a Hydra override."""
-    params = json.loads(json.dumps(record["params"]))  # plain types, as best.yaml has them
+    params = json.loads(json.dumps(record.params))  # plain types, as best.yaml has them
     return (
         f"# study {study.name} ({study.direction}): {title}\n"
-        f"# trial {record['number']}, objective {_num(record['objective'])}\n"
+        f"# trial {record.number}, objective {_num(record.objective)}\n"
         "# pin it under `pipeline: fixed:` in a config file, or with the override:\n"
         f"#   {shlex.quote('++pipeline.fixed=' + _hydra_value(params))}\n"
         + yaml.safe_dump(params, sort_keys=False)
@@ -543,16 +543,16 @@ def _trials_table(study: _Study) -> str:
     for record, row in zip(study.records, trial_rows(study.records, study.direction), strict=True):
         params = " ".join(
             f"{stage}.{name}={_num(v) if isinstance(v, float) else v}"
-            for stage, section in record["params"].items()
+            for stage, section in record.params.items()
             for name, v in section.items()
         )
-        metrics = " ".join(f"{k}={_num(v)}" for k, v in (record.get("metrics") or {}).items())
+        metrics = " ".join(f"{k}={_num(v)}" for k, v in record.metrics.items())
         rows.append(
             [
                 str(row["trial"]),
                 _num(row["objective"]),
                 f"{row['cost']:.4g}",
-                ",".join(record["cached"]) or "-",
+                ",".join(record.cached) or "-",
                 row["state"],
                 metrics or "-",
                 params,
@@ -565,18 +565,6 @@ def _trials_table(study: _Study) -> str:
     return _table(
         [header[i] for i in keep], [[r[i] for i in keep] for r in rows], right=frozenset({0, 1, 2})
     )
-
-
-def _warmup_cost(records: Sequence[dict[str, Any]], n_init: int) -> float | None:
-    """The spent budget when the warm-up ended, by ``eeipu.Optimizer.tell``'s rule: once
-    ``n_init`` of the trials asked first (ask numbers below ``n_init``) are told."""
-    spent, told = 0.0, 0
-    for r in records:
-        spent += record_cost(r)
-        told += r.get("asked_as", r["number"]) < n_init
-        if told >= n_init:
-            return spent
-    return None
 
 
 # ---------------------------------------------------------------------- eeipu cache
@@ -695,7 +683,9 @@ def _why(value: float | None, unknown: str) -> str:
 
 def _values(entries: dict[str, _Entry], studies: Sequence[_Study]) -> dict[str, float]:
     """``reuse_value`` of each study, as its eviction computes it; a key several studies
-    share keeps its highest value. A study whose pipeline cannot be rebuilt adds none."""
+    share keeps its highest value. Records name their stage keys and last stage; for
+    journals written before they did (schema 0), the pipeline is rebuilt: a study whose
+    pipeline cannot be rebuilt adds none."""
     versions: dict[str, set[str]] = {}
     for e in entries.values():
         if e.version is not None:
@@ -705,22 +695,37 @@ def _values(entries: dict[str, _Entry], studies: Sequence[_Study]) -> dict[str, 
 
     value: dict[str, float] = {}
     for study in studies:
-        try:
-            pipeline = _rebuild_pipeline(study, versions, committed)
-        except Exception as exc:  # a user's factory may raise anything; the listing goes on
-            print(
-                f"note: cannot rebuild the pipeline of study {study.name!r} "
-                f"({_one_line(exc)}); its entries rank as no study's",
-                file=sys.stderr,
-            )
-            continue
-        for key, v in reuse_value(pipeline, study.records, study.direction).items():
+        records = study.records
+        if any(r.sink is None for r in records):
+            try:
+                records = _keyed(study, _rebuild_pipeline(study, versions, committed))
+            except Exception as exc:  # a user's factory may raise anything; the listing goes on
+                print(
+                    f"note: cannot rebuild the pipeline of study {study.name!r} "
+                    f"({_one_line(exc)}); its entries rank as no study's",
+                    file=sys.stderr,
+                )
+                continue
+        for key, v in reuse_value(records, study.direction).items():
             value[key] = max(value.get(key, -math.inf), v)
     return value
 
 
+def _keyed(study: _Study, pipeline: Pipeline) -> list[TrialRecord]:
+    """``study``'s records, those that do not name their stage keys and last stage given
+    ``pipeline``'s."""
+    sink = pipeline.sink.name
+    return [
+        r
+        if r.sink is not None
+        else r.model_copy(update={"stage_keys": pipeline.keys(r.params), "sink": sink})
+        for r in study.records
+    ]
+
+
 def _rebuild_pipeline(study: _Study, versions: dict[str, set[str]], stored: set[str]) -> Pipeline:
-    """The study's pipeline, as far as its cache keys go.
+    """The pipeline of a study journaled before records named their stage keys (schema 0),
+    as far as its cache keys go.
 
     The journal names the factory (``pipeline.target``) and the search space, but not the
     factory's ``kwargs``: the factory is called with its defaults and the journaled space
@@ -748,11 +753,11 @@ def _rebuild_pipeline(study: _Study, versions: dict[str, set[str]], stored: set[
 
 
 def _stage_key(
-    stage: Stage, version: str, upstream: list[str], record: dict[str, Any], known: dict[str, str]
+    stage: Stage, version: str, upstream: list[str], record: TrialRecord, known: dict[str, str]
 ) -> str:
     from stages import merkle_key
 
-    own = stage.normalize(record["params"].get(stage.name))
+    own = stage.normalize(record.params.get(stage.name))
     return merkle_key(stage.name, version, own, [known[u] for u in upstream])
 
 
@@ -760,7 +765,7 @@ def _fit_version(
     stage: Stage,
     upstream: list[str],
     candidates: list[str],
-    records: Sequence[dict[str, Any]],
+    records: Sequence[TrialRecord],
     keys: Sequence[dict[str, str]],
     stored: set[str],
 ) -> str:

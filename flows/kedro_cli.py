@@ -131,24 +131,24 @@ def best(
         which = "best"
         if recommended:
             record, source = recommended_trial(url, study, str(root / "outputs" / study))
-            which = f"recommended (posterior mean {record['posterior_mean']:.6g}, from {source})"
+            which = f"recommended (posterior mean {record.posterior_mean:.6g}, from {source})"
         header = (
-            f"# study {study} ({direction}): {which} trial {record['number']}, "
-            f"objective {record['objective']:.6g}\n"
+            f"# study {study} ({direction}): {which} trial {record.number}, "
+            f"objective {record.objective:.6g}\n"
         )
         if not write:
-            values = {k: v for section in record["params"].values() for k, v in section.items()}
+            values = {k: v for section in record.params.values() for k, v in section.items()}
             click.echo(
                 header
                 + yaml.safe_dump({f"params:{k}": v for k, v in values.items()}, sort_keys=False),
                 nl=False,
             )
             return
-        path = write_parameters(KedroProject(root, env), record["params"], write_env, header)
+        path = write_parameters(KedroProject(root, env), record.params, write_env, header)
     except (LookupError, PipelineError, StoreError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     click.echo(
         f"wrote {path.relative_to(root)}; `kedro run --env {write_env}` "
-        f"reproduces trial {record['number']} (objective {record['objective']:.6g})"
+        f"reproduces trial {record.number} (objective {record.objective:.6g})"
     )

@@ -44,7 +44,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from eeipu import Optimizer, SearchSpace, TrialState
+from eeipu import Optimizer, SearchSpace, Trial
 from flows._config import StudyConfig
 from flows._eviction import reuse_value
 from flows._finished import StudyResult, done_line, nothing_left_line
@@ -62,7 +62,8 @@ from flows._outputs import (
 )
 from flows._progress import FILE_ONLY, ProgressBar
 from flows._warm import open_study, resolve_budget
-from flows.executors import TrialExecutor, TrialJob, TrialOutcome, executor_for
+from flows.executors import TrialExecutor, TrialJob, executor_for
+from flows.records import AskedTrial, Recommended, RunningTrial, TrialOutcome, TrialRecord
 from flows.runtime import pipeline_for, run_logger, say, store_for
 from stages import Pipeline, Store, StoreCacheView, StoreUnavailable
 
@@ -118,7 +119,7 @@ def more_to_run(cfg: StudyConfig, opt: Optimizer, n_trials: int) -> bool:
 
 
 def report_finished(
-    cfg: StudyConfig, opt: Optimizer, records: list[dict[str, Any]], journal: StudyJournal
+    cfg: StudyConfig, opt: Optimizer, records: list[TrialRecord], journal: StudyJournal
 ) -> StudyResult:
     """Answer for a study with nothing left to run, from its replayed journal.
 
@@ -212,7 +213,7 @@ class StudyLoop:
         store: Store,
         opt: Optimizer,
         journal: StudyJournal,
-        records: list[dict[str, Any]],
+        records: list[TrialRecord],
         executor: TrialExecutor,
     ) -> None:
         self.cfg, self.pipeline, self.store, self.opt = cfg, pipeline, store, opt
@@ -230,6 +231,7 @@ class StudyLoop:
         self.progress_id: Any = None
         self.stop_reason: str | None = None
         self.bar: ProgressBar | None = None  # on a terminal, with `progress`
+        self.versions = {s.name: s.identity for s in pipeline.stages}  # journaled per trial
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -359,37 +361,37 @@ class StudyLoop:
     def _resume_interrupted(self) -> None:
         """Re-ask and re-run the trials a crash left in flight (see the crash marker)."""
         marker = self.journal.running(self.records)
-        for entry in marker["trials"]:
-            asked = entry["trial"]
+        for entry in marker.trials:
+            asked = entry.trial
             trial = self.opt.enqueue(
-                asked["params"],
-                origin=asked.get("origin", "resumed"),
-                acq_value=asked.get("acq_value"),
-                acq_terms=asked.get("acq_terms"),
-                memoized=asked.get("memoized"),
+                asked.params,
+                origin=asked.origin,
+                acq_value=asked.acq_value,
+                acq_terms=asked.acq_terms,
+                memoized=asked.memoized,
                 cache=StoreCacheView(self.pipeline, self.store),
             )
             announce(self.cfg, f"trial {trial.number} was interrupted; re-running it", self.log)
             job = TrialJob(
                 trial,
-                entry["trial_id"] or uuid.uuid4().hex,
-                started_at=time.time(),
-                ask_seconds=float(entry.get("ask_seconds", 0.0)),
-                adopt_after=float(entry["started_at"]),
-                ref=entry.get("ref"),
+                entry.trial_id or uuid.uuid4().hex,
+                asked_at=time.time(),
+                ask_seconds=entry.ask_seconds,
+                adopt_after=entry.asked_at,
+                ref=entry.ref,
             )
-            self.state[job.trial_id] = marker["optimizer_state"]
+            self.state[job.trial_id] = marker.optimizer_state
             self._submit(job)
-        if marker["trials"] and marker["optimizer_state"]:
+        if marker.trials and marker.optimizer_state:
             # The method's state after the last ask before the crash: the next proposal is
             # the one an uninterrupted run would have made.
-            self.opt.load_state_dict(marker["optimizer_state"])
+            self.opt.load_state_dict(marker.optimizer_state)
 
     def _ask_and_submit(self) -> None:
         t0 = time.time()
         # A fresh view per ask: it lists the store once, when it is made.
         trial = self.opt.ask(cache=StoreCacheView(self.pipeline, self.store))
-        job = TrialJob(trial, uuid.uuid4().hex, started_at=t0, ask_seconds=time.time() - t0)
+        job = TrialJob(trial, uuid.uuid4().hex, asked_at=t0, ask_seconds=time.time() - t0)
         self.state[job.trial_id] = self.opt.state_dict()
         self._submit(job)
 
@@ -444,13 +446,13 @@ class StudyLoop:
         self.executor.submit(job)
         self.journal.mark_running(
             [
-                {
-                    "trial_id": j.trial_id,
-                    "trial": j.trial.to_dict(),
-                    "started_at": j.adopt_after or j.started_at,
-                    "ask_seconds": j.ask_seconds,
-                    "ref": j.ref,
-                }
+                RunningTrial(
+                    trial_id=j.trial_id,
+                    trial=AskedTrial.model_validate(j.trial.to_dict()),
+                    asked_at=j.adopt_after or j.asked_at,
+                    ask_seconds=j.ask_seconds,
+                    ref=j.ref,
+                )
                 for j in self.in_flight.values()
             ],
             self.opt.state_dict(),
@@ -458,55 +460,76 @@ class StudyLoop:
 
     # ------------------------------------------------------------------ telling
     def _tell(self, job: TrialJob, outcome: TrialOutcome) -> None:
-        cfg, opt = self.cfg, self.opt
+        """Tell the optimizer a finished trial, journal its record and report it."""
         del self.in_flight[job.trial_id]
         self.uncached.pop(job.trial_id, None)
-        expected = self.expected.pop(job.trial_id, None)
+        told_at = time.time()
+        told = self._told(job, outcome, told_at)
+        record = self._record(job, outcome, told, told_at)
+        self.records.append(record)
+        if self.cfg.storage.max_bytes is not None:
+            self._evict(record)
+        self.journal.append(record)
+        self.journaled = len(self.records)
+        self._report(record, outcome)
+        self._count_failure(record, outcome)
+
+    def _told(self, job: TrialJob, outcome: TrialOutcome, told_at: float) -> Trial:
+        """Tell the optimizer ``job``'s outcome; returns the told trial."""
+        opt = self.opt
         costs, cached = outcome.costs, outcome.cached
         if outcome.objective is None:
             costs = {s: c for s, c in costs.items() if s in opt.space.stages}
             cached = [s for s in cached if s in opt.space.stages]
-        finished = time.time()
         overhead = 0.0
-        if cfg.charge_overhead:
+        if self.cfg.charge_overhead:
             # The ask plus what the trial's wall time spent outside its stages (Prefect,
             # submission, loading the pipeline): wall time a user pays for too. Time spent
             # waiting for a slot after the ask is not the trial's.
-            wall = finished - (job.submitted_at or job.started_at)
+            wall = told_at - (job.submitted_at or job.asked_at)
             overhead = job.ask_seconds + max(0.0, wall - sum(outcome.costs.values()))
-        told = opt.tell(
+        return opt.tell(
             job.trial,
             objective=outcome.objective,
             costs=costs,
             cached=cached,
             overhead=round(overhead, 6),
         )
-        record = {
-            **told.to_dict(),
-            "number": len(self.records),
-            "asked_as": told.number,
-            "trial_id": job.trial_id,
-            "error": outcome.error,
-            "reason": outcome.reason,
-            "failed_stage": outcome.stage,
-            "traceback": outcome.traceback,
-            "metrics": outcome.metrics,
-            "seconds": outcome.seconds,
-            "keys": outcome.keys,
-            **outcome.facts,
-            "waited_for": job.waited_for,
-            "expected_cost": expected,
-            "started_at": job.started_at,
-            "ask_seconds": round(job.ask_seconds, 6),
-            "submitted_at": job.submitted_at,
-            "finished_at": finished,
-            "optimizer_state": self.state.pop(job.trial_id),
-        }
-        self.records.append(record)
-        if cfg.storage.max_bytes is not None:
-            self._evict(record)
-        self.journal.append(record)
-        self.journaled = len(self.records)
+
+    def _record(
+        self, job: TrialJob, outcome: TrialOutcome, told: Trial, told_at: float
+    ) -> TrialRecord:
+        """The journal record of the trial ``told`` (see :mod:`flows.records`)."""
+        run = outcome.model_dump(
+            include={"error", "reason", "traceback", "metrics", "seconds", "worker"}
+            | {"flow_run_id", "task_run_id", "started_at", "finished_at"}
+        )
+        return TrialRecord.model_validate(
+            {
+                **told.to_dict(),
+                **run,
+                "number": len(self.records),
+                "asked_as": told.number,
+                "trial_id": job.trial_id,
+                "failed_stage": outcome.stage,
+                "keys": {**self.pipeline.keys(job.trial.params), **outcome.stage_keys},
+                "versions": self.versions,
+                "sink": self.pipeline.sink.name,
+                "warmup": told.number < self.opt.n_init,
+                "warmup_spent": self.opt.warmup_spent,
+                "waited_for": job.waited_for,
+                "expected_cost": self.expected.pop(job.trial_id, None),
+                "asked_at": job.asked_at,
+                "ask_seconds": round(job.ask_seconds, 6),
+                "submitted_at": job.submitted_at,
+                "told_at": told_at,
+                "optimizer_state": self.state.pop(job.trial_id),
+            }
+        )
+
+    def _report(self, record: TrialRecord, outcome: TrialOutcome) -> None:
+        """The trial's progress line (its traceback to the log file), bar and artifact."""
+        cfg, opt = self.cfg, self.opt
         best = best_so_far(self.records, cfg.pipeline.direction)[-1]
         announce(
             cfg,
@@ -518,19 +541,23 @@ class StudyLoop:
         if self.bar is not None:
             self.bar.update(len(self.records), opt.spent, best)
         update_progress_artifact(self.progress_id, progress=self._progress())
-        if told.state is TrialState.FAILED:
-            self.failed_in_a_row += 1
-            if not cfg.continue_on_failure:
-                self.failure = self.failure or f"trial {told.number} failed: {outcome.error}"
-            elif self.failed_in_a_row >= cfg.max_failures_in_a_row:
-                self.failure = self.failure or (
-                    f"{self.failed_in_a_row} trials failed in a row (max_failures_in_a_row), "
-                    f"the last one {told.number}: {outcome.error}"
-                )
-        else:
-            self.failed_in_a_row = 0
 
-    def _evict(self, record: dict[str, Any]) -> None:
+    def _count_failure(self, record: TrialRecord, outcome: TrialOutcome) -> None:
+        """Stop the study on a failed trial (``continue_on_failure`` false), or after
+        ``max_failures_in_a_row`` of them."""
+        if record.complete:
+            self.failed_in_a_row = 0
+            return
+        self.failed_in_a_row += 1
+        if not self.cfg.continue_on_failure:
+            self.failure = self.failure or f"trial {record.number} failed: {outcome.error}"
+        elif self.failed_in_a_row >= self.cfg.max_failures_in_a_row:
+            self.failure = self.failure or (
+                f"{self.failed_in_a_row} trials failed in a row (max_failures_in_a_row), "
+                f"the last one {record.number}: {outcome.error}"
+            )
+
+    def _evict(self, record: TrialRecord) -> None:
         # Entries of trials in flight or held back stay: they are about to be loaded.
         protect = {
             key
@@ -539,10 +566,10 @@ class StudyLoop:
         }
         evicted = self.store.evict(
             self.cfg.storage.max_bytes,
-            reuse_value(self.pipeline, self.records, self.cfg.pipeline.direction),
+            reuse_value(self.records, self.cfg.pipeline.direction),
             protect,
         )
-        record["evicted"] = len(evicted)
+        record.evicted = len(evicted)
         if evicted:
             self.log.info(
                 "evicted %d cache entries to stay under storage.max_bytes=%d",
@@ -554,12 +581,12 @@ class StudyLoop:
 def finish_study(
     cfg: StudyConfig,
     opt: Optimizer,
-    records: list[dict[str, Any]],
+    records: list[TrialRecord],
     journal: StudyJournal,
     failure: str | None,
     *,
     journaled: int | None = None,
-    hint: str = "fix the stage and re-run the same command to resume",
+    hint: str = _HINT,
     workers: int | None = None,
     artifacts: bool = True,
     stopped: str | None = None,
@@ -567,34 +594,13 @@ def finish_study(
     """Write outputs and (with ``artifacts``) the Prefect artifacts, then raise
     :class:`StudyFailed` or return the result; the summary says why the study ``stopped``
     (``StudyLoop.stop_reason``)."""
-    best = opt.best_trial
-    # The best trial's journal number (telling order), as results.csv and best.yaml show it:
-    # the optimizer numbers trials in ask order, which parallel trials finish out of.
-    best_number = None
-    if best is not None:
-        rec = record_of(records, best.params, best.objective)
-        best_number = best.number if rec is None else rec["number"]
+    best = _best_told(opt, records)
     recommended = recommended_record(records, opt.recommend())
     paths = write_outputs(
         cfg.output_dir, cfg.study, records, cfg.pipeline.direction, opt.warmup_spent, recommended
     )
     if artifacts:
-        create_table_artifact(
-            key=artifact_key(cfg.study, "trials"),
-            table=trial_rows(records, cfg.pipeline.direction),
-            description=f"Trials of study {cfg.study}",
-        )
-        create_markdown_artifact(
-            key=artifact_key(cfg.study, "best"),
-            markdown=best_markdown(
-                cfg.study,
-                None if best is None else {**best.to_dict(), "number": best_number},
-                opt.spent,
-                len(records),
-                recommended,
-            ),
-            description=f"Best configuration of study {cfg.study}",
-        )
+        _publish_artifacts(cfg, records, best, opt.spent, recommended)
     if failure is not None:
         raise StudyFailed(
             f"study {cfg.study!r} stopped: {failure} "
@@ -603,7 +609,7 @@ def finish_study(
             + ("" if cfg.continue_on_failure else ", or set continue_on_failure=true")
             + ")"
         )
-    scored = None if best is None else (best.objective, best_number)
+    scored = None if best is None else (best.objective, best.number)
     announce(cfg, done_line(cfg, len(records), opt.spent, scored, workers=workers, stopped=stopped))
     return StudyResult(
         study=cfg.study,
@@ -613,5 +619,37 @@ def finish_study(
         best_params=None if best is None else best.params,
         outputs={k: str(v) for k, v in paths.items()},
         journal_url=journal.url,
-        best_trial=best_number,
+        best_trial=None if best is None else best.number,
+    )
+
+
+def _best_told(opt: Optimizer, records: list[TrialRecord]) -> TrialRecord | None:
+    """The record of the optimizer's best trial (matched by configuration and objective:
+    the optimizer numbers trials in ask order, which parallel trials finish out of)."""
+    best = opt.best_trial
+    if best is None:
+        return None
+    record = record_of(records, best.params, best.objective)
+    if record is None:  # not journaled (cannot happen in a study): the trial as told
+        record = TrialRecord.model_validate(best.to_dict())
+    return record
+
+
+def _publish_artifacts(
+    cfg: StudyConfig,
+    records: list[TrialRecord],
+    best: TrialRecord | None,
+    spent: float,
+    recommended: Recommended | None,
+) -> None:
+    """The study's Prefect artifacts: its trials table and best configuration."""
+    create_table_artifact(
+        key=artifact_key(cfg.study, "trials"),
+        table=trial_rows(records, cfg.pipeline.direction),
+        description=f"Trials of study {cfg.study}",
+    )
+    create_markdown_artifact(
+        key=artifact_key(cfg.study, "best"),
+        markdown=best_markdown(cfg.study, best, spent, len(records), recommended),
+        description=f"Best configuration of study {cfg.study}",
     )

@@ -12,6 +12,7 @@ from typing import Any
 from prefect import flow
 
 from flows._config import StudyConfig
+from flows.records import TrialOutcome
 from flows.runtime import pipeline_for, store_for
 from stages import run_pipeline
 
@@ -24,9 +25,9 @@ def trial_flow(
     number: int,
     params: dict[str, Any],
     adopt_after: float | None = None,
-) -> dict[str, Any]:
+) -> TrialOutcome:
     """Run one configuration; returns its outcome (objective, costs, cached stages, every
-    metric the sink returned, ...).
+    metric the sink returned, ...; a non-finite objective is a failure of the sink).
 
     ``adopt_after`` is set when this trial re-runs after a crash interrupted it: what its
     first attempt stored is loaded and charged as computed (see ``run_pipeline``).
@@ -41,13 +42,13 @@ def trial_flow(
         retry_delay_seconds=config.retry_delay_seconds,
         adopt_after=adopt_after,
     )
-    return {
-        "objective": result.objective,
-        "costs": result.costs,
-        "cached": sorted(result.cached_stages),
-        "adopted": sorted(result.adopted),
-        "seconds": result.seconds,
-        "keys": result.keys,
-        "metrics": result.metrics,
-        "sink": pipeline.sink.name,
-    }
+    return TrialOutcome(
+        objective=result.objective,
+        costs=result.costs,
+        cached=sorted(result.cached_stages),
+        adopted=sorted(result.adopted),
+        seconds=result.seconds,
+        stage_keys=result.keys,
+        metrics=result.metrics,
+        sink=pipeline.sink.name,
+    ).checked()

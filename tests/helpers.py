@@ -88,17 +88,18 @@ def journal(tmp_path: Path, study: str) -> list[dict]:
 def check_prefix_reuse(config: dict, runs: list[tuple[dict, list[str]]]) -> list[dict]:
     """Run each ``(params, cached)`` of ``runs`` through the trial subflow, in order and on one
     cache, and check that the trial loads exactly the stages ``cached`` (any order), scores in
-    [0, 1] and costs a finite, non-negative time per stage. Returns the trials' results."""
+    [0, 1] and costs a finite, non-negative time per stage. Returns the trials' outcomes as
+    JSON (``flows.records.TrialOutcome``: ``objective``, ``keys``, ...)."""
     from flows.trial import trial_flow
 
     results = []
     for number, (params, cached) in enumerate(runs):
         r = trial_flow(config, number, params)
-        assert r["cached"] == sorted(cached), (number, r["cached"])
-        assert math.isfinite(r["objective"]) and 0.0 <= r["objective"] <= 1.0
+        assert r.cached == sorted(cached), (number, r.cached)
+        assert math.isfinite(r.objective) and 0.0 <= r.objective <= 1.0
         # A load costs its (small) measured time, not the stage's.
-        assert all(math.isfinite(v) and v >= 0 for v in r["costs"].values())
-        results.append(r)
+        assert all(math.isfinite(v) and v >= 0 for v in r.costs.values())
+        results.append(r.model_dump(mode="json", by_alias=True))
     return results
 
 

@@ -157,18 +157,18 @@ def test_trial_subflow_caches_the_shared_prefix(prefect_harness, tmp_path):
         example_composed("t5_distill", "size=smoke", f"storage.url={tmp_path / 'cache'}")
     ).model_dump(mode="json")
     a = trial_flow(config, 0, PARAMS_A)
-    assert a["cached"] == []
-    assert 0.0 <= a["objective"] <= 1.0
-    assert set(a["costs"]) == set(STAGES)
+    assert a.cached == []
+    assert 0.0 <= a.objective <= 1.0
+    assert set(a.costs) == set(STAGES)
 
     b = trial_flow(config, 1, PARAMS_B)
-    assert b["cached"] == ["data", "teacher"]
-    assert math.isfinite(b["objective"]) and 0.0 <= b["objective"] <= 1.0
-    assert [b["keys"][s] == a["keys"][s] for s in STAGES] == [True, True, False, False, False]
+    assert b.cached == ["data", "teacher"]
+    assert math.isfinite(b.objective) and 0.0 <= b.objective <= 1.0
+    assert [b.stage_keys[s] == a.stage_keys[s] for s in STAGES] == [True, True, False, False, False]
 
     again = trial_flow(config, 2, PARAMS_A)
-    assert again["cached"] == sorted(STAGES)
-    assert again["objective"] == a["objective"]
+    assert again.cached == sorted(STAGES)
+    assert again.objective == a.objective
 
 
 # ---------------------------------------------------------------------- a tiny study

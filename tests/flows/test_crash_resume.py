@@ -165,5 +165,5 @@ def test_sigkill_of_a_parallel_study_loses_nothing_and_recomputes_nothing(tmp_pa
     logs = [p.read_text() for p in (tmp_path / name).glob("attempt-*.log")]
     assert any("was interrupted; re-running it" in text for text in logs)
     # Two trials really ran at once.
-    spans = sorted((r["started_at"], r["finished_at"]) for r in records)
+    spans = sorted((r["asked_at"], r["told_at"]) for r in records)
     assert any(b[0] < a[1] for a, b in itertools.pairwise(spans))

@@ -31,7 +31,7 @@ def test_local_executor_runs_trials_at_once_and_stops_within_one_trial_of_the_bu
     assert sorted(r["asked_as"] for r in records) == list(range(len(records)))
     assert all(r["state"] == "complete" for r in records)
     # Trials overlapped in time: three threads of the controller ran them.
-    spans = sorted((r["started_at"], r["finished_at"]) for r in records)
+    spans = sorted((r["asked_at"], r["told_at"]) for r in records)
     assert any(b[0] < a[1] for a, b in itertools.pairwise(spans))
     # Budget: a trial starts while others run only if what was spent plus what the trials
     # in flight were expected to cost left budget, so only the last one started overshoots.
@@ -40,9 +40,9 @@ def test_local_executor_runs_trials_at_once_and_stops_within_one_trial_of_the_bu
     assert result.spent >= 60.0
     checked = 0
     for r in records:
-        t0 = r["started_at"]
-        spent = sum(c for c, o in zip(costs, records, strict=True) if o["finished_at"] <= t0)
-        running = [o for o in records if o["started_at"] < t0 < o["finished_at"]]
+        t0 = r["asked_at"]
+        spent = sum(c for c, o in zip(costs, records, strict=True) if o["told_at"] <= t0)
+        running = [o for o in records if o["asked_at"] < t0 < o["told_at"]]
         if running:
             checked += 1
             assert spent + sum(o["expected_cost"] or 0.0 for o in running) < 60.0, r["number"]
@@ -53,22 +53,22 @@ def test_local_executor_runs_trials_at_once_and_stops_within_one_trial_of_the_bu
     n_init = 3  # tests.helpers' default
     warmup = [r for r in records if r["asked_as"] < n_init]
     assert len(warmup) == n_init
-    second_told = sorted(w["finished_at"] for w in warmup)[1]
+    second_told = sorted(w["told_at"] for w in warmup)[1]
     later = [r for r in records if r["asked_as"] >= n_init]
-    assert later and all(r["started_at"] >= second_told for r in later)
+    assert later and all(r["asked_at"] >= second_told for r in later)
     assert all(r["origin"] != "random" for r in later)
     # One trial is asked ahead while every slot is busy, and waits for the first that frees:
     # its ask overlaps the trials in flight, and no slot idles while it runs.
     ahead = [
         r
         for r in records
-        if sum(o["submitted_at"] <= r["started_at"] < o["finished_at"] for o in records) == 3
+        if sum(o["submitted_at"] <= r["asked_at"] < o["told_at"] for o in records) == 3
     ]
     assert ahead
-    assert all(r["submitted_at"] >= r["started_at"] + r["ask_seconds"] for r in records)
+    assert all(r["submitted_at"] >= r["asked_at"] + r["ask_seconds"] for r in records)
     assert (
         max(
-            sum(o["submitted_at"] <= r["submitted_at"] < o["finished_at"] for o in records)
+            sum(o["submitted_at"] <= r["submitted_at"] < o["told_at"] for o in records)
             for r in records
         )
         <= 3
@@ -132,7 +132,7 @@ def test_trials_that_finished_together_are_all_told_before_the_next_ask(prefect_
     batches = [b[:2] for b in executor.batches if b[2] >= 2]  # trials that finished together
     assert len(batches) >= 2
     for complete, last in batches:
-        asked = [r["asked_as"] for r in records if complete < r["started_at"] < last]
+        asked = [r["asked_as"] for r in records if complete < r["asked_at"] < last]
         assert asked == [], (complete, last, asked)
     assert sorted(r["asked_as"] for r in records) == list(range(len(records)))
 
@@ -232,14 +232,12 @@ def test_parallel_study_asks_past_the_warm_up_without_waiting_for_its_dearest_tr
     )
     assert _FINISHED.passed is True  # False: the dearest trial waited 60 s for company
     records = journal(tmp_path, "early")
-    warmup = sorted((r for r in records if r["origin"] == "warmup"), key=lambda r: r["finished_at"])
+    warmup = sorted((r for r in records if r["origin"] == "warmup"), key=lambda r: r["told_at"])
     assert len(warmup) == 3 and warmup[2]["costs"]["prep"] > 6.0
-    beside = [r for r in records if r["submitted_at"] < warmup[2]["finished_at"]]
+    beside = [r for r in records if r["submitted_at"] < warmup[2]["told_at"]]
     assert {r["origin"] for r in beside} == {"warmup", "eeipu"}
     later = [r for r in records if r["origin"] != "warmup"]
-    assert all(
-        r["origin"] == "eeipu" and r["started_at"] >= warmup[1]["finished_at"] for r in later
-    )
+    assert all(r["origin"] == "eeipu" and r["asked_at"] >= warmup[1]["told_at"] for r in later)
 
 
 # A pipeline whose first stage has two values only, so warm-up trials share its keys: with
@@ -293,4 +291,4 @@ def test_trials_held_back_for_a_trial_in_flight_leave_its_slot_free(prefect_harn
     assert records[3]["cached"] == records[4]["cached"] == ["shared"]
     # Trial 5 ran while trial 0 was in flight (it is the third trial the gate counted). Not
     # finished_at: trial 5's bookkeeping after its score races trial 0's last stage.
-    assert records[5]["waited_for"] == [] and records[5]["submitted_at"] < first["finished_at"]
+    assert records[5]["waited_for"] == [] and records[5]["submitted_at"] < first["told_at"]

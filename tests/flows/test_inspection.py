@@ -23,6 +23,7 @@ from flows.inspection import (
     show_main,
     studies_main,
 )
+from flows.records import TrialRecord
 from stages import Store
 from stages.testing import synthetic_pipeline
 from tests.helpers import OPTIMIZER_FAST, composed
@@ -57,7 +58,7 @@ def storage(prefect_harness, tmp_path_factory) -> Path:
     return url
 
 
-def _records(url, study: str) -> list[dict]:
+def _records(url, study: str) -> list[TrialRecord]:
     return StudyJournal(Store(url), study).records()
 
 
@@ -81,15 +82,15 @@ def test_studies_lists_each_study_with_counts_spent_and_best(storage, capsys):
     assert set(rows) == {"alpha", "beta"}
     for name, method in (("alpha", "eeipu"), ("beta", "ei")):
         records = _records(storage, name)
-        best = max(r["objective"] for r in records if r["state"] == "complete")
-        spent = sum(sum(r["costs"].values()) for r in records)
-        last = max(r["finished_at"] for r in records)
+        best = max(r.objective for r in records if r.complete)
+        spent = sum(sum(r.costs.values()) for r in records)
+        last = max(r.told_at for r in records)
         assert rows[name] == [
             name,
             method,
             "synthetic",
             str(len(records)),
-            str(sum(r["state"] != "complete" for r in records)),
+            str(sum(not r.complete for r in records)),
             f"{spent:.4g}/30",
             f"{best:.6g}",
             datetime.fromtimestamp(last, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -144,18 +145,18 @@ def test_show_prints_trials_and_best_and_writes_nothing(storage, capsys, monkeyp
     assert "wrote:" not in out
 
     records = _records(storage, "alpha")
-    best = max(records, key=lambda r: r["objective"])
+    best = max(records, key=lambda r: r.objective)
     document = "\n".join(_documents(out, "best configuration (eeipu best alpha):"))
-    assert yaml.safe_load(document) == best["params"]
-    assert f"# trial {best['number']}, objective {best['objective']:.6g}" in document
+    assert yaml.safe_load(document) == best.params
+    assert f"# trial {best.number}, objective {best.objective:.6g}" in document
     # No best.yaml under ./outputs/alpha: the recommended configuration is unknown here.
     assert "recommended configuration" not in out
     rows = _rows(out, "TRIAL")
-    assert [int(row[0]) for row in rows] == [r["number"] for r in records]
+    assert [int(row[0]) for row in rows] == [r.number for r in records]
     for row, record in zip(rows, records, strict=True):
-        assert row[1] == f"{record['objective']:.6g}"
-        assert row[3] == (",".join(record["cached"]) or "-") and row[4] == record["state"]
-        assert f"prep.x0={record['params']['prep']['x0']:.6g}" in row
+        assert row[1] == f"{record.objective:.6g}"
+        assert row[3] == (",".join(record.cached) or "-") and row[4] == record.state
+        assert f"prep.x0={record.params['prep']['x0']:.6g}" in row
 
 
 def test_show_leaves_the_studys_best_yaml_byte_identical(storage, capsys, monkeypatch):
@@ -205,11 +206,11 @@ def _override_value(text: str) -> dict:
 def test_best_prints_the_best_configuration_as_yaml_and_override(storage, capsys, study):
     assert best_main([study, "--storage", str(storage)]) == 0
     out = capsys.readouterr().out
-    complete = [r for r in _records(storage, study) if r["state"] == "complete"]
-    best = max(complete, key=lambda r: r["objective"])
-    assert yaml.safe_load(out) == best["params"] == _override_value(out)
+    complete = [r for r in _records(storage, study) if r.complete]
+    best = max(complete, key=lambda r: r.objective)
+    assert yaml.safe_load(out) == best.params == _override_value(out)
     assert out.startswith(f"# study {study} (maximize): best observed configuration\n")
-    assert f"# trial {best['number']}, objective {best['objective']:.6g}\n" in out
+    assert f"# trial {best.number}, objective {best.objective:.6g}\n" in out
 
 
 def test_best_recommended_is_what_the_study_wrote(storage, capsys):
@@ -342,7 +343,7 @@ def test_cache_with_study_uses_that_studys_eviction_order(storage, capsys):
     store = Store(storage)
     cap = sum(size for size, _ in store.usage().values()) // 3
     records = _records(storage, "alpha")
-    value = reuse_value(synthetic_pipeline(), records, "maximize")
+    value = reuse_value(records, "maximize")
     expected = store.evict(cap, value, dry_run=True)
     assert cache_main(["--storage", str(storage), "--max-bytes", str(cap), "--study", "alpha"]) == 0
     planned = _planned(capsys.readouterr().out)
@@ -367,7 +368,8 @@ def test_bad_max_bytes_is_one_line_and_exit_2(storage, capsys, bad):
 
 def test_cache_finds_the_versions_that_kwargs_set(tmp_path, capsys):
     # A pipeline built with kwargs (here version="2"; real ones: size, seed) has other stage
-    # versions than its factory's defaults, and the journal does not record kwargs.
+    # versions than its factory's defaults; journals written before records named their
+    # stage keys (schema 0, as here) record neither the kwargs nor the keys.
     pipe = synthetic_pipeline(version="2")
     store = Store(tmp_path)
     header = {
@@ -387,13 +389,14 @@ def test_cache_finds_the_versions_that_kwargs_set(tmp_path, capsys):
             for s, sec in pipe.space_dict().items()
         }
         costs = dict.fromkeys(pipe.stage_names, 1.0)
+        raw = {"number": i, "state": "complete", "params": params, "objective": x, "costs": costs}
+        store.write_file(f"studies/v2/trials/{i:06d}.json", json.dumps(raw).encode())
         records.append(
-            {"number": i, "state": "complete", "params": params, "objective": x, "costs": costs}
+            TrialRecord.model_validate({**raw, "keys": pipe.keys(params), "sink": pipe.sink.name})
         )
-        StudyJournal(store, "v2").append(records[-1])
         for stage, key in pipe.keys(params).items():
             store.write(key, bytes(100), {"stage": stage, "version": "2"})
-    expected = store.evict(500, reuse_value(pipe, records, "maximize"), dry_run=True)
+    expected = store.evict(500, reuse_value(records, "maximize"), dry_run=True)
     assert cache_main(["--storage", str(tmp_path), "--max-bytes", "500"]) == 0
     planned = _planned(capsys.readouterr().out)
     assert [row[1] for row in planned] == [k[:12] for k in expected]

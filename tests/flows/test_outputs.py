@@ -13,6 +13,7 @@ import pytest
 from flows import write_outputs
 from flows._outputs import progress_line, trial_rows
 from flows._progress import FILE_ONLY, ConsoleFilter, LogFileFilter, ProgressBar
+from flows.records import TrialRecord, read_record
 
 RECORDS = [
     {
@@ -25,6 +26,11 @@ RECORDS = [
     }
     for i in range(3)
 ]
+
+
+def _recs(raws: list[dict]) -> list[TrialRecord]:
+    """Journal records from their JSON (as a journal of any version holds them)."""
+    return [read_record(r) for r in raws]
 
 
 @pytest.fixture
@@ -40,7 +46,7 @@ def test_outputs_get_the_mode_a_plain_open_gives(tmp_path, umask, mask, mode):
     umask(mask)
     with open(tmp_path / "plain", "w"):
         pass
-    paths = write_outputs(tmp_path / "out", "s", RECORDS, "maximize", 3.0)
+    paths = write_outputs(tmp_path / "out", "s", _recs(RECORDS), "maximize", 3.0)
     assert sorted(p.name for p in paths.values()) == [
         "best.yaml",
         "best_vs_cost.png",
@@ -60,9 +66,9 @@ def test_outputs_get_the_mode_a_plain_open_gives(tmp_path, umask, mask, mode):
 
 def test_rewritten_outputs_follow_the_current_umask(tmp_path, umask):
     umask(0o077)
-    write_outputs(tmp_path, "s", RECORDS[:1], "maximize", None)
+    write_outputs(tmp_path, "s", _recs(RECORDS[:1]), "maximize", None)
     umask(0o022)
-    paths = write_outputs(tmp_path, "s", RECORDS, "maximize", None)
+    paths = write_outputs(tmp_path, "s", _recs(RECORDS), "maximize", None)
     assert {stat.S_IMODE(p.stat().st_mode) for p in paths.values()} == {0o644}
     assert (paths["csv"]).read_text().count("\n") == len(RECORDS) + 1
 
@@ -76,14 +82,14 @@ def test_best_yaml_shows_the_recommended_trial_beside_the_best_observed(tmp_path
     def picked(params):  # what Optimizer.recommend returns: a trial and its posterior mean
         return Trial(number=7, params=params), 1.5
 
-    recommended = recommended_record(RECORDS, picked(RECORDS[1]["params"]))
-    assert recommended == {
+    recommended = recommended_record(_recs(RECORDS), picked(RECORDS[1]["params"]))
+    assert recommended is not None and recommended.model_dump() == {
         "trial": 1,
         "objective": 1.0,
         "posterior_mean": 1.5,
         "params": RECORDS[1]["params"],
     }
-    paths = write_outputs(tmp_path, "s", RECORDS, "maximize", None, recommended)
+    paths = write_outputs(tmp_path, "s", _recs(RECORDS), "maximize", None, recommended)
     summary = yaml.safe_load(paths["yaml"].read_text())
     assert summary["best"]["trial"] == 2 and summary["best"]["objective"] == 2.0
     assert summary["recommended"] == {
@@ -94,10 +100,10 @@ def test_best_yaml_shows_the_recommended_trial_beside_the_best_observed(tmp_path
     }
     # no recommendation, or one that matches no complete record: the best only
     for rec in (None, picked({"prep": {"x0": 9.0}})):
-        assert recommended_record(RECORDS, rec) is None
-    paths = write_outputs(tmp_path, "s", RECORDS, "maximize", None, None)
+        assert recommended_record(_recs(RECORDS), rec) is None
+    paths = write_outputs(tmp_path, "s", _recs(RECORDS), "maximize", None, None)
     assert "recommended" not in yaml.safe_load(paths["yaml"].read_text())
-    md = best_markdown("s", RECORDS[2], 9.0, 3, recommended)
+    md = best_markdown("s", read_record(RECORDS[2]), 9.0, 3, recommended)
     assert "**Recommended**" in md and "trial 1, posterior mean 1.5, observed 1" in md
 
 
@@ -121,7 +127,7 @@ def test_results_csv_has_the_reason_and_every_metric(tmp_path):
     records = [{**r, "metrics": {"f1": r["objective"], "acc": 0.5}} for r in RECORDS]
     records.append(FAILED)
     rows = list(
-        csv.DictReader(write_outputs(tmp_path, "s", records, "maximize", None)["csv"].open())
+        csv.DictReader(write_outputs(tmp_path, "s", _recs(records), "maximize", None)["csv"].open())
     )
     assert [row["reason"] for row in rows] == [
         "",
@@ -133,19 +139,19 @@ def test_results_csv_has_the_reason_and_every_metric(tmp_path):
     assert [row["metric.f1"] for row in rows[:3]] == ["0.0", "1.0", "2.0"]
     # A record journaled before reasons were kept gives its error.
     old = {k: v for k, v in FAILED.items() if k not in ("reason", "failed_stage")}
-    rows = trial_rows([old], "maximize")
+    rows = trial_rows([read_record(old)], "maximize")
     assert (
         rows[0]["reason"] == "stage 'train' failed (key abc): ValueError: lr too high see the docs"
     )
 
 
 def test_progress_line_names_what_was_loaded_why_it_failed_and_the_real_percentage():
-    line = progress_line(FAILED, 1.0, 6.077, 4.0)
+    line = progress_line(read_record(FAILED), 1.0, 6.077, 4.0)
     assert "| cached prep " in line and "objective     FAILED" in line
     assert "spent 6.077/4 (152%)" in line
     assert line.endswith("| train: ValueError: lr too high see the docs")
     assert "\n" not in line
-    ok = progress_line({**RECORDS[1], "cached": ["prep", "train"]}, 1.0, 2.0, 4.0)
+    ok = progress_line(read_record({**RECORDS[1], "cached": ["prep", "train"]}), 1.0, 2.0, 4.0)
     assert "| cached prep,train " in ok and ok.endswith("(50%)")
 
 

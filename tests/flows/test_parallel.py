@@ -117,7 +117,7 @@ def test_two_workers_share_an_s3_cache_without_computing_a_key_twice(
     ran_on = {int(r["worker"].rsplit(":", 1)[1]) for r in records}
     assert ran_on == set(pids), (ran_on, pids)
     # Trials really overlapped in time.
-    spans = sorted((r["started_at"], r["finished_at"]) for r in records)
+    spans = sorted((r["asked_at"], r["told_at"]) for r in records)
     assert any(b[0] < a[1] for a, b in itertools.pairwise(spans))
     # No stage key was computed twice: each computed (not cached) key appears once.
     computed = [r["keys"][s] for r in records for s in r["costs"] if s not in r["cached"]]

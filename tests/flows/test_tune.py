@@ -68,7 +68,7 @@ def test_study_outputs_journal_and_resume(prefect_harness, tmp_path):
             "cached",
             "state",
             "seconds",
-            "started_at",
+            "asked_at",
         }
         assert r["state"] == "complete"
     assert any(r["cached"] for r in records[3:]), "EEIPU never reused a cached prefix"
