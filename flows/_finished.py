@@ -134,12 +134,12 @@ def _same_study(cfg: StudyConfig, header: dict[str, Any]) -> bool:
     search space comes from the config's ``pipeline.space`` when it gives one and pins no
     parameter; else from the pipeline (its factory's module is imported)."""
     from eeipu import SearchSpace
-    from flows.runtime import pipeline_for
+    from flows.runtime import build_pipeline
 
     if cfg.pipeline.space is not None and not cfg.pipeline.fixed:
         space = cfg.pipeline.space
     else:
-        space = pipeline_for(cfg).space_dict()
+        space = build_pipeline(cfg).space_dict()
     ours = StudyJournal.identity(cfg, SearchSpace.from_dict(space).to_dict())
     return not StudyJournal.differences(header, ours)
 

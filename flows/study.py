@@ -63,7 +63,7 @@ from flows._outputs import (
 from flows._progress import FILE_ONLY, ProgressBar
 from flows._warm import open_study, resolve_budget
 from flows.executors import TrialExecutor, TrialJob, TrialOutcome, executor_for
-from flows.runtime import pipeline_for, run_logger, say, store_for
+from flows.runtime import StudyContext, run_logger, say
 from stages import Pipeline, Store, StoreCacheView, StoreUnavailable
 
 __all__ = [
@@ -87,13 +87,18 @@ class StudyFailed(RuntimeError):
     """The study stopped before its budget was spent (a stage failed, say)."""
 
 
-def prepare(cfg: StudyConfig) -> tuple[Pipeline, Store, Optimizer, StudyJournal]:
-    """Build and check everything a study needs, then open (or check) its journal.
+def prepare(
+    context: StudyContext | StudyConfig,
+) -> tuple[Pipeline, Store, Optimizer, StudyJournal]:
+    """Check everything a study needs (a config is built into its context first), then
+    open (or check) its journal.
 
     Called before the controller flow starts, so bad input fails fast with one line and
     leaves no flow run, journal or cache folder behind.
     """
-    pipeline = pipeline_for(cfg)
+    if isinstance(context, StudyConfig):
+        context = StudyContext.build(context)
+    cfg, pipeline, store = context.config, context.pipeline, context.store
     space = SearchSpace.from_dict(pipeline.space_dict())
     opt = Optimizer(
         space,
@@ -105,7 +110,6 @@ def prepare(cfg: StudyConfig) -> tuple[Pipeline, Store, Optimizer, StudyJournal]
         max_prefixes=cfg.optimizer.max_prefixes,
         method_options=cfg.optimizer.options,
     )
-    store = store_for(cfg)
     store.check()
     journal = StudyJournal(store, cfg.study)
     open_study(journal, cfg, space, opt)  # journal.open + warm-start priors
@@ -168,17 +172,29 @@ def announce(
 
 
 @flow(name="eeipu-study", log_prints=False, persist_result=False)
-def tune_flow(config: StudyConfig) -> StudyResult:
-    """Run (or resume) a study until its budget is spent; see the module docstring."""
+def tune_flow(config: StudyConfig, context: StudyContext | None = None) -> StudyResult:
+    """Run (or resume) a study until its budget is spent; see the module docstring.
+
+    ``context``: the study's, from the process that starts the flow (its store, with any
+    credentials, and pipeline); a deployment's run builds one from ``config``.
+    """
+    ctx = StudyContext.build(config) if context is None else context
     # A scheduled run (extra_budget set) continues the study with more budget.
-    return run_study(resolve_budget(config, store_for(config)))
+    return run_study(ctx.with_config(resolve_budget(config, ctx.store)))
 
 
-def run_study(cfg: StudyConfig, executor: TrialExecutor | None = None) -> StudyResult:
-    """Run (or resume) the study ``cfg`` with ``executor`` (default: ``executor_for(cfg)``)."""
-    pipeline, store, opt, journal = prepare(cfg)
+def run_study(
+    context: StudyContext | StudyConfig, executor: TrialExecutor | None = None
+) -> StudyResult:
+    """Run (or resume) the study of ``context`` (a config is built into one) with
+    ``executor`` (default: :func:`~flows.executors.executor_for` the context)."""
+    if isinstance(context, StudyConfig):
+        context = StudyContext.build(context)
+    cfg = context.config
+    _, _, opt, journal = prepare(context)
     records = journal.replay(opt)
-    loop = StudyLoop(cfg, pipeline, store, opt, journal, records, executor or executor_for(cfg))
+    executor = executor or executor_for(context)
+    loop = StudyLoop(context, opt, journal, records, executor)
     try:
         loop.run()
     finally:
@@ -207,15 +223,15 @@ class StudyLoop:
 
     def __init__(
         self,
-        cfg: StudyConfig,
-        pipeline: Pipeline,
-        store: Store,
+        context: StudyContext,
         opt: Optimizer,
         journal: StudyJournal,
         records: list[dict[str, Any]],
         executor: TrialExecutor,
     ) -> None:
-        self.cfg, self.pipeline, self.store, self.opt = cfg, pipeline, store, opt
+        self.context = context
+        self.cfg, self.pipeline, self.store = context.config, context.pipeline, context.store
+        self.opt = opt
         self.journal, self.records, self.executor = journal, records, executor
         self.log = run_logger()
         self.failure: str | None = None

@@ -62,6 +62,7 @@ def test_warm_workers_run_trials_in_parallel_and_each_runs_several(
     prefect_harness, warm_workers, tmp_path, monkeypatch
 ):
     from flows.executors import TaskWorkerExecutor
+    from flows.runtime import StudyContext
     from flows.tune import run
 
     # The controller learns that a trial finished from its published outcome alone: with
@@ -119,6 +120,7 @@ def test_a_trial_no_worker_takes_is_reported_and_runs_once_one_starts(
     """No task worker is up when the study starts: the waiting trial is reported once,
     with how to start a worker, and the study goes on when one starts."""
     from flows.executors import TaskWorkerExecutor
+    from flows.runtime import StudyContext
     from flows.tune import run
 
     monkeypatch.setattr(TaskWorkerExecutor, "waiting_warn_seconds", 2.0)
@@ -191,6 +193,7 @@ def test_the_controller_saves_the_result_storage_block_before_any_trial(prefect_
 
     from flows import StudyConfig
     from flows.executors import TaskWorkerExecutor
+    from flows.runtime import StudyContext
     from stages import Store
 
     cache = tmp_path / "cache"
@@ -205,7 +208,7 @@ def test_the_controller_saves_the_result_storage_block_before_any_trial(prefect_
             ]
 
     assert documents() == []
-    executor = TaskWorkerExecutor(cfg)
+    executor = TaskWorkerExecutor(StudyContext.build(cfg))
     try:
         assert [d.block_type.slug for d in documents()] == ["eeipu-store"]
     finally:
