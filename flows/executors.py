@@ -71,6 +71,7 @@ __all__ = [
     "TrialOutcome",
     "WorkPoolExecutor",
     "executor_for",
+    "executor_kind",
     "register_trial_deployment",
     "remote_trial_flow",
     "warm_trial_task",
@@ -180,17 +181,25 @@ class TrialExecutor(Protocol):
     def describe(self) -> str: ...
 
 
-def executor_for(context: StudyContext) -> TrialExecutor:
-    """The executor ``executor`` and ``parallel`` of the context's config ask for."""
-    cfg = context.config
+def executor_kind(cfg: StudyConfig) -> str:
+    """Which executor ``cfg`` asks for: ``inline``, ``local``, ``work_pool`` or
+    ``task_workers`` (the last two run trials in other processes)."""
     kind = cfg.executor
     if kind == "auto":
         kind = "inline" if cfg.parallel == 1 else "work_pool"
+    if kind == "local" and cfg.parallel == 1:
+        kind = "inline"
+    return kind
+
+
+def executor_for(context: StudyContext) -> TrialExecutor:
+    """The executor ``executor`` and ``parallel`` of the context's config ask for."""
+    kind = executor_kind(context.config)
     if kind == "work_pool":
         return WorkPoolExecutor(context)
     if kind == "task_workers":
         return TaskWorkerExecutor(context)
-    if kind == "local" and cfg.parallel > 1:
+    if kind == "local":
         return LocalExecutor(context)
     return InlineExecutor(context)
 
@@ -398,12 +407,6 @@ class _RemoteExecutor:
     def __init__(self, context: StudyContext) -> None:
         from prefect import get_client
 
-        if not context.portable:
-            raise ConfigError(
-                f"`executor` {context.config.executor} runs trials in other processes, which "
-                "rebuild the pipeline from `pipeline.target`: give the study a factory "
-                "(module:function), not a Pipeline object"
-            )
         self.cfg = context.config
         self.slots = self.cfg.parallel
         self.store = context.store

@@ -45,7 +45,7 @@ from prefect.artifacts import (
 )
 
 from eeipu import Optimizer, SearchSpace, TrialState
-from flows._config import StudyConfig
+from flows._config import ConfigError, StudyConfig
 from flows._eviction import reuse_value
 from flows._finished import StudyResult, done_line, nothing_left_line
 from flows._interrupt import StudyInterrupted, interrupted, journaled, stop_by
@@ -62,7 +62,7 @@ from flows._outputs import (
 )
 from flows._progress import FILE_ONLY, ProgressBar
 from flows._warm import open_study, resolve_budget
-from flows.executors import TrialExecutor, TrialJob, TrialOutcome, executor_for
+from flows.executors import TrialExecutor, TrialJob, TrialOutcome, executor_for, executor_kind
 from flows.runtime import StudyContext, run_logger, say
 from stages import Pipeline, Store, StoreCacheView, StoreUnavailable
 
@@ -99,6 +99,12 @@ def prepare(
     if isinstance(context, StudyConfig):
         context = StudyContext.build(context)
     cfg, pipeline, store = context.config, context.pipeline, context.store
+    if not context.portable and executor_kind(cfg) in ("work_pool", "task_workers"):
+        raise ConfigError(
+            f"`executor` {executor_kind(cfg)} runs trials in other processes, which rebuild "
+            "the pipeline from `pipeline.target`: give the study a factory "
+            "('module:function'), not a Pipeline object, or use executor=local"
+        )
     space = SearchSpace.from_dict(pipeline.space_dict())
     opt = Optimizer(
         space,

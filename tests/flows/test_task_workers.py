@@ -62,7 +62,6 @@ def test_warm_workers_run_trials_in_parallel_and_each_runs_several(
     prefect_harness, warm_workers, tmp_path, monkeypatch
 ):
     from flows.executors import TaskWorkerExecutor
-    from flows.runtime import StudyContext
     from flows.tune import run
 
     # The controller learns that a trial finished from its published outcome alone: with
@@ -120,7 +119,6 @@ def test_a_trial_no_worker_takes_is_reported_and_runs_once_one_starts(
     """No task worker is up when the study starts: the waiting trial is reported once,
     with how to start a worker, and the study goes on when one starts."""
     from flows.executors import TaskWorkerExecutor
-    from flows.runtime import StudyContext
     from flows.tune import run
 
     monkeypatch.setattr(TaskWorkerExecutor, "waiting_warn_seconds", 2.0)
