@@ -37,6 +37,20 @@ logger = logging.getLogger("eeipu")
 
 @dataclass(frozen=True)
 class StudyResult:
+    """What a study run returns (:meth:`flows.Study.optimize`, ``eeipu tune``).
+
+    Attributes:
+        study: The study's name.
+        n_trials: Trials in its journal.
+        spent: Budget spent, warm-up included.
+        best_objective: The best trial's objective (None: no trial succeeded).
+        best_params: The best trial's ``{stage: {param: value}}``.
+        outputs: ``{"csv", "yaml", "png"}``: paths of ``results.csv``, ``best.yaml`` and the
+            plot.
+        journal_url: Where the study's journal lives.
+        best_trial: The best trial's number in the journal and ``results.csv``.
+    """
+
     study: str
     n_trials: int
     spent: float

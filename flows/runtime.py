@@ -50,6 +50,16 @@ class StudyContext(BaseModel):
     in-process trial flows. As a flow parameter Prefect records only its
     ``{"study", "storage"}`` summary; the storage options it was built with (maybe
     credentials) are a :class:`pydantic.Secret`, never serialized, logged or shown.
+
+    Example:
+        >>> cfg = StudyConfig.from_mapping({
+        ...     "study": "demo", "budget": 50, "storage": {"url": "/tmp/eeipu-ctx"},
+        ...     "optimizer": {"method": "ei"},
+        ...     "pipeline": {"name": "synthetic", "target": "stages.pipelines.synthetic_pipeline"},
+        ... })
+        >>> ctx = StudyContext.build(cfg)  # doctest: +SKIP
+        >>> ctx.pipeline.stage_names, ctx.model_dump()  # doctest: +SKIP
+        (['prep', 'train', 'finetune'], {'study': 'demo', 'storage': '/tmp/eeipu-ctx'})
     """
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
