@@ -23,9 +23,11 @@ of the run that asked it), so a resumed study replays them in telling order. Bef
 trial starts, the crash marker lists every trial in flight; a resumed study re-asks those
 that were not told (``Optimizer.enqueue``), re-runs them and adopts the stages they stored.
 
-Flows take a typed :class:`flows.StudyConfig` (Prefect validates it); credentials never
-travel in it: ``storage.options`` is left out of its serialized form, and the store reads
-them from the environment or from the options given to this process.
+Flows take a typed :class:`flows.StudyConfig` (Prefect validates it) and, in the process
+that built it, the study's :class:`~flows.runtime.StudyContext` (its store and pipeline);
+credentials never travel in either: ``storage.options`` is left out of the config's
+serialized form, the context's is a summary, and a worker's store reads them from its
+environment.
 """
 
 from __future__ import annotations
