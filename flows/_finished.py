@@ -37,6 +37,20 @@ logger = logging.getLogger("eeipu")
 
 @dataclass(frozen=True)
 class StudyResult:
+    """What a study run returns (:meth:`flows.Study.optimize`, ``eeipu tune``).
+
+    Attributes:
+        study: The study's name.
+        n_trials: Trials in its journal.
+        spent: Budget spent, warm-up included.
+        best_objective: The best trial's objective (None: no trial succeeded).
+        best_params: The best trial's ``{stage: {param: value}}``.
+        outputs: ``{"csv", "yaml", "png"}``: paths of ``results.csv``, ``best.yaml`` and the
+            plot.
+        journal_url: Where the study's journal lives.
+        best_trial: The best trial's number in the journal and ``results.csv``.
+    """
+
     study: str
     n_trials: int
     spent: float
@@ -134,12 +148,12 @@ def _same_study(cfg: StudyConfig, header: dict[str, Any]) -> bool:
     search space comes from the config's ``pipeline.space`` when it gives one and pins no
     parameter; else from the pipeline (its factory's module is imported)."""
     from eeipu import SearchSpace
-    from flows.runtime import pipeline_for
+    from flows.runtime import build_pipeline
 
     if cfg.pipeline.space is not None and not cfg.pipeline.fixed:
         space = cfg.pipeline.space
     else:
-        space = pipeline_for(cfg).space_dict()
+        space = build_pipeline(cfg).space_dict()
     ours = StudyJournal.identity(cfg, SearchSpace.from_dict(space).to_dict())
     return not StudyJournal.differences(header, ours)
 

@@ -57,9 +57,9 @@ from eeipu import Trial
 from flows._config import ConfigError, StudyConfig
 from flows._interrupt import interrupted, is_temporary_server
 from flows.records import PublishedOutcome, TrialOutcome, read_published
-from flows.runtime import run_logger, say, store_for
+from flows.runtime import StudyContext, run_logger, say
 from flows.trial import trial_flow
-from stages import StageError, Store, result_storage_block
+from stages import StageError, Store
 
 __all__ = [
     "InlineExecutor",
@@ -70,6 +70,7 @@ __all__ = [
     "TrialOutcome",
     "WorkPoolExecutor",
     "executor_for",
+    "executor_kind",
     "register_trial_deployment",
     "remote_trial_flow",
     "warm_trial_task",
@@ -115,26 +116,36 @@ class TrialExecutor(Protocol):
     def describe(self) -> str: ...
 
 
-def executor_for(cfg: StudyConfig) -> TrialExecutor:
-    """The executor ``cfg.executor`` and ``cfg.parallel`` ask for."""
+def executor_kind(cfg: StudyConfig) -> str:
+    """Which executor ``cfg`` asks for: ``inline``, ``local``, ``work_pool`` or
+    ``task_workers`` (the last two run trials in other processes)."""
     kind = cfg.executor
     if kind == "auto":
         kind = "inline" if cfg.parallel == 1 else "work_pool"
+    if kind == "local" and cfg.parallel == 1:
+        kind = "inline"
+    return kind
+
+
+def executor_for(context: StudyContext) -> TrialExecutor:
+    """The executor ``executor`` and ``parallel`` of the context's config ask for."""
+    kind = executor_kind(context.config)
     if kind == "work_pool":
-        return WorkPoolExecutor(cfg)
+        return WorkPoolExecutor(context)
     if kind == "task_workers":
-        return TaskWorkerExecutor(cfg)
-    if kind == "local" and cfg.parallel > 1:
-        return LocalExecutor(cfg)
-    return InlineExecutor(cfg)
+        return TaskWorkerExecutor(context)
+    if kind == "local":
+        return LocalExecutor(context)
+    return InlineExecutor(context)
 
 
-def _run_here(cfg: StudyConfig, job: TrialJob) -> TrialOutcome:
-    """One trial as a subflow of the current flow run (the controller)."""
+def _run_here(context: StudyContext, job: TrialJob) -> TrialOutcome:
+    """One trial as a subflow of the current flow run (the controller), in its context."""
+    cfg = context.config
     try:
         with tags(f"study:{cfg.study}"):
             return trial_flow.with_options(flow_run_name=f"trial-{job.trial.number}")(
-                cfg, job.trial.number, job.trial.params, job.adopt_after
+                cfg, job.trial.number, job.trial.params, job.adopt_after, context=context
             )
     except StageError as exc:
         return TrialOutcome.failure(exc)
@@ -145,8 +156,8 @@ class InlineExecutor:
 
     slots = 1
 
-    def __init__(self, cfg: StudyConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, context: StudyContext) -> None:
+        self.context = context
         self._queue: deque[TrialJob] = deque()
 
     def describe(self) -> str:
@@ -159,7 +170,7 @@ class InlineExecutor:
         if timeout is not None:
             return None  # a trial runs only when waited for
         job = self._queue.popleft()
-        return job, _run_here(self.cfg, job)
+        return job, _run_here(self.context, job)
 
     def close(self) -> None:
         self._queue.clear()
@@ -168,9 +179,9 @@ class InlineExecutor:
 class LocalExecutor:
     """``parallel`` trials at a time on threads of the controller process."""
 
-    def __init__(self, cfg: StudyConfig) -> None:
-        self.cfg = cfg
-        self.slots = cfg.parallel
+    def __init__(self, context: StudyContext) -> None:
+        self.context = context
+        self.slots = context.config.parallel
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.slots, thread_name_prefix="eeipu-trial"
         )
@@ -192,7 +203,7 @@ class LocalExecutor:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
             torch.cuda.set_device(slot % torch.cuda.device_count())
-        return _run_here(self.cfg, job)
+        return _run_here(self.context, job)
 
     def next_outcome(self, timeout: float | None = None) -> tuple[TrialJob, TrialOutcome] | None:
         done, _ = concurrent.futures.wait(
@@ -239,25 +250,29 @@ def remote_trial_flow(
         # The worker process (a process worker starts each run as its child).
         worker=f"{socket.gethostname()}:{os.getppid()}",
     )
+    # This process has no context yet: it builds the study's from the config it was sent.
+    context = StudyContext.build(config)
     return _run_and_publish(
-        config, run_id, outcome, lambda: trial_flow.fn(config, number, params, adopt_after)
+        context,
+        run_id,
+        outcome,
+        lambda: trial_flow.fn(config, number, params, adopt_after, context=context),
     )
 
 
 def _run_and_publish(
-    config: StudyConfig, run_id: str, facts: PublishedOutcome, run: Any
+    context: StudyContext, run_id: str, facts: PublishedOutcome, run: Any
 ) -> PublishedOutcome:
     """``run()`` the trial and publish its outcome (or its failure) with the run's ``facts``
     and when the worker began and ended it (``started_at``, ``finished_at``: Unix seconds)."""
     started_at = time.time()
+    store, study = context.store, context.config.study
     try:
         out: TrialOutcome = run()
     except StageError as exc:
-        _publish(
-            store_for(config), config.study, run_id, facts, TrialOutcome.failure(exc), started_at
-        )
+        _publish(store, study, run_id, facts, TrialOutcome.failure(exc), started_at)
         raise
-    return _publish(store_for(config), config.study, run_id, facts, out, started_at)
+    return _publish(store, study, run_id, facts, out, started_at)
 
 
 def _outcome_folder(study: str) -> str:
@@ -338,15 +353,15 @@ class _RemoteExecutor:
     waiting_warn_seconds = 60.0
     worker_hint = "is a worker running?"
 
-    def __init__(self, cfg: StudyConfig) -> None:
+    def __init__(self, context: StudyContext) -> None:
         from prefect import get_client
 
-        self.cfg = cfg
-        self.slots = cfg.parallel
-        self.store = store_for(cfg)
+        self.cfg = context.config
+        self.slots = self.cfg.parallel
+        self.store = context.store
         # Saved (or found) here, before any trial: workers starting their first trials at
         # once then all load it, and none of them writes it.
-        result_storage_block(self.store)
+        context.prefect.result_storage()
         self._client = get_client(sync_client=True).__enter__()
         self._running: dict[str, tuple[TrialJob, int]] = {}  # run id -> (job, attempt)
         self._since: dict[str, float] = {}  # run id -> when it was submitted (monotonic)
@@ -484,9 +499,9 @@ class WorkPoolExecutor(_RemoteExecutor):
             f"(`prefect worker start --pool {pool}`, or `make worker`)"
         )
 
-    def __init__(self, cfg: StudyConfig) -> None:
-        self._deployment = register_trial_deployment(cfg.work_pool)
-        super().__init__(cfg)
+    def __init__(self, context: StudyContext) -> None:
+        self._deployment = register_trial_deployment(context.config.work_pool)
+        super().__init__(context)
 
     def describe(self) -> str:
         return f"{self.slots} trials at a time on work pool {self.cfg.work_pool!r}"
@@ -546,6 +561,9 @@ def warm_trial_task(
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     cfg = StudyConfig.from_mapping(config)
+    # Built per trial, from the config it was sent (credentials from this worker's
+    # environment); the worker keeps torch and the pipeline's modules imported.
+    context = StudyContext.build(cfg)
     run_id = str(task_run.id)
     outcome = PublishedOutcome(
         number=number,
@@ -560,9 +578,9 @@ def warm_trial_task(
         # thread holds it up to 1 s at exit, and the task run that carries this subflow is
         # what the controller watches.
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            return trial(cfg, number, params, adopt_after)
+            return trial(cfg, number, params, adopt_after, context=context)
 
-    return _run_and_publish(cfg, run_id, outcome, run)
+    return _run_and_publish(context, run_id, outcome, run)
 
 
 class TaskWorkerExecutor(_RemoteExecutor):
@@ -584,9 +602,10 @@ class TaskWorkerExecutor(_RemoteExecutor):
         "(`eeipu worker --limit N`, or `make task-worker`)"
     )
 
-    def __init__(self, cfg: StudyConfig) -> None:
+    def __init__(self, context: StudyContext) -> None:
         from prefect.settings import get_current_settings
 
+        cfg = context.config
         url = get_current_settings().api.url
         if url is None or is_temporary_server(url):
             raise ConfigError(
@@ -594,7 +613,7 @@ class TaskWorkerExecutor(_RemoteExecutor):
                 "but PREFECT_API_URL is not set; start one (`make server`), export "
                 "PREFECT_API_URL=http://127.0.0.1:4200/api and start workers (`eeipu worker`)"
             )
-        super().__init__(cfg)
+        super().__init__(context)
         key = warm_trial_task.task_key
         workers = self._client.request(
             "POST", "/task_workers/filter", json={"task_worker_filter": {"task_keys": [key]}}

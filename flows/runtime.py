@@ -1,49 +1,121 @@
-"""What every part of a study shares in one process: its store, its pipeline, its voice.
+"""What every part of a study shares: its context, built once and passed down; its voice.
 
-    store_for(cfg)       the :class:`stages.Store` of ``cfg.storage`` (one per URL and process)
-    pipeline_for(cfg)    the configured pipeline, built once per process
-    build_pipeline(cfg)  call the configured factory; apply the YAML's space, fixed values,
-                         metric, tags; bind its kwargs into the stages' cache keys
-    say(cfg, line)       a progress line: stderr with ``progress``, else the run logger
-    run_logger()         Prefect's run logger inside a flow or task, else ``eeipu``'s
+    StudyContext.build(cfg)  the typed config, its store (with any ``storage.options``), its
+                             pipeline and Prefect's view of the store, built once
+    build_pipeline(cfg)      call the configured factory, then :func:`configure_pipeline`
+    configure_pipeline(p, cfg)  apply the YAML's space, fixed values, metric, tags to ``p``;
+                             bind the factory's kwargs into the stages' cache keys
+    say(cfg, line)           a progress line: stderr with ``progress``, else the run logger
+    run_logger()             Prefect's run logger inside a flow or task, else ``eeipu``'s
 
-The study loop, the executors, the trial flow and the entry points all go through these,
-so a trial subflow in the controller's process gets the controller's store (with any
-``storage.options``) without credentials travelling in flow parameters.
+The entry point builds the context; the controller flow, the study loop, the executors and
+the trial flows it runs in this process receive it as an argument, so a trial subflow gets
+the controller's store (with its credentials) and pipeline without either travelling in
+flow parameters. A trial in another process (a work-pool or task worker) receives the
+serializable config and builds its own context from it (credentials from its environment).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import threading
 from dataclasses import replace
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, Secret, model_serializer
 
 from flows._config import ConfigError, StudyConfig
 from stages import Pipeline, PipelineError, Stage, Store
 
-__all__ = ["build_pipeline", "pipeline_for", "run_logger", "say", "store_for"]
+__all__ = [
+    "OBJECT_TARGET",
+    "StudyContext",
+    "build_pipeline",
+    "configure_pipeline",
+    "run_logger",
+    "say",
+]
 
 logger = logging.getLogger("eeipu")
 
-_lock = threading.RLock()  # trials on threads (executor=local) look these up too
-_stores: dict[str, Store] = {}
-_pipelines: dict[str, Pipeline] = {}
+OBJECT_TARGET = "<object>"
+"""``pipeline.target`` of a study given a :class:`stages.Pipeline` object, not a factory."""
 
 
-def store_for(cfg: StudyConfig) -> Store:
-    """The store of ``cfg.storage``: the first call per URL and process creates it (with
-    ``storage.options``, which may hold credentials), later calls return the same one."""
-    url = cfg.storage.url
-    with _lock:
-        if url not in _stores:
-            _stores[url] = Store(url, cfg.storage.options, retry_seconds=cfg.storage.retry_seconds)
-        return _stores[url]
+class StudyContext(BaseModel):
+    """One study's shared state: the typed config, the store, the pipeline, and Prefect's
+    view of the store (its saved result-storage block), built once by :meth:`build`.
+
+    Passed as an argument to the controller flow, the study loop, the executors and the
+    in-process trial flows. As a flow parameter Prefect records only its
+    ``{"study", "storage"}`` summary; the storage options it was built with (maybe
+    credentials) are a :class:`pydantic.Secret`, never serialized, logged or shown.
+
+    Example:
+        >>> cfg = StudyConfig.from_mapping({
+        ...     "study": "demo", "budget": 50, "storage": {"url": "/tmp/eeipu-ctx"},
+        ...     "optimizer": {"method": "ei"},
+        ...     "pipeline": {"name": "synthetic", "target": "stages.testing.synthetic_pipeline"},
+        ... })
+        >>> ctx = StudyContext.build(cfg)  # doctest: +SKIP
+        >>> ctx.pipeline.stage_names, ctx.model_dump()  # doctest: +SKIP
+        (['prep', 'train', 'finetune'], {'study': 'demo', 'storage': '/tmp/eeipu-ctx'})
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    config: StudyConfig
+    store: Store = Field(repr=False)
+    pipeline: Pipeline = Field(repr=False)
+    # A stages.PrefectStorage: typed loosely because naming it imports Prefect, which the
+    # answers that need no flow (a finished study) never load.
+    prefect: Any = Field(repr=False)
+    credentials: Secret[dict[str, Any]] = Field(repr=False)
+
+    @classmethod
+    def build(
+        cls, config: StudyConfig, pipeline: Pipeline | None = None, store: Store | None = None
+    ) -> StudyContext:
+        """The context of ``config``: its store (``store``, else one made with
+        ``storage.options``) and its pipeline (``pipeline`` configured by the YAML's
+        sections, else the factory's).
+
+        Raises:
+            ConfigError: The pipeline section does not fit the pipeline.
+            StoreError: The storage's protocol is unknown or its package is missing.
+        """
+        from stages import PrefectStorage
+
+        options = dict(config.storage.options)
+        if store is None:
+            store = Store(config.storage.url, options, retry_seconds=config.storage.retry_seconds)
+        built = build_pipeline(config) if pipeline is None else configure_pipeline(pipeline, config)
+        return cls(
+            config=config,
+            store=store,
+            pipeline=built,
+            prefect=PrefectStorage(store),
+            credentials=Secret(options),
+        )
+
+    @property
+    def portable(self) -> bool:
+        """Whether another process can rebuild this context from its config: its pipeline
+        comes from a factory (``pipeline.target``), not from an object."""
+        return self.config.pipeline.target != OBJECT_TARGET
+
+    def with_config(self, config: StudyConfig) -> StudyContext:
+        """This context with ``config`` (same store and pipeline), e.g. a resolved budget."""
+        return self.model_copy(update={"config": config})
+
+    @model_serializer
+    def _summary(self) -> dict[str, str]:
+        # What Prefect records of a context passed as a flow parameter: names only.
+        return {"study": self.config.study, "storage": self.store.url}
 
 
 def build_pipeline(cfg: StudyConfig) -> Pipeline:
-    """Call the configured factory; apply the YAML search space, metric and stage tags."""
+    """Call the configured factory, then :func:`configure_pipeline` its pipeline."""
     conf = cfg.pipeline
     factory = conf.factory()
     try:
@@ -52,6 +124,18 @@ def build_pipeline(cfg: StudyConfig) -> Pipeline:
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"`pipeline.kwargs` do not fit {conf.target}: {exc}") from exc
+    return configure_pipeline(pipeline, cfg)
+
+
+def configure_pipeline(pipeline: Any, cfg: StudyConfig) -> Pipeline:
+    """``pipeline`` with the YAML's search space, fixed values, metric and stage tags; the
+    factory's kwargs join every stage's cache key.
+
+    Raises:
+        ConfigError: ``pipeline`` is not a :class:`stages.Pipeline`, or a section names an
+            unknown stage or does not fit it.
+    """
+    conf = cfg.pipeline
     if not isinstance(pipeline, Pipeline):
         raise ConfigError(
             f"`pipeline.target` {conf.target} must return a stages.Pipeline, "
@@ -106,19 +190,6 @@ def _pinned(stage: Stage, pins: dict[str, Any]) -> Stage:
         return replace(stage, space=space, fixed=fixed)
     except PipelineError as exc:
         raise ConfigError(f"`pipeline.fixed.{stage.name}`: {exc}") from exc
-
-
-def pipeline_for(cfg: StudyConfig) -> Pipeline:
-    """:func:`build_pipeline`, once per pipeline section and process: the entry point
-    builds it to fail fast, the flow and every trial subflow look it up again, and
-    factories may be slow (data loading)."""
-    key = cfg.pipeline.model_dump_json()
-    with _lock:
-        if key not in _pipelines:
-            if len(_pipelines) >= 8:
-                _pipelines.pop(next(iter(_pipelines)))
-            _pipelines[key] = build_pipeline(cfg)
-        return _pipelines[key]
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:

@@ -46,7 +46,7 @@ def deployment(cfg_dict: dict[str, Any]) -> Any:
     from prefect.deployments.runner import EntrypointType
 
     from flows._config import ConfigError, StudyConfig
-    from flows.runtime import pipeline_for, store_for
+    from flows.runtime import StudyContext
     from flows.study import tune_flow
 
     cfg_dict = dict(cfg_dict)
@@ -64,8 +64,7 @@ def deployment(cfg_dict: dict[str, Any]) -> Any:
         raise ConfigError(f"`concurrency_limit` must be a positive integer, but got {limit!r}")
     # Fail now on a bad pipeline or unreachable storage, not at 3 a.m.; the journal is not
     # opened here, so the first scheduled run starts a new study with `budget`.
-    pipeline_for(cfg)
-    store_for(cfg).check()
+    StudyContext.build(cfg).store.check()
     return tune_flow.to_deployment(
         name=name or cfg.study,
         cron=str(cron),

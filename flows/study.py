@@ -23,9 +23,11 @@ of the run that asked it), so a resumed study replays them in telling order. Bef
 trial starts, the crash marker lists every trial in flight; a resumed study re-asks those
 that were not told (``Optimizer.enqueue``), re-runs them and adopts the stages they stored.
 
-Flows take a typed :class:`flows.StudyConfig` (Prefect validates it); credentials never
-travel in it: ``storage.options`` is left out of its serialized form, and the store reads
-them from the environment or from the options given to this process.
+Flows take a typed :class:`flows.StudyConfig` (Prefect validates it) and, in the process
+that built it, the study's :class:`~flows.runtime.StudyContext` (its store and pipeline);
+credentials never travel in either: ``storage.options`` is left out of the config's
+serialized form, the context's is a summary, and a worker's store reads them from its
+environment.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from prefect.artifacts import (
 )
 
 from eeipu import Optimizer, SearchSpace, Trial
-from flows._config import StudyConfig
+from flows._config import ConfigError, StudyConfig
 from flows._eviction import reuse_value
 from flows._finished import StudyResult, done_line, nothing_left_line
 from flows._interrupt import StudyInterrupted, interrupted, journaled, stop_by
@@ -62,9 +64,9 @@ from flows._outputs import (
 )
 from flows._progress import FILE_ONLY, ProgressBar
 from flows._warm import open_study, resolve_budget
-from flows.executors import TrialExecutor, TrialJob, executor_for
+from flows.executors import TrialExecutor, TrialJob, executor_for, executor_kind
 from flows.records import AskedTrial, Recommended, RunningTrial, TrialOutcome, TrialRecord
-from flows.runtime import pipeline_for, run_logger, say, store_for
+from flows.runtime import StudyContext, run_logger, say
 from stages import Pipeline, Store, StoreCacheView, StoreUnavailable
 
 __all__ = [
@@ -88,13 +90,24 @@ class StudyFailed(RuntimeError):
     """The study stopped before its budget was spent (a stage failed, say)."""
 
 
-def prepare(cfg: StudyConfig) -> tuple[Pipeline, Store, Optimizer, StudyJournal]:
-    """Build and check everything a study needs, then open (or check) its journal.
+def prepare(
+    context: StudyContext | StudyConfig,
+) -> tuple[Pipeline, Store, Optimizer, StudyJournal]:
+    """Check everything a study needs (a config is built into its context first), then
+    open (or check) its journal.
 
     Called before the controller flow starts, so bad input fails fast with one line and
     leaves no flow run, journal or cache folder behind.
     """
-    pipeline = pipeline_for(cfg)
+    if isinstance(context, StudyConfig):
+        context = StudyContext.build(context)
+    cfg, pipeline, store = context.config, context.pipeline, context.store
+    if not context.portable and executor_kind(cfg) in ("work_pool", "task_workers"):
+        raise ConfigError(
+            f"`executor` {executor_kind(cfg)} runs trials in other processes, which rebuild "
+            "the pipeline from `pipeline.target`: give the study a factory "
+            "('module:function'), not a Pipeline object, or use executor=local"
+        )
     space = SearchSpace.from_dict(pipeline.space_dict())
     opt = Optimizer(
         space,
@@ -106,7 +119,6 @@ def prepare(cfg: StudyConfig) -> tuple[Pipeline, Store, Optimizer, StudyJournal]
         max_prefixes=cfg.optimizer.max_prefixes,
         method_options=cfg.optimizer.options,
     )
-    store = store_for(cfg)
     store.check()
     journal = StudyJournal(store, cfg.study)
     open_study(journal, cfg, space, opt)  # journal.open + warm-start priors
@@ -169,17 +181,29 @@ def announce(
 
 
 @flow(name="eeipu-study", log_prints=False, persist_result=False)
-def tune_flow(config: StudyConfig) -> StudyResult:
-    """Run (or resume) a study until its budget is spent; see the module docstring."""
+def tune_flow(config: StudyConfig, context: StudyContext | None = None) -> StudyResult:
+    """Run (or resume) a study until its budget is spent; see the module docstring.
+
+    ``context``: the study's, from the process that starts the flow (its store, with any
+    credentials, and pipeline); a deployment's run builds one from ``config``.
+    """
+    ctx = StudyContext.build(config) if context is None else context
     # A scheduled run (extra_budget set) continues the study with more budget.
-    return run_study(resolve_budget(config, store_for(config)))
+    return run_study(ctx.with_config(resolve_budget(config, ctx.store)))
 
 
-def run_study(cfg: StudyConfig, executor: TrialExecutor | None = None) -> StudyResult:
-    """Run (or resume) the study ``cfg`` with ``executor`` (default: ``executor_for(cfg)``)."""
-    pipeline, store, opt, journal = prepare(cfg)
+def run_study(
+    context: StudyContext | StudyConfig, executor: TrialExecutor | None = None
+) -> StudyResult:
+    """Run (or resume) the study of ``context`` (a config is built into one) with
+    ``executor`` (default: :func:`~flows.executors.executor_for` the context)."""
+    if isinstance(context, StudyConfig):
+        context = StudyContext.build(context)
+    cfg = context.config
+    _, _, opt, journal = prepare(context)
     records = journal.replay(opt)
-    loop = StudyLoop(cfg, pipeline, store, opt, journal, records, executor or executor_for(cfg))
+    executor = executor or executor_for(context)
+    loop = StudyLoop(context, opt, journal, records, executor)
     try:
         loop.run()
     finally:
@@ -208,15 +232,15 @@ class StudyLoop:
 
     def __init__(
         self,
-        cfg: StudyConfig,
-        pipeline: Pipeline,
-        store: Store,
+        context: StudyContext,
         opt: Optimizer,
         journal: StudyJournal,
         records: list[TrialRecord],
         executor: TrialExecutor,
     ) -> None:
-        self.cfg, self.pipeline, self.store, self.opt = cfg, pipeline, store, opt
+        self.context = context
+        self.cfg, self.pipeline, self.store = context.config, context.pipeline, context.store
+        self.opt = opt
         self.journal, self.records, self.executor = journal, records, executor
         self.log = run_logger()
         self.failure: str | None = None
@@ -231,7 +255,7 @@ class StudyLoop:
         self.progress_id: Any = None
         self.stop_reason: str | None = None
         self.bar: ProgressBar | None = None  # on a terminal, with `progress`
-        self.versions = {s.name: s.identity for s in pipeline.stages}  # journaled per trial
+        self.versions = {s.name: s.identity for s in self.pipeline.stages}  # journaled per trial
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:

@@ -13,7 +13,7 @@ from prefect import flow
 
 from flows._config import StudyConfig
 from flows.records import TrialOutcome
-from flows.runtime import pipeline_for, store_for
+from flows.runtime import StudyContext
 from stages import run_pipeline
 
 __all__ = ["trial_flow"]
@@ -25,19 +25,23 @@ def trial_flow(
     number: int,
     params: dict[str, Any],
     adopt_after: float | None = None,
+    context: StudyContext | None = None,
 ) -> TrialOutcome:
     """Run one configuration; returns its outcome (objective, costs, cached stages, every
     metric the sink returned, ...; a non-finite objective is a failure of the sink).
 
     ``adopt_after`` is set when this trial re-runs after a crash interrupted it: what its
     first attempt stored is loaded and charged as computed (see ``run_pipeline``).
-    ``number`` names the trial in the UI and logs.
+    ``number`` names the trial in the UI and logs. ``context`` is the study's, when the
+    trial runs in the process that built it (its store, pipeline and credentials); else
+    one is built from ``config``.
     """
-    pipeline = pipeline_for(config)
+    ctx = StudyContext.build(config) if context is None else context
+    pipeline = ctx.pipeline
     result = run_pipeline(
         pipeline,
         params,
-        store_for(config),
+        ctx.prefect,
         retries=config.retries,
         retry_delay_seconds=config.retry_delay_seconds,
         adopt_after=adopt_after,

@@ -26,63 +26,23 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 if TYPE_CHECKING:
-    from flows._config import StudyConfig
+    from flows._finished import StudyResult
 
 __all__ = ["main", "run"]
 
 
-def run(cfg_dict: dict) -> object:
-    """Validate a plain config dict and run the study flow (heartbeat disabled).
+def run(cfg_dict: dict) -> StudyResult:
+    """Validate a plain config dict and run its study: :meth:`flows.Study.optimize` of
+    :meth:`flows.Study.from_config` (the Python API's one path).
 
     A study with nothing left to run (budget spent, ``max_trials`` reached) is answered from
     its journal: outputs and summary, but no flow run and no Prefect server start; and when
     its outputs are up to date, without torch or Prefect at all (``flows._finished``).
     """
     from flows._config import StudyConfig
-    from flows._finished import answer_finished
-    from flows._warm import resolve_budget
-    from flows.runtime import store_for
+    from flows.api import Study
 
-    cfg = StudyConfig.from_mapping(cfg_dict)
-    store = store_for(cfg)
-    if cfg.storage.protocol != "file":
-        # One clear line for an unreachable endpoint, before reading the journal (retries
-        # would take storage.retry_seconds). A local folder is made only once the rest of
-        # the input is checked (prepare): bad input leaves nothing behind.
-        store.check()
-    cfg = resolve_budget(cfg, store)  # extra_budget: continue with more budget
-    # A finished study whose outputs are up to date: from its journal (no torch, no Prefect).
-    finished = answer_finished(cfg, store)
-    if finished is not None:
-        return finished
-    # Prefect (seconds to import) only for a valid config: a bad one is answered first.
-    from flows import _interrupt
-
-    # Prefect's temporary server (no PREFECT_API_URL) starts now, in its own process, while
-    # torch and Prefect's engine import below; prefect_api() waits for it.
-    with _interrupt.early_server():
-        return _run_study(cfg)
-
-
-def _run_study(cfg: StudyConfig) -> object:
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    from flows._interrupt import prefect_api
-    from flows.study import more_to_run, prepare, report_finished, tune_flow
-
-    # Fail fast on bad input, before any flow run exists. This also registers the Store:
-    # storage.options may hold credentials, which go into this process's Store and never
-    # into flow parameters (their serialized form leaves them out).
-    _, _, opt, journal = prepare(cfg)
-    records = journal.replay(opt)
-    if not more_to_run(cfg, opt, len(records)):
-        # The flow would only replay the journal and stop; answering here needs no Prefect
-        # server and no flow run.
-        return report_finished(cfg, opt, records, journal)
-    # The heartbeat thread makes every flow run wait ~1 s at exit: one per trial subflow.
-    # Prefect's temporary server (no PREFECT_API_URL) is ours, out of the terminal's reach.
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), prefect_api():
-        return tune_flow.with_options(flow_run_name=cfg.study)(cfg)
+    return Study.from_config(StudyConfig.from_mapping(cfg_dict)).optimize()
 
 
 def main() -> float | None:

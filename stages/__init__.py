@@ -18,14 +18,20 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from stages._cache_view import StoreCacheView
-    from stages._errors import PipelineError, StageError, StoreError, StoreUnavailable
+    from stages._errors import (
+        CacheLoadError,
+        PipelineError,
+        StageError,
+        StoreError,
+        StoreUnavailable,
+    )
     from stages._fingerprint import code_fingerprint
     from stages._pipeline import Pipeline, Reported, Stage, merkle_key, stage
     from stages._prefect import (
         MerkleCachePolicy,
+        PrefectStorage,
         StageOutput,
         StoreFileSystem,
-        result_storage_block,
         stage_task,
     )
     from stages._run import TrialResult, run_pipeline
@@ -34,10 +40,12 @@ if TYPE_CHECKING:
 # name -> the module that defines it. Imported on first use (PEP 562): reading a store or a
 # journal (`eeipu studies`, `show`, `cache`) then loads neither Prefect nor torch.
 _HOMES = {
+    "CacheLoadError": "stages._errors",
     "DEFAULT_STORE_URL": "stages._store",
     "MerkleCachePolicy": "stages._prefect",
     "Pipeline": "stages._pipeline",
     "PipelineError": "stages._errors",
+    "PrefectStorage": "stages._prefect",
     "Reported": "stages._pipeline",
     "Stage": "stages._pipeline",
     "StageError": "stages._errors",
@@ -50,7 +58,6 @@ _HOMES = {
     "TrialResult": "stages._run",
     "code_fingerprint": "stages._fingerprint",
     "merkle_key": "stages._pipeline",
-    "result_storage_block": "stages._prefect",
     "run_pipeline": "stages._run",
     "stage": "stages._pipeline",
     "stage_task": "stages._prefect",
@@ -58,9 +65,11 @@ _HOMES = {
 
 __all__ = [
     "DEFAULT_STORE_URL",
+    "CacheLoadError",
     "MerkleCachePolicy",
     "Pipeline",
     "PipelineError",
+    "PrefectStorage",
     "Reported",
     "Stage",
     "StageError",
@@ -73,7 +82,6 @@ __all__ = [
     "TrialResult",
     "code_fingerprint",
     "merkle_key",
-    "result_storage_block",
     "run_pipeline",
     "stage",
     "stage_task",

@@ -5,7 +5,14 @@ from __future__ import annotations
 import traceback as _traceback
 from collections.abc import Iterable, Mapping
 
-__all__ = ["PipelineError", "StageError", "StoreError", "StoreUnavailable"]
+__all__ = [
+    "CacheLoadError",
+    "PipelineError",
+    "PlannedHitMissing",
+    "StageError",
+    "StoreError",
+    "StoreUnavailable",
+]
 
 
 class PipelineError(ValueError):
@@ -19,6 +26,18 @@ class StoreError(RuntimeError):
 class StoreUnavailable(StoreError):
     """The storage did not answer (endpoint down, network cut) even after retries with
     backoff. Not the trial's fault: a study stops on it and resumes once storage is back."""
+
+
+class CacheLoadError(StoreError):
+    """A committed cache entry did not load: its sidecar or payload is gone or unreadable, or
+    its payload does not unpickle (another code version's). Raised on the load path of a
+    stage task, never by the stage function: ``run_pipeline`` drops the entry and runs the
+    stage instead."""
+
+
+class PlannedHitMissing(CacheLoadError):
+    """A stage planned as a cache hit (``run_pipeline(lazy=True)``) had to run, but its
+    inputs were not loaded: ``run_pipeline`` runs the trial again in full."""
 
 
 class StageError(RuntimeError):

@@ -21,9 +21,14 @@ decides hits and loads results, and our store is its storage.
   ``eeipu`` section with the payload's sha256, size, cost and timing. Reads verify the
   checksum.
 * Prefect 3.9's ``Task`` refuses an unsaved ``result_storage`` block, so the data-role block
-  is saved once per store and process (a named block document holding only the URL and
-  role; credentials stay in the in-process fsspec filesystem and are never saved). The
-  policy's ``key_storage`` may stay unsaved. ``result_storage_key`` is never set (it would
+  is saved once per :class:`PrefectStorage` (the adapter a study holds for its store) and
+  Prefect API (a named block document holding only the URL and role; credentials stay in
+  the in-process fsspec filesystem and are never saved). The policy's ``key_storage`` may
+  stay unsaved.
+* A load failure is told from a stage failure by its type: everything on the load path
+  (the blocks' reads, and the unpickling, through :class:`CheckedPickle`) raises
+  :class:`~stages.StoreError` (:class:`~stages.CacheLoadError`), which the stage function
+  never raises on our behalf. ``result_storage_key`` is never set (it would
   silently disable the cache policy) and no lock manager is used (Prefect's
   ``FileSystemLockManager`` races under contention); two processes computing the same key
   at once both write the same result atomically, and the last one wins.
@@ -40,6 +45,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import cloudpickle
 from prefect import Task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
@@ -47,19 +53,22 @@ from prefect.filesystems import WritableFileSystem
 from prefect.utilities.asyncutils import run_sync_in_worker_thread
 from pydantic import PrivateAttr
 
-from stages._errors import StoreError
+from stages._errors import CacheLoadError, PlannedHitMissing, StoreError
 from stages._pipeline import Reported, Stage, merkle_key
 from stages._store import Store
 
 __all__ = [
+    "CheckedPickle",
     "MerkleCachePolicy",
+    "PrefectStorage",
     "StageOutput",
     "StoreFileSystem",
-    "result_storage_block",
     "stage_task",
 ]
 
 logger = logging.getLogger(__name__)
+
+_CHECKED = f"{__name__}.CheckedPickle"
 
 
 @dataclass(frozen=True)
@@ -79,12 +88,45 @@ class StageOutput:
     reported: bool = False
 
 
+class CheckedPickle:
+    """cloudpickle, whose ``loads`` raises :class:`~stages.CacheLoadError` for a payload
+    that does not load (a class of another code version, a truncated pickle).
+
+    Prefect unpickles a cached result with the ``picklelib`` its metadata names; the
+    meta-role :class:`StoreFileSystem` names this one when it hands a sidecar to Prefect
+    (the sidecar on storage keeps ``cloudpickle``, so any reader can still load it).
+    """
+
+    dumps = staticmethod(cloudpickle.dumps)
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        try:
+            return cloudpickle.loads(data)
+        except Exception as exc:
+            raise CacheLoadError(f"payload does not load: {type(exc).__name__}: {exc}") from exc
+
+
+def _checked_metadata(raw: bytes, key: str) -> bytes:
+    """A sidecar as Prefect reads it: the payload's unpickler is :class:`CheckedPickle`."""
+    try:
+        meta = json.loads(raw)
+    except ValueError as exc:
+        raise CacheLoadError(f"sidecar of entry {key!r} is not JSON: {exc}") from exc
+    serializer = meta.get("serializer") if isinstance(meta, dict) else None
+    if isinstance(serializer, dict) and serializer.get("picklelib") == "cloudpickle":
+        meta["serializer"] = {**serializer, "picklelib": _CHECKED}
+        return json.dumps(meta).encode("utf-8")
+    return raw
+
+
 class StoreFileSystem(WritableFileSystem):
     """A Prefect filesystem block that reads and writes one role of a :class:`Store`.
 
     ``role="data"`` serves result payloads (``data/<key>.<sha>``); ``role="meta"`` serves result
     metadata, which is the store's sidecar (``meta/<key>.json``). Paths are keys; only the
-    last path component is used, so entries survive moving the store.
+    last path component is used, so entries survive moving the store. Reads of a missing or
+    unreadable entry raise :class:`~stages.CacheLoadError`.
     """
 
     _block_type_name: ClassVar[str] = "eeipu Store"
@@ -94,6 +136,8 @@ class StoreFileSystem(WritableFileSystem):
     url: str
     role: Literal["data", "meta"] = "data"
     _store: Store | None = PrivateAttr(default=None)
+    # When each key's payload read began (time.perf_counter), for the adapter's read_began.
+    _reads: dict[str, float] | None = PrivateAttr(default=None)
 
     @classmethod
     def for_store(cls, store: Store, role: Literal["data", "meta"]) -> StoreFileSystem:
@@ -114,10 +158,14 @@ class StoreFileSystem(WritableFileSystem):
 
     def read_path(self, path: str, _sync: bool | None = None) -> bytes:  # type: ignore[override]
         key = self._key(path)
-        if self.role == "meta":
-            return self.store.read_meta_bytes(key)
-        _load_started[key] = time.perf_counter()
-        return self.store.read(key)
+        try:
+            if self.role == "meta":
+                return _checked_metadata(self.store.read_meta_bytes(key), key)
+            if self._reads is not None:
+                self._reads[key] = time.perf_counter()
+            return self.store.read(key)
+        except (FileNotFoundError, KeyError) as exc:  # deleted since Prefect's lookup
+            raise CacheLoadError(f"entry {key!r} vanished from {self.store!r}") from exc
 
     def write_path(self, path: str, content: bytes, _sync: bool | None = None) -> str:  # type: ignore[override]
         key = self._key(path)
@@ -132,6 +180,63 @@ class StoreFileSystem(WritableFileSystem):
 
     async def awrite_path(self, path: str, content: bytes) -> str:
         return await run_sync_in_worker_thread(self.write_path, path, content)
+
+
+class PrefectStorage:
+    """What Prefect needs of one :class:`Store`: the result-storage block (saved to each
+    Prefect API once), the key-storage block, and when each payload read began.
+
+    A study's context holds one for its store, so its trials share the saved block;
+    :func:`stages.run_pipeline` given a bare :class:`Store` makes its own.
+
+    Example:
+        >>> import tempfile
+        >>> storage = PrefectStorage(Store(tempfile.mkdtemp()))
+        >>> storage.key_storage.role
+        'meta'
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.key_storage = StoreFileSystem.for_store(store, "meta")
+        self._blocks: dict[str, StoreFileSystem] = {}  # by Prefect API URL
+        self._reads: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, store: Store | PrefectStorage) -> PrefectStorage:
+        """``store`` itself when it is one, else a new adapter for it."""
+        return store if isinstance(store, PrefectStorage) else cls(store)
+
+    def result_storage(self) -> StoreFileSystem:
+        """The block that stage tasks use as ``result_storage``: loaded from the Prefect API
+        where it has it, else saved there (once per API URL).
+
+        A controller whose trials run in other processes (workers) calls it before
+        submitting them, so that workers starting their first trials at once all find it
+        and none writes.
+        """
+        from prefect.settings import PREFECT_API_URL
+
+        api = str(PREFECT_API_URL.value())  # another server has its own block documents
+        with self._lock:
+            if api not in self._blocks:
+                # Only the URL and role are saved; credentials stay in the fsspec filesystem.
+                name = "eeipu-store-" + hashlib.sha256(self.store.url.encode()).hexdigest()[:16]
+                block = _load_or_save(StoreFileSystem.for_store(self.store, "data"), name)
+                block._reads = self._reads
+                self._blocks[api] = block
+            return self._blocks[api]
+
+    def read_began(self, key: str) -> float | None:
+        """When (``time.perf_counter()``) this adapter last began reading the payload of
+        ``key``, and forget it; None if it did not.
+
+        ``run_pipeline`` charges a cache hit from there to the end of its task (read,
+        checksum, unpickling), not the task's whole wall time, whose start holds Prefect's
+        own set-up (seconds for the first task of a process).
+        """
+        return self._reads.pop(key, None)
 
 
 @dataclass
@@ -150,72 +255,6 @@ class MerkleCachePolicy(CachePolicy):
         **kwargs: Any,
     ) -> str | None:
         return merkle_key(self.stage_name, self.version, inputs["params"], inputs["input_keys"])
-
-
-class PlannedHitMissing(RuntimeError):
-    """A stage planned as a cache hit had to run, but its inputs were not loaded.
-
-    Internal to ``stages``: raised by a :func:`stage_task` run without inputs, caught by
-    ``run_pipeline``, which then runs the trial again in full.
-    """
-
-
-# When the payload read of each key began in this process (see load_started).
-_load_started: dict[str, float] = {}
-
-
-def load_started(key: str) -> float | None:
-    """When (``time.perf_counter()``) this process last began reading the payload of
-    ``key``, and forget it; None if it did not.
-
-    Internal to ``stages``: ``run_pipeline`` charges a cache hit from there to the end of
-    its task (read, checksum, unpickling), not the task's whole wall time, whose start
-    holds Prefect's own set-up (seconds for the first task of a process).
-    """
-    return _load_started.pop(key, None)
-
-
-# Keys whose stage function was entered in this process: a task that failed without entering
-# it failed while *loading* its cached result (e.g. a pickle from another code version).
-_entered: set[str] = set()
-
-
-def forget_entered(key: str) -> None:
-    """Forget that a stage function of ``key`` was entered (call before running its task).
-
-    Internal to ``stages``, with :func:`was_entered`.
-    """
-    _entered.discard(key)
-
-
-def was_entered(key: str) -> bool:
-    """Whether a :func:`stage_task` entered its stage function for ``key`` in this process
-    since :func:`forget_entered`; a task that failed without entering it failed while
-    loading its cached result. Internal to ``stages``."""
-    return key in _entered
-
-
-_save_lock = threading.Lock()
-
-
-def result_storage_block(store: Store) -> StoreFileSystem:
-    """The block that stage tasks on ``store`` use as ``result_storage``: loaded from the
-    Prefect API where it has it, else saved there (once per store object and API URL).
-
-    A controller whose trials run in other processes (workers) calls it before submitting
-    them, so that workers starting their first trials at once all find it and none writes.
-    """
-    from prefect.settings import PREFECT_API_URL
-
-    # Kept on the store itself, per API URL: another server has its own block documents.
-    api = str(PREFECT_API_URL.value())
-    with _save_lock:
-        saved: dict[str, StoreFileSystem] = store.prefect_blocks
-        if api not in saved:
-            # Only the URL and role are saved; credentials stay in the fsspec filesystem.
-            name = "eeipu-store-" + hashlib.sha256(store.url.encode()).hexdigest()[:16]
-            saved[api] = _load_or_save(StoreFileSystem.for_store(store, "data"), name)
-        return saved[api]
 
 
 def _load_or_save(block: StoreFileSystem, name: str) -> StoreFileSystem:
@@ -238,21 +277,9 @@ def _load_or_save(block: StoreFileSystem, name: str) -> StoreFileSystem:
     return block
 
 
-def stage_task(
-    stage: Stage,
-    store: Store,
-    *,
-    retries: int = 0,
-    retry_delay_seconds: float = 0.0,
-    task_run_name: str | None = None,
-) -> Task[..., StageOutput]:
-    """A Prefect task that runs ``stage`` with results cached in ``store``.
-
-    The task takes ``params`` (the stage's normalized hyperparameters), ``input_keys``
-    (cache keys of its inputs, in order) and ``inputs`` (``{input name: value}``, wrap it in
-    ``prefect.utilities.annotations.quote`` so Prefect does not walk large values, or
-    ``None`` when the run is expected to be a cache hit). It returns a :class:`StageOutput`.
-    """
+def _stage_function(stage: Stage, store: Store) -> Any:
+    """The function a stage task runs: the stage's own, timed, its facts noted for the
+    sidecar. Only a task run that misses the cache enters it."""
 
     def run_stage(
         params: Mapping[str, Any], input_keys: Sequence[str], inputs: Mapping[str, Any] | None
@@ -260,7 +287,6 @@ def stage_task(
         key = merkle_key(stage.name, stage.identity, params, input_keys)
         if inputs is None:
             raise PlannedHitMissing(f"stage {stage.name!r} (key {key}) expected a cache hit")
-        _entered.add(key)
         start = time.perf_counter()
         value = stage.func(**inputs, **params)
         seconds = time.perf_counter() - start
@@ -279,17 +305,35 @@ def stage_task(
         )
         return StageOutput(value=value, cost=cost, seconds=seconds, reported=reported)
 
+    return run_stage
+
+
+def stage_task(
+    stage: Stage,
+    store: Store | PrefectStorage,
+    *,
+    retries: int = 0,
+    retry_delay_seconds: float = 0.0,
+    task_run_name: str | None = None,
+) -> Task[..., StageOutput]:
+    """A Prefect task that runs ``stage`` with results cached in ``store``.
+
+    The task takes ``params`` (the stage's normalized hyperparameters), ``input_keys``
+    (cache keys of its inputs, in order) and ``inputs`` (``{input name: value}``, wrap it in
+    ``prefect.utilities.annotations.quote`` so Prefect does not walk large values, or
+    ``None`` when the run is expected to be a cache hit). It returns a :class:`StageOutput`;
+    a cached result that does not load fails it with a :class:`~stages.StoreError`.
+    """
+    storage = PrefectStorage.of(store)
     policy = MerkleCachePolicy(
-        stage_name=stage.name,
-        version=stage.identity,
-        key_storage=StoreFileSystem.for_store(store, "meta"),
+        stage_name=stage.name, version=stage.identity, key_storage=storage.key_storage
     )
     task = Task(
-        fn=run_stage,
+        fn=_stage_function(stage, storage.store),
         name=stage.name,
         task_run_name=task_run_name,
         cache_policy=policy,
-        result_storage=result_storage_block(store),
+        result_storage=storage.result_storage(),
         result_serializer="pickle",
         persist_result=True,
         cache_result_in_memory=False,  # outputs can be large; a hit must really load
@@ -310,8 +354,9 @@ def stage_task(
 def _retry_unless_unavailable(task: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result()
-    except (PlannedHitMissing, StoreError):
-        # A missing or corrupt cache entry does not heal by retrying; run_pipeline handles it.
+    except StoreError:
+        # A missing or corrupt cache entry does not heal by retrying (PlannedHitMissing is
+        # one too); run_pipeline handles it, and an outage has its own retries.
         return False
     except Exception:
         return True

@@ -11,16 +11,9 @@ from typing import Any
 
 from prefect.utilities.annotations import quote
 
-from stages._errors import StageError, StoreError, StoreUnavailable
-from stages._pipeline import Params, Pipeline
-from stages._prefect import (
-    PlannedHitMissing,
-    StageOutput,
-    forget_entered,
-    load_started,
-    stage_task,
-    was_entered,
-)
+from stages._errors import PlannedHitMissing, StageError, StoreError, StoreUnavailable
+from stages._pipeline import Params, Pipeline, Stage
+from stages._prefect import PrefectStorage, StageOutput, stage_task
 from stages._store import Store
 
 __all__ = ["TrialResult", "run_pipeline"]
@@ -97,7 +90,7 @@ class _Replan(Exception):
 def run_pipeline(
     pipeline: Pipeline,
     params: Params,
-    store: Store,
+    store: Store | PrefectStorage,
     *,
     retries: int = 0,
     retry_delay_seconds: float = 0.0,
@@ -113,19 +106,15 @@ def run_pipeline(
     Args:
         pipeline: The pipeline.
         params: ``{stage: {param: value}}`` for every stage with hyperparameters.
-        store: Where stage results live.
-        retries: Prefect task retries per stage.
-        retry_delay_seconds: Prefect's wait between a stage's retries.
+        store: Where stage results live; a :class:`~stages.PrefectStorage` of it to share
+            its saved Prefect block across calls (a study's trials do).
+        retries: Prefect task retries per stage (``retry_delay_seconds`` apart).
         lazy: Skip loading cached stages whose output nothing needs (upstream of another
             cache hit). Saves downloads of large intermediates; skipped stages cost 0.
         adopt_after: Re-running a trial whose first attempt was interrupted (a crash):
-            entries of this trial written at or after this time (``time.time()``) were
-            computed by that attempt, so they are charged their recorded compute cost and
-            reported as run, not cached. The trial then costs what it would have cost
-            without the crash, and nothing stored is computed twice.
-
-    Returns:
-        The :class:`TrialResult`.
+            entries of this trial written at or after this time (``time.time()``) are
+            charged their recorded compute cost and reported as run, not cached, so the
+            trial costs what it would have without the crash.
 
     Raises:
         ValueError: ``params`` do not fit the pipeline's search space.
@@ -135,26 +124,23 @@ def run_pipeline(
 
     Example:
         >>> from stages import Pipeline, Store, stage, run_pipeline  # doctest: +SKIP
-        >>> store = Store(".eeipu/cache")  # doctest: +SKIP
-        >>> result = run_pipeline(pipe, {"score": {"w": 0.5}}, store)  # doctest: +SKIP
+        >>> result = run_pipeline(pipe, {"score": {"w": 0.5}}, Store(".eeipu/cache"))  # doctest: +SKIP
         >>> result.objective, result.cached  # doctest: +SKIP
     """
     keys = pipeline.keys(params)
     own = {s.name: s.normalize(params.get(s.name)) for s in pipeline.stages}
+    storage = PrefectStorage.of(store)
+
+    def attempt(plan: tuple[set[str], set[str]] | None) -> TrialResult:
+        retry = (retries, retry_delay_seconds)
+        return _TrialRun(pipeline, keys, own, storage, retry, adopt_after, plan).run()
+
     if lazy:
         try:
-            return _run(
-                pipeline,
-                own,
-                keys,
-                store,
-                (retries, retry_delay_seconds),
-                _plan(pipeline, keys, store),
-                adopt_after,
-            )
+            return attempt(_plan(pipeline, keys, storage.store))
         except _Replan:
             logger.info("a cache entry vanished while the trial ran; running it again in full")
-    return _run(pipeline, own, keys, store, (retries, retry_delay_seconds), None, adopt_after)
+    return attempt(None)
 
 
 def _plan(pipeline: Pipeline, keys: Mapping[str, str], store: Store) -> tuple[set[str], set[str]]:
@@ -170,129 +156,146 @@ def _plan(pipeline: Pipeline, keys: Mapping[str, str], store: Store) -> tuple[se
     return needed, hits
 
 
-def _run(
-    pipeline: Pipeline,
-    own: Mapping[str, dict[str, Any]],
-    keys: Mapping[str, str],
-    store: Store,
-    retries: tuple[int, float],
-    plan: tuple[set[str], set[str]] | None,
-    adopt_after: float | None = None,
-) -> TrialResult:
-    values: dict[str, Any] = {}  # by output name
-    costs: dict[str, float] = {}
-    seconds: dict[str, float] = {}
-    cached: dict[str, bool] = {}
-    skipped: set[str] = set()
-    adopted: set[str] = set()
-    for s in pipeline.stages:
-        key = keys[s.name]
-        if plan is not None and s.name not in plan[0]:
-            costs[s.name], seconds[s.name], cached[s.name] = 0.0, 0.0, True
-            skipped.add(s.name)
-            continue
-        expect_hit = plan is not None and s.name in plan[1]
-        inputs = None if expect_hit else quote({i: values[i] for i in s.inputs})
-        task = stage_task(
-            s,
-            store,
-            retries=retries[0],
-            retry_delay_seconds=retries[1],
-            task_run_name=f"{s.name}-{key[:8]}",
+def _is_load_failure(exc: Any) -> bool:
+    """Whether a failed stage task failed on its load path (its entry did not load): the
+    stage function never raises a :class:`StoreError` on our behalf; an outage is not one."""
+    return isinstance(exc, StoreError) and not isinstance(exc, StoreUnavailable)
+
+
+@dataclass
+class _TrialRun:
+    """One configuration's way through the pipeline: what each stage produced and cost."""
+
+    pipeline: Pipeline
+    keys: Mapping[str, str]
+    own: Mapping[str, dict[str, Any]]  # each stage's normalized hyperparameters
+    storage: PrefectStorage
+    retries: tuple[int, float]
+    adopt_after: float | None
+    plan: tuple[set[str], set[str]] | None = None  # (needed, hits) with lazy=True
+    values: dict[str, Any] = field(default_factory=dict)  # by output name
+    costs: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    cached: dict[str, bool] = field(default_factory=dict)
+    skipped: set[str] = field(default_factory=set)
+    adopted: set[str] = field(default_factory=set)
+
+    def run(self) -> TrialResult:
+        for s in self.pipeline.stages:
+            if self.plan is not None and s.name not in self.plan[0]:
+                self.costs[s.name], self.seconds[s.name], self.cached[s.name] = 0.0, 0.0, True
+                self.skipped.add(s.name)
+            else:
+                self._stage(s)
+        sink = self.pipeline.sink
+        try:
+            objective = self.pipeline.objective(self.values[sink.output])
+        except ValueError as exc:
+            key = self.keys[sink.name]
+            raise self._error(
+                sink,
+                f"stage {sink.name!r} produced no objective (key {key}): {exc}",
+                f"produced no objective: {exc}",
+            ) from exc
+        return TrialResult(
+            objective=objective,
+            costs=self.costs,
+            cached=self.cached,
+            keys=dict(self.keys),
+            seconds=self.seconds,
+            output=self.values[sink.output],
+            skipped=frozenset(self.skipped),
+            adopted=frozenset(self.adopted),
         )
+
+    def _stage(self, s: Stage) -> None:
+        """Run or load stage ``s``; record its output, cost and whether it was cached."""
+        key = self.keys[s.name]
         start = time.perf_counter()
-        for attempt in range(2):
-            forget_entered(key)
-            state = task(
-                params=own[s.name],
-                input_keys=[keys[u.name] for u in pipeline.upstream(s.name)],
-                inputs=inputs,
-                return_state=True,
-            )
-            if attempt == 0 and not state.is_completed():
-                exc = state.result(raise_on_failure=False)
-                if isinstance(exc, StoreUnavailable):
-                    raise exc  # the storage is down: not the stage's fault, not corruption
-                load_failed = isinstance(exc, StoreError) or not was_entered(key)
-                if load_failed and store.exists(key):
-                    # A stored entry that fails its checksum (bit flips, truncation) or does
-                    # not load (another version's pickle) is never returned: report it, drop
-                    # it, recompute.
-                    logger.warning(
-                        "cache entry of stage %r (key %s) is unreadable (%s); recomputing it",
-                        s.name,
-                        key,
-                        exc,
-                    )
-                    store.delete(key)
-                    if inputs is None:
-                        raise _Replan from exc
-                    continue
-            break
+        state = self._attempt(s)
         end = time.perf_counter()
-        wall = end - start
-        seconds[s.name] = wall
+        self.seconds[s.name] = end - start
         if not state.is_completed():
             exc = state.result(raise_on_failure=False)
             if isinstance(exc, PlannedHitMissing):
                 raise _Replan from exc
             if isinstance(exc, StoreUnavailable):
                 raise exc
-            costs[s.name] = wall
+            self.costs[s.name] = end - start
             cause = f"{type(exc).__name__}: {exc}"
-            raise StageError(
-                f"stage {s.name!r} failed (key {key}): {cause}",
-                stage=s.name,
-                key=key,
-                costs=costs,
-                seconds=seconds,
-                cause=cause,
-                cached=[n for n, hit in cached.items() if hit],
-            ) from (exc if isinstance(exc, BaseException) else None)
+            raise self._error(s, f"stage {s.name!r} failed (key {key}): {cause}", cause) from (
+                exc if isinstance(exc, BaseException) else None
+            )
         out: StageOutput = state.result()
         hit = state.name == "Cached"
-        if hit and adopt_after is not None and _written_since(store, key, adopt_after):
+        if hit and self.adopt_after is not None and self._written_since(key):
             hit = False
-            adopted.add(s.name)
-        cached[s.name] = hit
-        if hit:
-            began = load_started(key)
-            load = wall if began is None or began < start else end - began
-            costs[s.name] = load if pipeline.load_cost is None else pipeline.load_cost
+            self.adopted.add(s.name)
+        self.cached[s.name] = hit
+        began = self.storage.read_began(key)  # popped whatever it is used for
+        if not hit:
+            self.costs[s.name] = out.cost  # a loaded StageOutput keeps the cost of its run
+        elif self.pipeline.load_cost is not None:
+            self.costs[s.name] = self.pipeline.load_cost
         else:
-            costs[s.name] = out.cost  # a loaded StageOutput keeps the cost of its run
-        values[s.output] = out.value
+            self.costs[s.name] = end - (start if began is None or began < start else began)
+        self.values[s.output] = out.value
         logger.debug(
-            "stage %s key %s %s in %.3fs", s.name, key[:12], "loaded" if hit else "ran", wall
+            "stage %s key %s %s in %.3fs", s.name, key[:12], "loaded" if hit else "ran", end - start
         )
-    sink = pipeline.sink
-    try:
-        objective = pipeline.objective(values[sink.output])
-    except ValueError as exc:
-        raise StageError(
-            f"stage {sink.name!r} produced no objective (key {keys[sink.name]}): {exc}",
-            stage=sink.name,
-            key=keys[sink.name],
-            costs=costs,
-            seconds=seconds,
-            cause=f"produced no objective: {exc}",
-            cached=[n for n, hit in cached.items() if hit],
-        ) from exc
-    return TrialResult(
-        objective=objective,
-        costs=costs,
-        cached=cached,
-        keys=dict(keys),
-        seconds=seconds,
-        output=values[sink.output],
-        skipped=frozenset(skipped),
-        adopted=frozenset(adopted),
-    )
 
+    def _attempt(self, s: Stage) -> Any:
+        """The final state of stage ``s``'s task. A stored entry that does not load (fails
+        its checksum, another version's pickle) is never returned: it is reported, dropped
+        and the stage runs instead."""
+        key = self.keys[s.name]
+        expect_hit = self.plan is not None and s.name in self.plan[1]
+        inputs = None if expect_hit else quote({i: self.values[i] for i in s.inputs})
+        task = stage_task(
+            s,
+            self.storage,
+            retries=self.retries[0],
+            retry_delay_seconds=self.retries[1],
+            task_run_name=f"{s.name}-{key[:8]}",
+        )
+        input_keys = [self.keys[u.name] for u in self.pipeline.upstream(s.name)]
+        for attempt in range(2):
+            state = task(
+                params=self.own[s.name], input_keys=input_keys, inputs=inputs, return_state=True
+            )
+            if attempt == 1 or state.is_completed():
+                return state
+            exc = state.result(raise_on_failure=False)
+            if isinstance(exc, StoreUnavailable):
+                raise exc  # the storage is down: not the stage's fault, not corruption
+            if not (_is_load_failure(exc) and self.storage.store.exists(key)):
+                return state
+            logger.warning(
+                "cache entry of stage %r (key %s) is unreadable (%s); recomputing it",
+                s.name,
+                key,
+                exc,
+            )
+            self.storage.store.delete(key)
+            if inputs is None:
+                raise _Replan from exc
+        return state
 
-def _written_since(store: Store, key: str, since: float) -> bool:
-    try:
-        written = store.read_meta(key).get("eeipu", {}).get("written_at")
-    except KeyError:
-        return False
-    return written is not None and float(written) >= since
+    def _error(self, s: Stage, message: str, cause: str) -> StageError:
+        """A :class:`StageError` for stage ``s``, with what the trial spent so far."""
+        return StageError(
+            message,
+            stage=s.name,
+            key=self.keys[s.name],
+            costs=self.costs,
+            seconds=self.seconds,
+            cause=cause,
+            cached=[n for n, hit in self.cached.items() if hit],
+        )
+
+    def _written_since(self, key: str) -> bool:
+        try:
+            written = self.storage.store.read_meta(key).get("eeipu", {}).get("written_at")
+        except KeyError:
+            return False
+        return written is not None and float(written) >= self.adopt_after

@@ -174,11 +174,6 @@ class Store:
         # Digests and run facts waiting for the sidecar write (see write_meta).
         self._pending: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        #: Prefect result-storage blocks saved for this store, by Prefect API URL. Internal
-        #: to ``stages`` (its Prefect integration fills it); it lives and dies with the store,
-        #: which a module-level cache keyed by store could not do, as each block holds its
-        #: store.
-        self.prefect_blocks: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"

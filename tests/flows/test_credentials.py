@@ -108,3 +108,22 @@ def test_env_credentials_never_leak(prefect_harness, api_env, moto_endpoint, tmp
     for where, data in haystacks.items():
         for secret in (KEY_ID, SECRET, TOKEN):
             assert secret.encode() not in data, f"{secret!r} leaked into {where}"
+
+
+def test_the_study_context_keeps_storage_options_secret(tmp_path):
+    """The context holds the options its store was built with, and shows them nowhere: not
+    in its repr, its dumps, nor what Prefect records of it as a flow parameter."""
+    from fastapi.encoders import jsonable_encoder
+
+    from flows import StudyConfig, StudyContext
+    from tests.helpers import composed
+
+    cfg = composed(f"storage.url={tmp_path / 'cache'}", "study=secret")
+    cfg["storage"]["options"] = {"auto_mkdir": True, "token": SECRET}
+    ctx = StudyContext.build(StudyConfig.from_mapping(cfg))
+    assert ctx.credentials.get_secret_value()["token"] == SECRET
+    assert ctx.store.fs.auto_mkdir  # the store was built with the options
+    shown = [repr(ctx), str(ctx), ctx.model_dump_json(), str(jsonable_encoder(ctx))]
+    shown += [str(ctx.config.model_dump()), repr(ctx.credentials)]
+    assert not any(SECRET in text for text in shown)
+    assert jsonable_encoder(ctx) == {"study": "secret", "storage": ctx.store.url}

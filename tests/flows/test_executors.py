@@ -109,6 +109,7 @@ def test_trials_that_finished_together_are_all_told_before_the_next_ask(prefect_
     from prefect import flow
 
     from flows._config import StudyConfig
+    from flows.runtime import StudyContext
     from flows.study import run_study as run_loop
 
     cfg = StudyConfig.from_mapping(
@@ -121,11 +122,12 @@ def test_trials_that_finished_together_are_all_told_before_the_next_ask(prefect_
             "parallel=3",
         )
     )
-    executor = TogetherExecutor(cfg)
+    context = StudyContext.build(cfg)
+    executor = TogetherExecutor(context)
 
     @flow
     def controller():
-        return run_loop(cfg, executor)
+        return run_loop(context, executor)
 
     controller()
     records = journal(tmp_path, "together")

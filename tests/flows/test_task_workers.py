@@ -191,6 +191,7 @@ def test_the_controller_saves_the_result_storage_block_before_any_trial(prefect_
 
     from flows import StudyConfig
     from flows.executors import TaskWorkerExecutor
+    from flows.runtime import StudyContext
     from stages import Store
 
     cache = tmp_path / "cache"
@@ -205,7 +206,7 @@ def test_the_controller_saves_the_result_storage_block_before_any_trial(prefect_
             ]
 
     assert documents() == []
-    executor = TaskWorkerExecutor(cfg)
+    executor = TaskWorkerExecutor(StudyContext.build(cfg))
     try:
         assert [d.block_type.slug for d in documents()] == ["eeipu-store"]
     finally:

@@ -380,3 +380,28 @@ def test_the_result_storage_block_is_saved_once_and_then_loaded(tmp_path):
     again = run_pipeline(_chain(), PARAMS, Store(tmp_path))
     assert document().updated == saved.updated and document().id == saved.id
     assert first.cached_stages == set() and again.cached_stages == {"prep", "train", "evaluate"}
+
+
+def test_a_cache_hit_is_charged_from_its_payload_read(tmp_path):
+    """The adapter's data block notes when each payload read begins; a hit costs from there
+    to the end of its task, not Prefect's set-up before it."""
+    from stages import PrefectStorage
+
+    storage = PrefectStorage(Store(tmp_path))
+    run_pipeline(_chain(), PARAMS, storage)
+    began: list[float | None] = []
+    read_began = storage.read_began
+    storage.read_began = lambda key: began.append(read_began(key)) or began[-1]
+    again = run_pipeline(_chain(), PARAMS, storage)
+    assert again.cached_stages == {"prep", "train", "evaluate"}
+    assert len(began) == 3 and None not in began
+    assert all(0 <= again.costs[s] <= again.seconds[s] for s in again.costs)
+
+
+def test_a_payload_that_does_not_load_is_a_cache_load_error():
+    from stages import CacheLoadError, StoreError
+    from stages._prefect import CheckedPickle
+
+    with pytest.raises(CacheLoadError, match="payload does not load: UnpicklingError"):
+        CheckedPickle.loads(b"not a pickle")
+    assert issubclass(CacheLoadError, StoreError)
