@@ -180,7 +180,7 @@ def test_a_warm_trial_runs_its_subflow_without_a_heartbeat(prefect_harness, tmp_
     params = space.decode([0.5] * space.dim)  # the middle of the space
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
         out = warm_trial_task.fn(cfg.model_dump(mode="json"), 0, params)
-    assert out["error"] is None
+    assert out.error is None
     assert [json.loads(line) for line in log.read_text().splitlines()] == [None]
 
 
