@@ -420,7 +420,7 @@ def _pipeline_runs(
             shutil.copytree(warm_store, store_dir, ignore=shutil.ignore_patterns("studies"))
             study = f"{name}-{method}-seed{seed}"
             mcfg = _study_config(cfg, method, seed, store_dir, study, cfg["problem"]["max_trials"])
-            _, _, _, journal = prepare(StudyConfig.from_mapping(mcfg))
+            _, journal = prepare(StudyConfig.from_mapping(mcfg))
             for rec in read_records(saved["records"]):
                 journal.append(rec)
             start = time.perf_counter()

@@ -140,6 +140,7 @@ class Observations:
             (their ``Y`` is NaN); None when none failed.
         trials: The told trials (other studies' priors first), as they are: rows
             ``0..n_told-1`` of ``X``, except when no trial is complete (then ``X`` is empty).
+            The optimizer's own, not copies (an ask must not copy the history): read only.
         direction: The study's direction (``Y`` is signed to be maximized).
     """
 

@@ -423,7 +423,7 @@ class Optimizer:
             n_pending=len(pending) if ok.any() else 0,
             overhead=self._mean_overhead(),
             failed=~ok if ok.any() and not ok.all() else None,
-            trials=tuple(t.copy() for t in told),
+            trials=tuple(told),
             direction=self.direction,
         )
         obs.prefixes = self.method.prefix_pool(obs, view, self.max_prefixes)

@@ -83,12 +83,14 @@ def build_prefix_pool(
 def _cached_prefixes(space: SearchSpace, trial: Trial, score: float, cache: CacheView) -> _Group:
     """``trial``'s proper prefixes that ``cache`` confirms, keyed, longest last."""
     stages = space.stages
-    x_full = space.encode(trial.params)
+    x_full = None
     group: _Group = []
     for j in range(1, len(stages)):
         sub = {s: trial.params[s] for s in stages[:j]}
         if not cache.is_cached(stages[j - 1], sub):
             break  # a longer prefix cannot be cached if this one is not
+        if x_full is None:  # most trials of a study have no cached prefix
+            x_full = space.encode(trial.params)
         if group and space.prefix_dim(j) == space.prefix_dim(j - 1):
             # Stage j has no parameters and is cached: the prefix through it fixes the
             # same columns and loads one stage more, so it replaces the shorter.

@@ -101,7 +101,8 @@ class StudyJournal:
         written by any version (:func:`flows.records.read_records`)."""
         names = [n for n in self.store.list_files(f"{self.folder}/trials") if n.endswith(".json")]
         raws = [json.loads(self.store.read_file(f"{self.folder}/trials/{n}")) for n in names]
-        header = self.header() if raws else None
+        # Only schema-0 records need the header (their warm-up is derived from n_init).
+        header = self.header() if any("schema" not in r for r in raws) else None
         n_init = None if header is None else header.get("n_init")
         return read_records(raws, None if n_init is None else int(n_init))
 

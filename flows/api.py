@@ -139,7 +139,7 @@ def _run(context: StudyContext) -> StudyResult:
     from flows.study import more_to_run, prepare, report_finished, tune_flow
 
     cfg = context.config
-    _, _, opt, journal = prepare(context)
+    opt, journal = prepare(context)
     records = journal.replay(opt)
     if not more_to_run(cfg, opt, len(records)):
         # The flow would only replay the journal and stop; answering here needs no Prefect

@@ -276,13 +276,7 @@ def read_running(raw: Mapping[str, Any], n_told: int) -> RunningMarker:
 
 def read_record(raw: Mapping[str, Any]) -> TrialRecord:
     """One journal record as written by any version (schema 0 names renamed)."""
-    data = dict(raw)
-    if "schema" not in data:
-        for old, new in _RENAMED_V0:
-            if old in data:
-                data[new] = data.pop(old)
-        data["schema"] = 0
-    return TrialRecord.model_validate(data)
+    return TrialRecord.model_validate(_from_v0(raw, _RENAMED_V0))
 
 
 def read_records(raws: Iterable[Mapping[str, Any]], n_init: int | None = None) -> list[TrialRecord]:
@@ -311,19 +305,25 @@ def read_records(raws: Iterable[Mapping[str, Any]], n_init: int | None = None) -
 def read_published(data: bytes | str) -> PublishedOutcome:
     """A published outcome as written by any version (``ran_from`` / ``ran_to``: the worker's
     ``started_at`` / ``finished_at`` before schema 1)."""
-    raw = json.loads(data)
-    if "schema" not in raw:
-        for old, new in _RENAMED_V0[2:]:
-            if old in raw:
-                raw[new] = raw.pop(old)
-        raw["schema"] = 0
-    return PublishedOutcome.model_validate(raw)
+    return PublishedOutcome.model_validate(_from_v0(json.loads(data), _RENAMED_V0[2:]))
 
 
 def warmup_cost(records: Sequence[TrialRecord]) -> float | None:
     """What the study had spent when its warm-up ended (the plot's line), from the newest
     record; None while the warm-up runs."""
     return records[-1].warmup_spent if records else None
+
+
+def _from_v0(raw: Mapping[str, Any], renamed: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """``raw`` with schema 0's names ``renamed`` (old, new) and ``schema: 0``; as it is when
+    it names its schema."""
+    data = dict(raw)
+    if "schema" not in data:
+        for old, new in renamed:
+            if old in data:
+                data[new] = data.pop(old)
+        data["schema"] = 0
+    return data
 
 
 def _finite(x: float) -> bool:

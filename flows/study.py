@@ -67,7 +67,7 @@ from flows._warm import open_study, resolve_budget
 from flows.executors import TrialExecutor, TrialJob, executor_for, executor_kind
 from flows.records import AskedTrial, Recommended, RunningTrial, TrialOutcome, TrialRecord
 from flows.runtime import StudyContext, run_logger, say
-from stages import Pipeline, Store, StoreCacheView, StoreUnavailable
+from stages import StoreCacheView, StoreUnavailable
 
 __all__ = [
     "StudyFailed",
@@ -90,11 +90,9 @@ class StudyFailed(RuntimeError):
     """The study stopped before its budget was spent (a stage failed, say)."""
 
 
-def prepare(
-    context: StudyContext | StudyConfig,
-) -> tuple[Pipeline, Store, Optimizer, StudyJournal]:
+def prepare(context: StudyContext | StudyConfig) -> tuple[Optimizer, StudyJournal]:
     """Check everything a study needs (a config is built into its context first), then
-    open (or check) its journal.
+    open (or check) its journal; returns the study's optimizer and journal.
 
     Called before the controller flow starts, so bad input fails fast with one line and
     leaves no flow run, journal or cache folder behind.
@@ -122,7 +120,7 @@ def prepare(
     store.check()
     journal = StudyJournal(store, cfg.study)
     open_study(journal, cfg, space, opt)  # journal.open + warm-start priors
-    return pipeline, store, opt, journal
+    return opt, journal
 
 
 def more_to_run(cfg: StudyConfig, opt: Optimizer, n_trials: int) -> bool:
@@ -200,7 +198,7 @@ def run_study(
     if isinstance(context, StudyConfig):
         context = StudyContext.build(context)
     cfg = context.config
-    _, _, opt, journal = prepare(context)
+    opt, journal = prepare(context)
     records = journal.replay(opt)
     executor = executor or executor_for(context)
     loop = StudyLoop(context, opt, journal, records, executor)

@@ -91,7 +91,7 @@ def test_warm_start_feeds_priors_and_is_journaled(prefect_harness, tmp_path):
     again = StudyConfig.from_mapping(
         composed(*FAST, f"storage.url={tmp_path / 'cache'}", "study=dst", "seed=1", "budget=60")
     )
-    _, _, opt, _ = prepare(again)
+    opt, _ = prepare(again)
     assert len(opt.priors) == len(source) and opt.spent == 0.0
     with pytest.raises(ConfigError, match="already exists with warm_start=\\['src'\\]"):
         run_study(tmp_path, "study=dst", "seed=1", "warm_start=[cont]")
